@@ -1,0 +1,56 @@
+"""The `oae` command line: one subcommand per concept, each defined in its own module.
+
+Each module named in SUBCOMMANDS exposes `register(subparsers) -> None`, which adds its
+parser and sets `func` (called with the parsed args, returns an exit code). Errors that a
+user can fix are raised as `oae.errors.UsageError` and printed as one line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from oae import __version__
+from oae.errors import OaeError
+
+# Subcommand modules, in the order `oae --help` lists them.
+SUBCOMMANDS: list[str] = [
+    "oae.bench.cli",
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="oae",
+        description=(
+            "Open Atomic Ethernet emulator: bilateral, exactly-once link transfers (AIT) and "
+            "bilateral epoch convergence on raw Ethernet frames, on namespace testbeds or "
+            "real NICs. See docs/ for the protocol and each command."
+        ),
+    )
+    parser.add_argument("--version", action="version", version=f"oae {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in SUBCOMMANDS:
+        importlib.import_module(name).register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except OaeError as exc:
+        print(f"oae {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"oae {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,5 @@
+"""Build hook: compiles the C hot path in csrc/ through cffi (API mode)."""
+
+from setuptools import setup
+
+setup(cffi_modules=["oae/_build_native.py:wire_ffi"])
