@@ -73,17 +73,22 @@ uint64_t oae_siphash24(const uint8_t *key, const uint8_t *buf, size_t len);
 /* Encode rec into out[64]. key may be NULL (CRC32C); with a key the KEYED flag is set.
  * Fields are written as given (the caller builds valid records); returns 0. */
 int oae_record_encode(const oae_record *rec, const uint8_t *key, uint8_t *out);
-/* Decode and validate a 64-byte record; offsets in err are record offsets + 14. */
+/* Decode and validate a 64-byte record; offsets in err are record offsets + 14.
+ * rec and err may be NULL (validate only; the return value is the code). */
 int oae_record_decode(const uint8_t *buf, size_t len, const uint8_t *key, oae_record *rec,
                       oae_decode_err *err);
 /* Encode a whole 78-byte frame. */
 int oae_frame_encode(const oae_frame_hdr *hdr, const oae_record *rec, const uint8_t *key,
                      uint8_t *out);
-/* Decode and validate a whole frame; returns OAE_OK or an OAE_E_* code (also in err). */
+/* Decode and validate a whole frame; returns OAE_OK or an OAE_E_* code (also in err).
+ * hdr, rec and err may each be NULL (e.g. to validate only). */
 int oae_frame_decode(const uint8_t *buf, size_t len, uint16_t ethertype, const uint8_t *key,
                      oae_frame_hdr *hdr, oae_record *rec, oae_decode_err *err);
 /* Name of an error code ("TRUNCATED", ...), "OK" for 0, "UNKNOWN" otherwise. */
 const char *oae_error_name(int code);
+/* Benchmark kernel: encode + decode a frame `iterations` times from rec (seq varied per
+ * iteration so no work can be hoisted); returns how many decoded back correctly. */
+uint64_t oae_codec_loop(const oae_record *rec, const uint8_t *key, uint64_t iterations);
 /* cdef-end */
 
 #endif
