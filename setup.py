@@ -2,4 +2,4 @@
 
 from setuptools import setup
 
-setup(cffi_modules=["oae/_build_native.py:wire_ffi"])
+setup(cffi_modules=["oae/_build_native.py:wire_ffi", "oae/_build_native.py:pump_ffi"])

@@ -62,7 +62,9 @@ _preflight()
 os.chdir(ROOT)
 
 wire_ffi = _builder("oae._wire", ["wire.h"], ["wire.c"])
+pump_ffi = _builder("oae._pump", ["wire.h", "pump.h"], ["wire.c", "pump.c", "pingpong.c"])
 
 
 if __name__ == "__main__":
     wire_ffi.compile(tmpdir=str(ROOT), verbose=False)
+    pump_ffi.compile(tmpdir=str(ROOT), verbose=False)

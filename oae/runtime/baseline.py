@@ -1,0 +1,98 @@
+"""The bare C baseline on a veth pair: ping-pong round trips and one-way flood rate.
+
+Both ends run concurrently in two threads of this process (cffi releases the GIL around
+the C calls), each on a socket opened in its own namespace.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from oae._pump import ffi, lib
+from oae.runtime.sock import PacketSocket
+
+
+@dataclass(frozen=True)
+class BaselineResult:
+    count: int
+    sent: int
+    retries: int
+    ignored: int
+    elapsed_s: float
+
+    @property
+    def rate(self) -> float:
+        return self.count / self.elapsed_s if self.elapsed_s > 0 else 0.0
+
+
+def _result(r: object) -> BaselineResult:
+    if r.err:  # type: ignore[attr-defined]
+        raise OSError(r.err, f"baseline: {os.strerror(r.err)}")  # type: ignore[attr-defined]
+    return BaselineResult(
+        r.count,
+        r.sent,
+        r.retries,
+        r.ignored,  # type: ignore[attr-defined]
+        r.elapsed_ns / 1e9,
+    )  # type: ignore[attr-defined]
+
+
+def _pair(first: Callable[[], None], second: Callable[[], None]) -> None:
+    """Run `first` in a helper thread and `second` here; re-raise the helper's error."""
+    errors: list[BaseException] = []
+
+    def guarded() -> None:
+        try:
+            first()
+        except BaseException as exc:  # handed to the joining thread
+            errors.append(exc)
+
+    t = threading.Thread(target=guarded, name="oae-baseline-peer")
+    t.start()
+    try:
+        second()
+    finally:
+        t.join()
+    if errors:
+        raise errors[0]
+
+
+def pingpong(
+    a: PacketSocket, b: PacketSocket, seconds: float, busy: bool, count: int = 1 << 40
+) -> BaselineResult:
+    """Round trips from `a` (initiator) to `b` (responder) for `seconds`."""
+    out_a = ffi.new("oae_bench_result *")
+    out_b = ffi.new("oae_bench_result *")
+    for s in (a, b):
+        lib.oae_sock_set_rcvtimeo(s.fd, 20_000_000)
+    max_ns = int(seconds * 1e9)
+    run = secrets.randbits(32)
+    _pair(
+        lambda: lib.oae_pingpong_respond(
+            b.fd, b.ethertype, run, max_ns + 2_000_000_000, int(busy), out_b
+        ),
+        lambda: lib.oae_pingpong_initiate(
+            a.fd, a.mac, b.mac, a.ethertype, run, count, max_ns, int(busy), out_a
+        ),
+    )
+    _result(out_b)
+    return _result(out_a)
+
+
+def flood(a: PacketSocket, b: PacketSocket, seconds: float) -> BaselineResult:
+    """Frames per second that `b` receives while `a` floods it with sendmmsg."""
+    out_a = ffi.new("oae_bench_result *")
+    out_b = ffi.new("oae_bench_result *")
+    lib.oae_sock_set_rcvtimeo(b.fd, 20_000_000)
+    max_ns = int(seconds * 1e9)
+    run = secrets.randbits(32)
+    _pair(
+        lambda: lib.oae_flood_recv(b.fd, b.ethertype, run, max_ns + 2_000_000_000, out_b),
+        lambda: lib.oae_flood_send(a.fd, a.mac, b.mac, a.ethertype, run, 1 << 40, max_ns, out_a),
+    )
+    _result(out_a)
+    return _result(out_b)
