@@ -9,13 +9,19 @@ the kernel carrying that prefix.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 
-from oae.testbed import kernel
+from oae.testbed import kernel, manager, topology
+from oae.testbed.manager import Testbed
+from oae.testbed.topology import Topology
 
 _SESSION_PREFIX_KEY = pytest.StashKey[str]()
+_STATE_DIR_KEY = pytest.StashKey[str | None]()
 
 
 def _need_root() -> None:
@@ -27,6 +33,19 @@ def pytest_configure(config: pytest.Config) -> None:
     prefix = os.environ.get(kernel.RUN_PREFIX_ENV) or kernel.new_run_prefix()
     os.environ[kernel.RUN_PREFIX_ENV] = kernel.check_prefix(prefix, kernel.RUN_PREFIX_ENV)
     config.stash[_SESSION_PREFIX_KEY] = prefix
+    # Testbed state of this session goes to a private, short path (Unix socket limit)
+    # unless the user chose one, so tests never see or touch the user's testbeds.
+    own = None
+    if not os.environ.get(manager.STATE_DIR_ENV):
+        own = tempfile.mkdtemp(prefix="oae-tb-", dir="/tmp")
+        os.environ[manager.STATE_DIR_ENV] = own
+    config.stash[_STATE_DIR_KEY] = own
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    own = config.stash.get(_STATE_DIR_KEY, None)
+    if own:
+        shutil.rmtree(own, ignore_errors=True)
 
 
 def pytest_report_header(config: pytest.Config) -> str:
@@ -39,9 +58,10 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         return
     prefix = session.config.stash[_SESSION_PREFIX_KEY]
     leftover = kernel.list_netns(prefix) + kernel.list_root_links(prefix)
+    leftover += [f"bridge:{pid}" for pid in manager.bridge_pids(prefix)]
     if not leftover:
         return
-    removed = kernel.clean(prefix)
+    removed = manager.clean(prefix)
     reporter = session.config.pluginmanager.get_plugin("terminalreporter")
     msg = (
         f"oae testbed: {len(leftover)} kernel object(s) with run prefix {prefix} were left "
@@ -64,3 +84,25 @@ def veth_pair() -> Iterator[kernel.VethPair]:
     _need_root()
     with kernel.veth_pair() as pair:
         yield pair
+
+
+@pytest.fixture
+def testbed() -> Iterator[Callable[..., Testbed]]:
+    """Factory: `testbed("netns/ring.toml", nodes=16)` (or a Topology) brings a testbed up;
+    every testbed made is taken down after the test, whatever its outcome."""
+    _need_root()
+    made: list[str] = []
+
+    def make(
+        source: str | Path | Topology, nodes: int | None = None, name: str | None = None
+    ) -> Testbed:
+        topo = source if isinstance(source, Topology) else topology.load(source, nodes)
+        tb = manager.up(topo, name)
+        made.append(tb.name)
+        return tb
+
+    try:
+        yield make
+    finally:
+        for name in reversed(made):
+            manager.down(name)
