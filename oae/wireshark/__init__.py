@@ -6,6 +6,7 @@ from __future__ import annotations
 import filecmp
 import os
 import shutil
+import subprocess
 from importlib import resources
 from pathlib import Path
 
@@ -45,3 +46,40 @@ def install(target_dir: Path | None = None) -> tuple[Path, bool]:
     except OSError as exc:
         raise UsageError(f"cannot install the dissector into {folder}: {exc.strerror}") from None
     return dest, True
+
+
+def tshark_fields(
+    capture: Path | str,
+    fields: list[str],
+    prefs: dict[str, str] | None = None,
+    display_filter: str | None = None,
+    timeout: float = 60.0,
+) -> list[dict[str, str]]:
+    """Dissect `capture` with tshark and the packaged dissector; one dict per frame mapping
+    each of `fields` to its first value ("" when absent); a Lua error in the dissector
+    raises UsageError rather than passing unnoticed. `prefs` are `-o` preferences,
+    e.g. {"oae.key": "00..0f"}. Raises UsageError if tshark is missing or fails."""
+    tshark = shutil.which("tshark")
+    if tshark is None:
+        raise UsageError("tshark is not installed (Debian: apt-get install tshark)")
+    cmd = [tshark, "-n", "-X", f"lua_script:{dissector_path()}", "-r", str(capture)]
+    for name, value in (prefs or {}).items():
+        cmd += ["-o", f"{name}:{value}"]
+    if display_filter:
+        cmd += ["-Y", display_filter]
+    cmd += ["-T", "fields", "-E", "separator=\t", "-E", "occurrence=f", "-E", "quote=n"]
+    columns = [*fields, "frame.number", "_ws.lua.error"]
+    for name in columns:
+        cmd += ["-e", name]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=False)
+    errors = [ln for ln in proc.stderr.splitlines() if ln.strip() and "Running as user" not in ln]
+    if proc.returncode != 0 or errors:
+        raise UsageError(f"tshark failed ({proc.returncode}): {' | '.join(errors)[:500]}")
+    rows = []
+    for ln in proc.stdout.splitlines():
+        values = ln.split("\t")
+        row = dict(zip(columns, values + [""] * (len(columns) - len(values)), strict=True))
+        if row.pop("_ws.lua.error"):
+            raise UsageError(f"the oae dissector failed (Lua error) on frame {row['frame.number']}")
+        rows.append({name: row[name] for name in fields})
+    return rows

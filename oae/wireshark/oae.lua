@@ -201,6 +201,10 @@ local function parse_key(text)
     return key
 end
 
+-- Present when the frame came through 802.1Q/802.1ad tags (one value per tag).
+local vlan_ok, vlan_etype = pcall(Field.new, "vlan.etype")
+if not vlan_ok then vlan_etype = nil end
+
 -- Registration (re-done when the EtherType preference changes) -------------------------
 local ethertype_table = DissectorTable.get("ethertype")
 local registered_ethertype = nil
@@ -274,9 +278,13 @@ end
 
 -- The first failure, in the order of docs/protocol.md §4: code, field, frame offset and
 -- the check status (good / bad / unverified-keyed / nil if not reached).
-local function validate(b, n, key)
-    if n < RECORD_LEN then return "TRUNCATED", "frame", ETH_HLEN + n, nil end
-    if n > RECORD_LEN then return "OVERSIZED", "frame", FRAME_LEN, nil end
+-- `n` is the record's length on the wire, `tag_len` the bytes of VLAN tags before it (v1
+-- has no VLAN support: a tagged frame is rejected as ETHERTYPE, as the codecs do).
+local function validate(b, n, tag_len, key)
+    local frame_len = ETH_HLEN + tag_len + n
+    if frame_len < FRAME_LEN then return "TRUNCATED", "frame", frame_len, nil end
+    if frame_len > FRAME_LEN then return "OVERSIZED", "frame", FRAME_LEN, nil end
+    if tag_len > 0 then return "ETHERTYPE", "ethertype", 12, nil end
     if rshift(b[1], 4) ~= 1 then return "VERSION", "version", ETH_HLEN, nil end
     local flags = b[40]
     local status, computed
@@ -351,7 +359,9 @@ function oae.dissector(tvb, pinfo, tree)
         -- snapped by the capture: judge the frame by its length on the wire
         n = tvb:reported_length_remaining()
     end
-    local code, efield, eoffset, status, computed = validate(b, n, link_key)
+    local tag_len = 0
+    if vlan_etype ~= nil then tag_len = 4 * #{ vlan_etype() } end
+    local code, efield, eoffset, status, computed = validate(b, n, tag_len, link_key)
 
     local function have(off, size) return off + size <= captured end
 
