@@ -54,13 +54,45 @@ static const uint32_t crc32c_table[256] = {
     0xbe2da0a5u, 0x4c4623a6u, 0x5f16d052u, 0xad7d5351u,
 };
 
-uint32_t oae_crc32c(const uint8_t *buf, size_t len)
+static uint32_t crc32c_sw(uint32_t crc, const uint8_t *buf, size_t len)
 {
-    uint32_t crc = 0xFFFFFFFFu;
     for (size_t i = 0; i < len; i++)
         crc = crc32c_table[(crc ^ buf[i]) & 0xFFu] ^ (crc >> 8);
-    return crc ^ 0xFFFFFFFFu;
+    return crc;
 }
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+/* The SSE4.2 crc32 instruction computes exactly CRC32C; about 10x the table per record,
+ * which matters on the link pump's hot path. Chosen at run time, so one build runs
+ * everywhere. */
+__attribute__((target("sse4.2"))) static uint32_t crc32c_hw(uint32_t crc, const uint8_t *buf,
+                                                             size_t len)
+{
+    uint64_t c = crc;
+    size_t i = 0;
+    for (; i + 8 <= len; i += 8) {
+        uint64_t word;
+        memcpy(&word, buf + i, 8);
+        c = __builtin_ia32_crc32di(c, word);
+    }
+    crc = (uint32_t)c;
+    for (; i < len; i++)
+        crc = __builtin_ia32_crc32qi(crc, buf[i]);
+    return crc;
+}
+
+uint32_t oae_crc32c(const uint8_t *buf, size_t len)
+{
+    if (__builtin_cpu_supports("sse4.2"))
+        return crc32c_hw(0xFFFFFFFFu, buf, len) ^ 0xFFFFFFFFu;
+    return crc32c_sw(0xFFFFFFFFu, buf, len) ^ 0xFFFFFFFFu;
+}
+#else
+uint32_t oae_crc32c(const uint8_t *buf, size_t len)
+{
+    return crc32c_sw(0xFFFFFFFFu, buf, len) ^ 0xFFFFFFFFu;
+}
+#endif
 
 /* SipHash-2-4 (Aumasson & Bernstein), little-endian key and message words as specified. */
 static inline uint64_t rotl64(uint64_t x, int b) { return (x << b) | (x >> (64 - b)); }

@@ -274,32 +274,44 @@ class _Scratch(threading.local):
     not share them); allocated once so a call costs one pack, one C call and one unpack."""
 
     def __init__(self) -> None:
-        self.rec = bytearray(_C_RECORD.size)
-        self.hdr = bytearray(_C_HDR.size)
-        self.out = bytearray(FRAME_LEN)
-        self.c_rec = ffi.cast("oae_record *", ffi.from_buffer(self.rec))
-        self.c_hdr = ffi.cast("oae_frame_hdr *", ffi.from_buffer(self.hdr))
-        self.c_out = ffi.from_buffer("uint8_t[]", self.out)
-        self.c_err = ffi.new("oae_decode_err *")
+        rec = bytearray(_C_RECORD.size)
+        hdr = bytearray(_C_HDR.size)
+        out = bytearray(FRAME_LEN)
+        self.bufs = (
+            rec,
+            hdr,
+            out,
+            ffi.cast("oae_record *", ffi.from_buffer(rec)),
+            ffi.cast("oae_frame_hdr *", ffi.from_buffer(hdr)),
+            ffi.from_buffer("uint8_t[]", out),
+            ffi.new("oae_decode_err *"),
+        )
 
 
 _scratch = _Scratch()
+_NULL = ffi.NULL
+_c_record_encode = lib.oae_record_encode
+_c_record_decode = lib.oae_record_decode
+_c_frame_encode = lib.oae_frame_encode
+_c_frame_decode = lib.oae_frame_decode
+_pack_record = _C_RECORD.pack_into
+_unpack_record = _C_RECORD.unpack
 
 
-def _pack(s: _Scratch, r: Record) -> None:
-    _C_RECORD.pack_into(
-        s.rec, 0, r.opcode, r.phase, r.state, r.transition, r.direction, r.peer_half, r.tid,
+def _pack(buf: bytearray, r: Record) -> None:
+    _pack_record(
+        buf, 0, r.opcode, r.phase, r.state, r.transition, r.direction, r.peer_half, r.tid,
         r.epoch, r.seq, r.nonce, r.commit_upto, r.held_upto, r.delivered_upto, r.beat_size,
         r.beat_index, r.sack, len(r.payload), r.flags, r.payload, r.check,
     )  # fmt: skip
 
 
-def _unpack(s: _Scratch) -> Record:
+def _unpack(buf: bytearray) -> Record:
     """Build a Record from the oae_record the C decoder filled; skips __post_init__ because
     C has validated every field, which keeps decode cheap."""
     (opcode, phase, state, transition, direction, peer_half, tid, epoch, seq, nonce,
      commit_upto, held_upto, delivered_upto, beat_size, beat_index, sack, length, flags,
-     payload, check) = _C_RECORD.unpack(s.rec)  # fmt: skip
+     payload, check) = _unpack_record(buf)  # fmt: skip
     rec = object.__new__(Record)
     object.__setattr__(
         rec,
@@ -331,47 +343,53 @@ def _unpack(s: _Scratch) -> Record:
 
 def encode_record(record: Record, key: bytes | None = None) -> bytes:
     """The 64 bytes of record, with a CRC32C check, or a SipHash-2-4 check (KEYED) if key."""
-    check_key(key)
-    s = _scratch
-    _pack(s, record)
-    lib.oae_record_encode(s.c_rec, key or ffi.NULL, s.c_out)
-    return bytes(s.out[:RECORD_LEN])
+    if key is not None:
+        check_key(key)
+    rec, _, out, c_rec, _, c_out, _ = _scratch.bufs
+    _pack(rec, record)
+    _c_record_encode(c_rec, key or _NULL, c_out)
+    return bytes(out[:RECORD_LEN])
 
 
 def decode_record(data: bytes, key: bytes | None = None) -> Record:
     """Validate and decode 64 record bytes; raises DecodeError (offsets as in a frame)."""
-    check_key(key)
-    s = _scratch
-    data = bytes(data)
-    if lib.oae_record_decode(data, len(data), key or ffi.NULL, s.c_rec, s.c_err):
-        raise DecodeError(s.c_err.code, s.c_err.offset)
-    return _unpack(s)
+    if key is not None:
+        check_key(key)
+    rec, _, _, c_rec, _, _, c_err = _scratch.bufs
+    if type(data) is not bytes:
+        data = bytes(data)
+    if _c_record_decode(data, len(data), key or _NULL, c_rec, c_err):
+        raise DecodeError(c_err.code, c_err.offset)
+    return _unpack(rec)
 
 
 def encode_frame(frame: Frame, key: bytes | None = None) -> bytes:
     """The 78 bytes of frame; see encode_record for the check."""
-    check_key(key)
-    s = _scratch
-    _C_HDR.pack_into(s.hdr, 0, frame.dst, frame.src, frame.ethertype)
-    _pack(s, frame.record)
-    lib.oae_frame_encode(s.c_hdr, s.c_rec, key or ffi.NULL, s.c_out)
-    return bytes(s.out)
+    if key is not None:
+        check_key(key)
+    rec, hdr, out, c_rec, c_hdr, c_out, _ = _scratch.bufs
+    _C_HDR.pack_into(hdr, 0, frame.dst, frame.src, frame.ethertype)
+    _pack(rec, frame.record)
+    _c_frame_encode(c_hdr, c_rec, key or _NULL, c_out)
+    return bytes(out)
 
 
 def decode_frame(data: bytes, ethertype: int = ETHERTYPE, key: bytes | None = None) -> Frame:
     """Validate and decode a 78-byte frame expected to carry `ethertype`; a link with a key
     accepts only KEYED records checked with it, a link without only CRC32C ones."""
-    check_key(key)
-    _check_ethertype(ethertype)
-    s = _scratch
-    data = bytes(data)
-    if lib.oae_frame_decode(data, len(data), ethertype, key or ffi.NULL, ffi.NULL, s.c_rec,
-                            s.c_err):  # fmt: skip
-        raise DecodeError(s.c_err.code, s.c_err.offset)
+    if key is not None:
+        check_key(key)
+    if not 0 <= ethertype <= 0xFFFF:
+        _check_ethertype(ethertype)
+    rec, _, _, c_rec, _, _, c_err = _scratch.bufs
+    if type(data) is not bytes:
+        data = bytes(data)
+    if _c_frame_decode(data, len(data), ethertype, key or _NULL, _NULL, c_rec, c_err):
+        raise DecodeError(c_err.code, c_err.offset)
     frame = object.__new__(Frame)
     object.__setattr__(
         frame,
         "__dict__",
-        {"dst": data[0:6], "src": data[6:12], "ethertype": ethertype, "record": _unpack(s)},
+        {"dst": data[0:6], "src": data[6:12], "ethertype": ethertype, "record": _unpack(rec)},
     )
     return frame
