@@ -36,6 +36,7 @@ PACKET_IGNORE_OUTGOING = 23
 SOL_PACKET = 263
 PACKET_ADD_MEMBERSHIP = 1
 PACKET_MR_PROMISC = 1
+SO_RCVBUFFORCE = 33
 RX_BATCH = 64
 NS_CHECK_INTERVAL = 0.5
 
@@ -51,7 +52,10 @@ def packet_socket(ns: str, ifname: str) -> socket.socket:
         s.setsockopt(SOL_PACKET, PACKET_IGNORE_OUTGOING, 1)
     mreq = index.to_bytes(4, "little") + PACKET_MR_PROMISC.to_bytes(2, "little") + bytes(10)
     s.setsockopt(SOL_PACKET, PACKET_ADD_MEMBERSHIP, mreq)
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+    try:  # beyond rmem_max (root only), so bursts are not dropped before we see them
+        s.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, 8 << 20)
+    except OSError:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
     s.setblocking(False)
     return s
 
