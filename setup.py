@@ -2,4 +2,5 @@
 
 from setuptools import setup
 
-setup(cffi_modules=["oae/_build_native.py:wire_ffi", "oae/_build_native.py:pump_ffi"])
+setup(cffi_modules=["oae/_build_native.py:wire_ffi", "oae/_build_native.py:pump_ffi",
+                      "oae/_build_native.py:link_ffi"])

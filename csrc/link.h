@@ -37,7 +37,7 @@ enum {
 };
 
 /* LINK_DOWN reasons (event info) */
-enum { OAE_DOWN_DEAD = 1, OAE_DOWN_PEER_RESTART = 2 };
+enum { OAE_DOWN_DEAD = 1, OAE_DOWN_PEER_RESTART = 2, OAE_DOWN_PEER_LOST = 3 };
 
 /* event flags */
 #define OAE_EVF_RESTORED 0x01 /* outcome settled after a restart: the payload was lost */

@@ -63,8 +63,12 @@ os.chdir(ROOT)
 
 wire_ffi = _builder("oae._wire", ["wire.h"], ["wire.c"])
 pump_ffi = _builder("oae._pump", ["wire.h", "pump.h"], ["wire.c", "pump.c", "pingpong.c"])
+link_ffi = _builder(
+    "oae._link", ["wire.h", "link.h", "linksim.h"], ["wire.c", "link.c", "linksim.c"]
+)
 
 
 if __name__ == "__main__":
     wire_ffi.compile(tmpdir=str(ROOT), verbose=False)
     pump_ffi.compile(tmpdir=str(ROOT), verbose=False)
+    link_ffi.compile(tmpdir=str(ROOT), verbose=False)

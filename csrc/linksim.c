@@ -1,0 +1,415 @@
+/* oae link simulator (see linksim.h): two engines, an impaired wire, a virtual clock, and
+ * an application per end that checks the AIT contract as it goes. */
+#include "linksim.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define HEAP_MAX 8192
+#define OUT_BATCH 256
+
+typedef struct pkt {
+    uint64_t at, order;
+    int to;
+    uint8_t buf[OAE_FRAME_LEN];
+} pkt;
+
+typedef struct side {
+    oae_link *l;
+    oae_link_config cfg;
+    oae_link_durable dur;
+    int has_dur;
+    uint64_t down_until;    /* crashed: frames to it are lost until then */
+    uint32_t offered;       /* my tids 1..offered were assigned */
+    uint8_t *outcome;       /* per my tid: 0 open, 1 committed, 2 aborted */
+    uint8_t *got;           /* per peer tid: times delivered */
+    uint32_t last_delivered;
+    uint32_t unreleased;
+    uint64_t next_release;
+    uint32_t restarts;
+} side;
+
+typedef struct sim {
+    const oae_sim_config *cfg;
+    oae_sim_result *res;
+    uint64_t rng, now, order;
+    pkt *heap;
+    size_t heap_len;
+    side s[2];
+} sim;
+
+static uint64_t rnd(sim *m)
+{
+    m->rng ^= m->rng >> 12;
+    m->rng ^= m->rng << 25;
+    m->rng ^= m->rng >> 27;
+    return m->rng * 0x2545F4914F6CDD1DULL;
+}
+
+static int chance(sim *m, uint32_t ppm) { return ppm && rnd(m) % 1000000u < ppm; }
+
+static void violation(sim *m, const char *what, int side, uint32_t tid)
+{
+    if (m->res->violations++ == 0)
+        snprintf(m->res->first_violation, sizeof m->res->first_violation,
+                 "%s (end %c, tid %u, t=%llu ns)", what, side ? 'B' : 'A', tid,
+                 (unsigned long long)m->now);
+}
+
+static int earlier(const pkt *a, const pkt *b)
+{
+    return a->at < b->at || (a->at == b->at && a->order < b->order);
+}
+
+static void heap_push(sim *m, const pkt *p)
+{
+    if (m->heap_len == HEAP_MAX) {
+        m->res->frames_lost++;
+        return;
+    }
+    size_t i = m->heap_len++;
+    m->heap[i] = *p;
+    while (i > 0 && earlier(&m->heap[i], &m->heap[(i - 1) / 2])) {
+        pkt t = m->heap[i];
+        m->heap[i] = m->heap[(i - 1) / 2];
+        m->heap[(i - 1) / 2] = t;
+        i = (i - 1) / 2;
+    }
+}
+
+static void heap_pop(sim *m, pkt *out)
+{
+    *out = m->heap[0];
+    m->heap[0] = m->heap[--m->heap_len];
+    size_t i = 0;
+    for (;;) {
+        size_t l = 2 * i + 1, r = l + 1, s = i;
+        if (l < m->heap_len && earlier(&m->heap[l], &m->heap[s]))
+            s = l;
+        if (r < m->heap_len && earlier(&m->heap[r], &m->heap[s]))
+            s = r;
+        if (s == i)
+            break;
+        pkt t = m->heap[i];
+        m->heap[i] = m->heap[s];
+        m->heap[s] = t;
+        i = s;
+    }
+}
+
+static int wire_down(sim *m, uint64_t t)
+{
+    const oae_sim_config *c = m->cfg;
+    return c->flap_every_ns && t % c->flap_every_ns >= c->flap_every_ns - c->flap_ns;
+}
+
+static void send_frame(sim *m, int from, const uint8_t *buf)
+{
+    const oae_sim_config *c = m->cfg;
+    m->res->frames++;
+    if (wire_down(m, m->now) || chance(m, c->loss_ppm)) {
+        m->res->frames_lost++;
+        return;
+    }
+    int copies = 1;
+    if (chance(m, c->dup_ppm)) {
+        copies = 2;
+        m->res->frames_duplicated++;
+    }
+    for (int k = 0; k < copies; k++) {
+        pkt p;
+        p.to = !from;
+        p.at = m->now + c->latency_ns;
+        if (chance(m, c->reorder_ppm)) {
+            p.at += 1 + rnd(m) % (2 * c->latency_ns + 1);
+            m->res->frames_reordered++;
+        }
+        p.order = m->order++;
+        memcpy(p.buf, buf, OAE_FRAME_LEN);
+        if (chance(m, c->corrupt_ppm)) {
+            uint64_t bit = rnd(m) % (OAE_FRAME_LEN * 8);
+            p.buf[bit / 8] ^= (uint8_t)(1u << (bit % 8));
+            m->res->frames_corrupted++;
+        }
+        heap_push(m, &p);
+    }
+}
+
+static void payload_of(int from, uint32_t tid, uint8_t *p)
+{
+    p[0] = (uint8_t)from;
+    for (int i = 0; i < 4; i++) {
+        p[1 + i] = (uint8_t)(tid >> (24 - 8 * i));
+        p[5 + i] = (uint8_t)(~tid >> (24 - 8 * i));
+    }
+}
+
+static void settle_out(sim *m, int who, const oae_event *e, uint8_t outcome)
+{
+    side *s = &m->s[who];
+    if (e->tid == 0 || e->tid > s->offered) {
+        violation(m, "outcome for a tid never offered", who, e->tid);
+        return;
+    }
+    uint8_t *o = &s->outcome[e->tid];
+    if (*o && *o != outcome) {
+        violation(m, "transfer settled both ways", who, e->tid);
+        return;
+    }
+    if (*o) {
+        if (!(e->flags & OAE_EVF_RESTORED))
+            violation(m, "outcome reported twice", who, e->tid);
+        m->res->renotified++;
+        return;
+    }
+    *o = outcome;
+    if (outcome == 1) {
+        m->res->committed[who]++;
+    } else {
+        uint8_t want[9];
+        payload_of(who, e->tid, want);
+        if (!(e->flags & OAE_EVF_RESTORED) &&
+            (e->length != 9 || memcmp(e->payload, want, 9) != 0))
+            violation(m, "aborted transfer's payload not handed back", who, e->tid);
+        m->res->aborted[who]++;
+    }
+}
+
+static void handle_events(sim *m, int who)
+{
+    side *s = &m->s[who];
+    oae_event ev[64];
+    size_t n;
+    while ((n = oae_link_poll_events(s->l, ev, 64)) > 0) {
+        for (size_t i = 0; i < n; i++) {
+            const oae_event *e = &ev[i];
+            switch (e->type) {
+            case OAE_EV_PERSIST:
+                oae_link_durable_get(s->l, &s->dur);
+                s->has_dur = 1;
+                oae_link_persisted(s->l);
+                break;
+            case OAE_EV_LINK_UP:
+                m->res->links_up++;
+                break;
+            case OAE_EV_DELIVERED: {
+                uint8_t want[9];
+                payload_of(!who, e->tid, want);
+                if (e->length != 9 || memcmp(e->payload, want, 9) != 0)
+                    violation(m, "delivered payload is not the transfer's", who, e->tid);
+                else if (e->tid <= s->last_delivered || s->got[e->tid]++)
+                    violation(m, "delivered twice or out of order", who, e->tid);
+                s->last_delivered = e->tid;
+                s->unreleased++;
+                m->res->delivered[!who]++;
+                break;
+            }
+            case OAE_EV_COMMITTED:
+                settle_out(m, who, e, 1);
+                break;
+            case OAE_EV_ABORTED:
+                settle_out(m, who, e, 2);
+                break;
+            default:
+                break;
+            }
+        }
+    }
+}
+
+static void start(sim *m, int who)
+{
+    side *s = &m->s[who];
+    s->cfg.nonce = (who ? 0x20000000u : 0x10000000u) + ++s->restarts;
+    s->l = oae_link_new(&s->cfg, s->has_dur ? &s->dur : NULL);
+    if (!s->l)
+        violation(m, "engine refused its own durable registers", who, 0);
+}
+
+static void crash(sim *m, int who)
+{
+    side *s = &m->s[who];
+    oae_link_free(s->l);
+    s->l = NULL;
+    s->unreleased = 0;
+    s->down_until = m->now + 4 * m->cfg->latency_ns + 1;
+    m->res->crashes++;
+}
+
+static void app_step(sim *m, int who)
+{
+    side *s = &m->s[who];
+    const oae_sim_config *c = m->cfg;
+    if (c->release_ns == 0) {
+        oae_link_release(s->l, s->unreleased);
+        s->unreleased = 0;
+    } else {
+        while (s->unreleased && m->now >= s->next_release) {
+            oae_link_release(s->l, 1);
+            s->unreleased--;
+            s->next_release = m->now + c->release_ns;
+        }
+    }
+    while (s->offered < c->transfers) {
+        uint8_t p[9];
+        uint32_t tid;
+        payload_of(who, s->offered + 1, p);
+        int rc = oae_link_offer(s->l, p, 9, 0, &tid);
+        if (rc != 0)
+            break;
+        if (tid != s->offered + 1) {
+            violation(m, "tid not consecutive", who, tid);
+            break;
+        }
+        s->offered = tid;
+        m->res->offered[who]++;
+    }
+}
+
+static int finished(sim *m)
+{
+    for (int w = 0; w < 2; w++) {
+        side *s = &m->s[w];
+        if (!s->l || s->offered < m->cfg->transfers)
+            return 0;
+        if (m->res->committed[w] + m->res->aborted[w] < s->offered)
+            return 0;
+        oae_link_stats st;
+        oae_link_stats_get(s->l, &st);
+        if (st.phase != OAE_PHASE_LIVE)
+            return 0;
+    }
+    return 1;
+}
+
+static uint64_t next_time(sim *m)
+{
+    uint64_t t = UINT64_MAX;
+    if (m->heap_len)
+        t = m->heap[0].at;
+    for (int w = 0; w < 2; w++) {
+        side *s = &m->s[w];
+        uint64_t u = s->l ? oae_link_next_timeout(s->l) : s->down_until;
+        if (u < t)
+            t = u;
+        if (s->l && s->unreleased && m->cfg->release_ns && s->next_release < t)
+            t = s->next_release;
+    }
+    return t < m->now ? m->now : t;
+}
+
+int oae_sim_run(const oae_sim_config *c, oae_sim_result *res)
+{
+    memset(res, 0, sizeof *res);
+    if (!c || c->transfers == 0 || c->latency_ns == 0 || c->max_virtual_ns == 0 ||
+        (c->flap_every_ns && c->flap_ns >= c->flap_every_ns)) {
+        snprintf(res->first_violation, sizeof res->first_violation, "invalid sim config");
+        res->violations = 1;
+        return -1;
+    }
+    sim m;
+    memset(&m, 0, sizeof m);
+    m.cfg = c;
+    m.res = res;
+    m.rng = c->seed * 0x9E3779B97F4A7C15ULL + 1;
+    m.heap = malloc(HEAP_MAX * sizeof *m.heap);
+    uint8_t *out = malloc(OUT_BATCH * OAE_FRAME_LEN);
+    for (int w = 0; w < 2; w++) {
+        side *s = &m.s[w];
+        oae_link_config *k = &s->cfg;
+        memset(k, 0, sizeof *k);
+        uint8_t a[6] = {0x02, 0, 0, 0, 0, 0x0a}, b[6] = {0x02, 0, 0, 0, 0, 0x0b};
+        memcpy(k->mac, w ? b : a, 6);
+        k->window = c->window;
+        k->beat = c->beat;
+        k->rx_capacity = c->rx_capacity;
+        k->rto_ns = c->rto_ns;
+        k->dead_ns = c->dead_ns;
+        k->hello_ns = c->hello_ns;
+        k->has_key = c->has_key;
+        for (int i = 0; i < 16; i++)
+            k->key[i] = (uint8_t)(0xA0 + i);
+        k->persist = 1;
+        s->outcome = calloc((size_t)c->transfers + 2, 1);
+        s->got = calloc((size_t)c->transfers + 2, 1);
+    }
+    int ok = m.heap && out && m.s[0].outcome && m.s[1].outcome && m.s[0].got && m.s[1].got;
+    if (ok) {
+        start(&m, 0);
+        start(&m, 1);
+    }
+    uint64_t next_flap_crash = c->crash_every_ns;
+    int crash_who = 0;
+    while (ok && !res->violations) {
+        if (finished(&m))
+            break;
+        if (m.now > c->max_virtual_ns) {
+            violation(&m, "did not settle every transfer in time", 0, 0);
+            break;
+        }
+        /* frames due now */
+        while (m.heap_len && m.heap[0].at <= m.now) {
+            pkt p;
+            heap_pop(&m, &p);
+            side *s = &m.s[p.to];
+            if (!s->l || wire_down(&m, m.now)) {
+                res->frames_lost++;
+                continue;
+            }
+            oae_link_on_frame(s->l, p.buf, OAE_FRAME_LEN, m.now);
+            if (c->crash_every_ns && m.now >= next_flap_crash && p.to == crash_who) {
+                crash(&m, p.to); /* mid-batch: its unpolled events die with it */
+                next_flap_crash = m.now + c->crash_every_ns;
+                crash_who = !crash_who;
+            }
+        }
+        for (int w = 0; w < 2; w++) {
+            side *s = &m.s[w];
+            if (!s->l) {
+                if (m.now >= s->down_until)
+                    start(&m, w);
+                if (!s->l)
+                    continue;
+            }
+            if (oae_link_next_timeout(s->l) <= m.now)
+                oae_link_on_timeout(s->l, m.now);
+            handle_events(&m, w);
+            app_step(&m, w);
+            handle_events(&m, w);
+            size_t n;
+            while ((n = oae_link_poll_tx(s->l, out, OUT_BATCH, m.now)) > 0)
+                for (size_t i = 0; i < n; i++)
+                    send_frame(&m, w, out + i * OAE_FRAME_LEN);
+        }
+        m.now = next_time(&m);
+    }
+    if (ok && !res->violations) {
+        /* both ends agree on every transfer */
+        for (int w = 0; w < 2; w++) {
+            side *s = &m.s[w], *peer = &m.s[!w];
+            for (uint32_t t = 1; t <= s->offered; t++) {
+                if (s->outcome[t] == 1 && peer->got[t] != 1)
+                    violation(&m, "committed at the sender, not delivered once", w, t);
+                if (s->outcome[t] == 2 && peer->got[t] != 0)
+                    violation(&m, "aborted at the sender but delivered", w, t);
+                if (s->outcome[t] == 0)
+                    violation(&m, "left indefinite", w, t);
+            }
+        }
+    }
+    if (!ok && !res->violations)
+        violation(&m, "out of memory", 0, 0);
+    res->virtual_ns = m.now;
+    res->flaps = c->flap_every_ns ? m.now / c->flap_every_ns : 0;
+    for (int w = 0; w < 2; w++) {
+        if (m.s[w].l)
+            oae_link_stats_get(m.s[w].l, &res->stats[w]);
+        oae_link_free(m.s[w].l);
+        free(m.s[w].outcome);
+        free(m.s[w].got);
+    }
+    free(m.heap);
+    free(out);
+    return res->violations ? -1 : 0;
+}
