@@ -7,6 +7,7 @@
 #include "pump.h"
 
 #include <errno.h>
+#include <sched.h>
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
@@ -74,6 +75,8 @@ static ssize_t pp_recv(int fd, uint8_t *buf, size_t len, int busy, uint64_t dead
             return -errno;
         if (!busy || oae_now_ns() >= deadline)
             return 0;
+        /* let ksoftirqd (which may be delivering our frame) and others run on this core */
+        sched_yield();
     }
 }
 

@@ -2,6 +2,12 @@
 #include "pump.h"
 
 #include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <pthread.h>
+#include <sched.h>
+#include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 #include <arpa/inet.h>
@@ -9,7 +15,9 @@
 #include <net/ethernet.h>
 #include <net/if.h>
 #include <sys/ioctl.h>
+#include <sys/eventfd.h>
 #include <sys/socket.h>
+#include <time.h>
 
 static const uint8_t HELLO_GROUP[6] = {0x03, 0x0a, 0xe0, 0x00, 0x00, 0x01};
 
@@ -79,4 +87,565 @@ int oae_sock_set_rcvtimeo(int fd, uint64_t ns)
 int oae_sock_close(int fd)
 {
     return close(fd) < 0 ? -errno : 0;
+}
+
+/* ------------------------------------------------------------------------------------- */
+/* the pump                                                                              */
+/* ------------------------------------------------------------------------------------- */
+
+#define RX_BATCH 64
+#define TX_BATCH 64
+#define EV_BATCH 256
+#define APP_RING (1u << 16)     /* events waiting for the application */
+#define COOKIE_RING (2u * OAE_LINK_WINDOW_MAX)
+#define DURABLE_MAGIC 0x4F414544u /* "OAED" */
+#define LOG_MAGIC 0x4Cu
+
+struct oae_pump {
+    int fd, evfd, kickfd, flags;
+    int logfd;
+    char *durable_path;
+    oae_link *link;
+    pthread_mutex_t mu;
+    volatile int stop;
+    int sleeping, notified;
+    /* application events: a ring, guarded by mu */
+    oae_pump_event *app;
+    uint32_t app_head, app_tail;
+    /* transfers queued by the application, not yet offered: a growable ring, under mu */
+    uint8_t *q_payload, *q_len;
+    uint64_t *q_cookie;
+    size_t q_cap, q_head, q_count;
+    uint8_t *q_flags;
+    /* cookie of each outstanding outgoing tid */
+    uint64_t cookies[COOKIE_RING];
+    oae_pump_stats st;
+    /* loop buffers (pump thread only) */
+    uint8_t rx_buf[RX_BATCH][128];
+    struct mmsghdr rx_msg[RX_BATCH];
+    struct iovec rx_iov[RX_BATCH];
+    uint8_t tx_buf[TX_BATCH][OAE_FRAME_LEN];
+    struct mmsghdr tx_msg[TX_BATCH];
+    struct iovec tx_iov[TX_BATCH];
+    oae_event evs[EV_BATCH];
+    uint8_t logbuf[EV_BATCH * OAE_LOG_REC_LEN];
+};
+
+static void put32(uint8_t *p, uint32_t v)
+{
+    p[0] = (uint8_t)(v >> 24); p[1] = (uint8_t)(v >> 16); p[2] = (uint8_t)(v >> 8);
+    p[3] = (uint8_t)v;
+}
+
+static uint32_t get32(const uint8_t *p)
+{
+    return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
+}
+
+static int fsync_dir_of(const char *path)
+{
+    char dir[4096];
+    size_t n = strlen(path);
+    if (n >= sizeof dir)
+        return -ENAMETOOLONG;
+    memcpy(dir, path, n + 1);
+    char *slash = strrchr(dir, '/');
+    if (!slash)
+        strcpy(dir, ".");
+    else if (slash == dir)
+        dir[1] = 0;
+    else
+        *slash = 0;
+    int dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (dfd < 0)
+        return -errno;
+    int rc = fsync(dfd) < 0 ? -errno : 0;
+    close(dfd);
+    return rc;
+}
+
+/* file image: magic, crc32c of the struct, the struct (native layout, one machine) */
+int oae_durable_store(const char *path, const oae_link_durable *d)
+{
+    char tmp[4096];
+    uint8_t img[8 + sizeof *d];
+    if ((size_t)snprintf(tmp, sizeof tmp, "%s.tmp", path) >= sizeof tmp)
+        return -ENAMETOOLONG;
+    put32(img, DURABLE_MAGIC);
+    memcpy(img + 8, d, sizeof *d);
+    put32(img + 4, oae_crc32c(img + 8, sizeof *d));
+    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    if (fd < 0)
+        return -errno;
+    int rc = 0;
+    if (write(fd, img, sizeof img) != (ssize_t)sizeof img || fsync(fd) < 0)
+        rc = errno ? -errno : -EIO;
+    close(fd);
+    if (!rc && rename(tmp, path) < 0)
+        rc = -errno;
+    if (!rc)
+        rc = fsync_dir_of(path);
+    return rc;
+}
+
+int oae_durable_load(const char *path, oae_link_durable *out)
+{
+    uint8_t img[8 + sizeof *out + 1];
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0)
+        return -errno;
+    ssize_t n = read(fd, img, sizeof img);
+    close(fd);
+    if (n != (ssize_t)(8 + sizeof *out) || get32(img) != DURABLE_MAGIC ||
+        get32(img + 4) != oae_crc32c(img + 8, sizeof *out))
+        return -EINVAL;
+    memcpy(out, img + 8, sizeof *out);
+    return out->version == OAE_LINK_DURABLE_VERSION ? 0 : -EINVAL;
+}
+
+/* log record (OAE_LOG_REC_LEN = 40 bytes): magic 'L', type, flags, data_flags, length, 3
+ * zero bytes, tid, info, payload[16], crc32c of bytes 0..31, 4 zero bytes */
+static void log_encode(uint8_t *r, const oae_event *e)
+{
+    memset(r, 0, OAE_LOG_REC_LEN);
+    r[0] = LOG_MAGIC; r[1] = e->type; r[2] = e->flags; r[3] = e->data_flags;
+    r[4] = e->length;
+    put32(r + 8, e->tid);
+    put32(r + 12, e->info);
+    memcpy(r + 16, e->payload, 16);
+    put32(r + 32, oae_crc32c(r, 32));
+}
+
+int oae_log_decode(const uint8_t *r, oae_event *out)
+{
+    if (r[0] != LOG_MAGIC || get32(r + 32) != oae_crc32c(r, 32) || r[4] > OAE_PAYLOAD_MAX)
+        return 0;
+    memset(out, 0, sizeof *out);
+    out->type = r[1]; out->flags = r[2]; out->data_flags = r[3]; out->length = r[4];
+    out->tid = get32(r + 8);
+    out->info = get32(r + 12);
+    memcpy(out->payload, r + 16, 16);
+    return 1;
+}
+
+/* ---- queue of submitted transfers ---- */
+
+static int q_grow(oae_pump *p)
+{
+    size_t cap = p->q_cap ? p->q_cap * 2 : 4096;
+    uint8_t *pl = malloc(cap * OAE_PAYLOAD_MAX), *ln = malloc(cap), *fl = malloc(cap);
+    uint64_t *ck = malloc(cap * sizeof *ck);
+    if (!pl || !ln || !fl || !ck) {
+        free(pl); free(ln); free(fl); free(ck);
+        return -ENOMEM;
+    }
+    for (size_t i = 0; i < p->q_count; i++) {
+        size_t j = (p->q_head + i) % p->q_cap;
+        memcpy(pl + i * OAE_PAYLOAD_MAX, p->q_payload + j * OAE_PAYLOAD_MAX, OAE_PAYLOAD_MAX);
+        ln[i] = p->q_len[j];
+        fl[i] = p->q_flags[j];
+        ck[i] = p->q_cookie[j];
+    }
+    free(p->q_payload); free(p->q_len); free(p->q_flags); free(p->q_cookie);
+    p->q_payload = pl; p->q_len = ln; p->q_flags = fl; p->q_cookie = ck;
+    p->q_cap = cap;
+    p->q_head = 0;
+    return 0;
+}
+
+int oae_pump_submit(oae_pump *p, const uint8_t *payloads, const uint8_t *lens, size_t n,
+                    uint8_t flags, uint64_t cookie0)
+{
+    for (size_t i = 0; i < n; i++)
+        if (lens[i] > OAE_PAYLOAD_MAX)
+            return -3;
+    pthread_mutex_lock(&p->mu);
+    for (size_t i = 0; i < n; i++) {
+        if (p->q_count == p->q_cap && q_grow(p) < 0) {
+            pthread_mutex_unlock(&p->mu);
+            return -ENOMEM;
+        }
+        size_t j = (p->q_head + p->q_count) % p->q_cap;
+        memset(p->q_payload + j * OAE_PAYLOAD_MAX, 0, OAE_PAYLOAD_MAX);
+        memcpy(p->q_payload + j * OAE_PAYLOAD_MAX, payloads + i * OAE_PAYLOAD_MAX, lens[i]);
+        p->q_len[j] = lens[i];
+        p->q_flags[j] = flags;
+        p->q_cookie[j] = cookie0 + i;
+        p->q_count++;
+    }
+    p->st.queued += n;
+    int kick = p->sleeping;
+    pthread_mutex_unlock(&p->mu);
+    if (kick) {
+        uint64_t one = 1;
+        if (write(p->kickfd, &one, sizeof one) < 0) { /* a full counter already wakes it */ }
+    }
+    return (int)n;
+}
+
+size_t oae_pump_backlog(oae_pump *p)
+{
+    pthread_mutex_lock(&p->mu);
+    size_t n = p->q_count;
+    pthread_mutex_unlock(&p->mu);
+    return n;
+}
+
+/* offer queued transfers while the engine takes them (mu held) */
+static void offer_queued(oae_pump *p)
+{
+    while (p->q_count) {
+        size_t j = p->q_head;
+        uint32_t tid;
+        int rc = oae_link_offer(p->link, p->q_payload + j * OAE_PAYLOAD_MAX, p->q_len[j],
+                                p->q_flags[j], &tid);
+        if (rc != 0)
+            return; /* window full or link not LIVE: try again after the next frame */
+        p->cookies[tid % COOKIE_RING] = p->q_cookie[j];
+        p->q_head = (p->q_head + 1) % p->q_cap;
+        p->q_count--;
+        p->st.submitted++;
+    }
+}
+
+/* ---- lifecycle ---- */
+
+oae_pump *oae_pump_new(int fd, const oae_link_config *cfg, const oae_link_durable *restored,
+                       const char *state_dir, int flags)
+{
+    oae_pump *p = calloc(1, sizeof *p);
+    if (!p)
+        return NULL;
+    p->fd = fd;
+    p->flags = flags;
+    p->evfd = p->kickfd = p->logfd = -1;
+    oae_link_config c = *cfg;
+    c.persist = state_dir != NULL;
+    int err = ENOMEM;
+    if (state_dir) {
+        size_t n = strlen(state_dir) + 32;
+        char *log = malloc(n);
+        p->durable_path = malloc(n);
+        if (!log || !p->durable_path) {
+            free(log);
+            goto fail;
+        }
+        snprintf(p->durable_path, n, "%s/durable", state_dir);
+        snprintf(log, n, "%s/events.log", state_dir);
+        p->logfd = open(log, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0600);
+        err = errno;
+        free(log);
+        if (p->logfd < 0)
+            goto fail;
+    }
+    p->app = calloc(APP_RING, sizeof *p->app);
+    if (!p->app)
+        goto fail;
+    p->evfd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    p->kickfd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    if (p->evfd < 0 || p->kickfd < 0) {
+        err = errno;
+        goto fail;
+    }
+    p->link = oae_link_new(&c, restored);
+    if (!p->link) {
+        err = EINVAL;
+        goto fail;
+    }
+    pthread_mutex_init(&p->mu, NULL);
+    for (int i = 0; i < RX_BATCH; i++) {
+        p->rx_iov[i].iov_base = p->rx_buf[i];
+        p->rx_iov[i].iov_len = sizeof p->rx_buf[i];
+        p->rx_msg[i].msg_hdr.msg_iov = &p->rx_iov[i];
+        p->rx_msg[i].msg_hdr.msg_iovlen = 1;
+    }
+    for (int i = 0; i < TX_BATCH; i++) {
+        p->tx_iov[i].iov_base = p->tx_buf[i];
+        p->tx_iov[i].iov_len = OAE_FRAME_LEN;
+        p->tx_msg[i].msg_hdr.msg_iov = &p->tx_iov[i];
+        p->tx_msg[i].msg_hdr.msg_iovlen = 1;
+    }
+    return p;
+fail:
+    if (p->evfd >= 0) close(p->evfd);
+    if (p->kickfd >= 0) close(p->kickfd);
+    if (p->logfd >= 0) close(p->logfd);
+    free(p->app);
+    free(p->durable_path);
+    free(p);
+    errno = err;
+    return NULL;
+}
+
+void oae_pump_free(oae_pump *p)
+{
+    if (!p)
+        return;
+    oae_link_free(p->link);
+    pthread_mutex_destroy(&p->mu);
+    close(p->evfd);
+    close(p->kickfd);
+    if (p->logfd >= 0)
+        close(p->logfd);
+    free(p->app);
+    free(p->durable_path);
+    free(p->q_payload); free(p->q_len); free(p->q_flags); free(p->q_cookie);
+    free(p);
+}
+
+void oae_pump_stop(oae_pump *p)
+{
+    uint64_t one = 1;
+    p->stop = 1;
+    __sync_synchronize();
+    if (write(p->kickfd, &one, sizeof one) < 0) { /* a full counter already wakes it */ }
+}
+
+int oae_pump_event_fd(const oae_pump *p)
+{
+    return p->evfd;
+}
+
+size_t oae_pump_events(oae_pump *p, oae_pump_event *out, size_t max)
+{
+    size_t n = 0;
+    pthread_mutex_lock(&p->mu);
+    while (n < max && p->app_head != p->app_tail) {
+        out[n++] = p->app[p->app_head % APP_RING];
+        p->app_head++;
+    }
+    if (p->app_head == p->app_tail && p->notified) {
+        uint64_t v;
+        if (read(p->evfd, &v, sizeof v) < 0) { /* already reset */ }
+        p->notified = 0;
+    }
+    pthread_mutex_unlock(&p->mu);
+    return n;
+}
+
+void oae_pump_release(oae_pump *p, uint32_t n)
+{
+    pthread_mutex_lock(&p->mu);
+    oae_link_release(p->link, n);
+    int kick = p->sleeping;
+    pthread_mutex_unlock(&p->mu);
+    if (kick) {
+        uint64_t one = 1;
+        if (write(p->kickfd, &one, sizeof one) < 0) { /* a full counter already wakes it */ }
+    }
+}
+
+void oae_pump_set_epoch(oae_pump *p, uint32_t epoch)
+{
+    pthread_mutex_lock(&p->mu);
+    oae_link_set_epoch(p->link, epoch);
+    pthread_mutex_unlock(&p->mu);
+}
+
+void oae_pump_stats_get(oae_pump *p, oae_link_stats *ls, oae_pump_stats *ps)
+{
+    pthread_mutex_lock(&p->mu);
+    if (ls)
+        oae_link_stats_get(p->link, ls);
+    if (ps)
+        *ps = p->st;
+    pthread_mutex_unlock(&p->mu);
+}
+
+int oae_pump_transfer_state(oae_pump *p, int incoming, uint32_t tid)
+{
+    pthread_mutex_lock(&p->mu);
+    int s = oae_link_transfer_state(p->link, incoming, tid);
+    pthread_mutex_unlock(&p->mu);
+    return s;
+}
+
+/* ---- the loop ---- */
+
+/* Move engine events to the log, the app ring or the sink; returns -errno if the state
+ * files could not be written (mu held). */
+static int drain_events(oae_pump *p)
+{
+    int persist = 0, rc = 0;
+    size_t nlog = 0;
+    for (;;) {
+        uint32_t room = APP_RING - (p->app_tail - p->app_head);
+        size_t max = room < EV_BATCH ? room : EV_BATCH;
+        if (!max)
+            break;
+        size_t n = oae_link_poll_events(p->link, p->evs, max);
+        if (!n)
+            break;
+        for (size_t i = 0; i < n; i++) {
+            oae_event *e = &p->evs[i];
+            uint64_t cookie = 0;
+            switch (e->type) {
+            case OAE_EV_PERSIST:
+                persist = 1;
+                continue;
+            case OAE_EV_COMMITTED:
+            case OAE_EV_ABORTED:
+                if (!(e->flags & OAE_EVF_RESTORED))
+                    cookie = p->cookies[e->tid % COOKIE_RING];
+                /* fallthrough */
+            case OAE_EV_DELIVERED:
+                if (p->logfd >= 0) {
+                    if (nlog == EV_BATCH) {
+                        if (write(p->logfd, p->logbuf, nlog * OAE_LOG_REC_LEN) < 0)
+                            rc = -errno;
+                        nlog = 0;
+                    }
+                    log_encode(p->logbuf + nlog++ * OAE_LOG_REC_LEN, e);
+                    p->st.log_records++;
+                }
+                break;
+            default:
+                break;
+            }
+            if ((e->type == OAE_EV_DELIVERED && (p->flags & OAE_PUMP_SINK)) ||
+                (e->type == OAE_EV_COMMITTED && (p->flags & OAE_PUMP_QUIET))) {
+                if (e->type == OAE_EV_DELIVERED)
+                    oae_link_release(p->link, 1);
+                p->st.sunk++;
+                continue;
+            }
+            oae_pump_event *a = &p->app[p->app_tail % APP_RING];
+            a->ev = *e;
+            a->cookie = cookie;
+            p->app_tail++;
+            p->st.app_events++;
+        }
+    }
+    if (nlog && write(p->logfd, p->logbuf, nlog * OAE_LOG_REC_LEN) < 0)
+        rc = -errno;
+    /* the log must be stable before the registers that count what it holds */
+    if (persist && p->durable_path && !rc) {
+        oae_link_durable d;
+        if (p->logfd >= 0 && fdatasync(p->logfd) < 0)
+            rc = -errno;
+        oae_link_durable_get(p->link, &d);
+        if (!rc)
+            rc = oae_durable_store(p->durable_path, &d);
+        if (!rc) {
+            oae_link_persisted(p->link);
+            p->st.persists++;
+        }
+    }
+    if (p->app_tail != p->app_head && !p->notified) {
+        uint64_t one = 1;
+        if (write(p->evfd, &one, sizeof one) == sizeof one)
+            p->notified = 1;
+    }
+    return rc;
+}
+
+static void add_error_event(oae_pump *p, int err)
+{
+    pthread_mutex_lock(&p->mu);
+    oae_pump_event *a = &p->app[p->app_tail % APP_RING];
+    memset(a, 0, sizeof *a);
+    a->ev.type = OAE_PEV_ERROR;
+    a->ev.info = (uint32_t)err;
+    p->app_tail++;
+    uint64_t one = 1;
+    if (write(p->evfd, &one, sizeof one) == sizeof one)
+        p->notified = 1;
+    pthread_mutex_unlock(&p->mu);
+}
+
+static int fatal_errno(int e)
+{
+    return e == ENODEV || e == ENXIO || e == EBADF;
+}
+
+int oae_pump_run(oae_pump *p)
+{
+    int busy = p->flags & OAE_PUMP_BUSY;
+    int rc = 0;
+    while (!p->stop) {
+        /* 1. receive what is queued */
+        int k = recvmmsg(p->fd, p->rx_msg, RX_BATCH, MSG_DONTWAIT, NULL);
+        p->st.rx_calls++;
+        if (k < 0) {
+            if (fatal_errno(errno)) {
+                rc = -errno;
+                break;
+            }
+            k = 0;
+        }
+        uint64_t now = oae_now_ns();
+        pthread_mutex_lock(&p->mu);
+        for (int i = 0; i < k; i++)
+            if (oae_link_on_frame(p->link, p->rx_buf[i], p->rx_msg[i].msg_len, now) ==
+                OAE_DROP_NONE)
+                memcpy(p->st.peer_mac, p->rx_buf[i] + 6, 6);
+        p->st.rx_frames += (uint64_t)k;
+        /* 2. timers, new offers, events (and durable state), frames to send */
+        if (oae_link_next_timeout(p->link) <= now)
+            oae_link_on_timeout(p->link, now);
+        offer_queued(p);
+        rc = drain_events(p);
+        size_t ntx = rc ? 0 : oae_link_poll_tx(p->link, p->tx_buf[0], TX_BATCH, now);
+        uint64_t next = oae_link_next_timeout(p->link);
+        /* a full batch either way means more is likely waiting: look again at once */
+        int again = k == RX_BATCH || ntx == TX_BATCH;
+        if (!again && !busy)
+            p->sleeping = 1;
+        pthread_mutex_unlock(&p->mu);
+        if (rc) /* the state dir failed: stop rather than run without durability */
+            break;
+        /* 3. send */
+        size_t sent = 0;
+        while (sent < ntx) {
+            int m = sendmmsg(p->fd, p->tx_msg + sent, (unsigned)(ntx - sent), 0);
+            p->st.tx_calls++;
+            if (m < 0) {
+                if (errno == EINTR)
+                    continue;
+                if (fatal_errno(errno)) {
+                    rc = -errno;
+                    goto out;
+                }
+                p->st.tx_errors += ntx - sent; /* ENOBUFS, ENETDOWN: lost, the engine copes */
+                break;
+            }
+            sent += (size_t)m;
+        }
+        p->st.tx_frames += sent;
+        if (again)
+            continue;
+        /* 4. wait for a frame, a timer, a submit/release or stop */
+        if (busy) {
+            if (!k && !ntx)
+                sched_yield(); /* ksoftirqd may be the one delivering our next frame */
+            continue;
+        }
+        now = oae_now_ns();
+        struct timespec ts, *tsp = NULL;
+        if (next != UINT64_MAX) {
+            uint64_t d = next <= now ? 0 : next - now;
+            ts.tv_sec = (time_t)(d / 1000000000ull);
+            ts.tv_nsec = (long)(d % 1000000000ull);
+            tsp = &ts;
+        }
+        struct pollfd pf[2] = {{.fd = p->fd, .events = POLLIN},
+                               {.fd = p->kickfd, .events = POLLIN}};
+        int r = ppoll(pf, 2, tsp, NULL);
+        p->st.wakeups++;
+        pthread_mutex_lock(&p->mu);
+        p->sleeping = 0;
+        pthread_mutex_unlock(&p->mu);
+        if (r > 0 && (pf[1].revents & POLLIN)) {
+            uint64_t v;
+            if (read(p->kickfd, &v, sizeof v) < 0) { /* reset by another wake */ }
+        }
+        if (r > 0 && (pf[0].revents & (POLLERR | POLLNVAL))) {
+            rc = -ENODEV;
+            break;
+        }
+    }
+out:
+    if (rc)
+        add_error_event(p, -rc);
+    return rc;
 }

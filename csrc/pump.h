@@ -7,6 +7,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "link.h"
 #include "wire.h"
 
 /* cdef-begin */
@@ -48,6 +49,76 @@ int oae_flood_send(int fd, const uint8_t *src, const uint8_t *dst, uint16_t ethe
                    uint32_t run, uint64_t count, uint64_t max_ns, oae_bench_result *out);
 /* Counting receiver for the flood (recvmmsg), until STOP or `max_ns`. */
 int oae_flood_recv(int fd, uint16_t ethertype, uint32_t run, uint64_t max_ns, oae_bench_result *out);
+
+/* ---- the pump: one link engine on one socket, run by one thread ---- */
+
+/* Event types the pump adds to the engine's OAE_EV_*. */
+enum {
+    OAE_PEV_ERROR = 64 /* the pump stopped on a socket error; info = errno */
+};
+
+/* An engine event as handed to the application, with the cookie the application gave the
+ * transfer when it submitted it (0 for incoming transfers and outcomes after a restart). */
+typedef struct oae_pump_event {
+    oae_event ev;
+    uint64_t cookie;
+} oae_pump_event;
+
+typedef struct oae_pump_stats {
+    uint64_t rx_calls, rx_frames, tx_calls, tx_frames, tx_errors;
+    uint64_t wakeups, persists, log_records;
+    uint64_t queued, submitted; /* transfers queued by the app / offered to the engine */
+    uint64_t app_events, sunk;  /* events handed to the app / consumed by the pump (sink) */
+    uint8_t peer_mac[6];        /* source of the last accepted frame (all zero: none yet) */
+} oae_pump_stats;
+
+typedef struct oae_pump oae_pump;
+
+/* Flags of oae_pump_new. */
+#define OAE_PUMP_BUSY 1  /* spin (with sched_yield) instead of sleeping in poll() */
+#define OAE_PUMP_SINK 2  /* consume DELIVERED events in the pump and release them at once */
+#define OAE_PUMP_QUIET 4 /* do not hand COMMITTED events to the app (count them only) */
+
+/* A pump on socket fd (kept open; the caller closes it after oae_pump_free) running a new
+ * engine for cfg, restored from `restored` (may be NULL).  state_dir (may be NULL): where
+ * the durable registers (`durable`) and the settled-transfer log (`events.log`) are
+ * written; it sets cfg->persist.  NULL on invalid config or error (errno set). */
+oae_pump *oae_pump_new(int fd, const oae_link_config *cfg, const oae_link_durable *restored,
+                       const char *state_dir, int flags);
+/* Free a pump whose thread has returned.  Does not close fd. */
+void oae_pump_free(oae_pump *p);
+/* The loop; call from a dedicated thread.  Returns 0 after oae_pump_stop, or -errno on a
+ * socket error that ends the link (the interface disappeared). */
+int oae_pump_run(oae_pump *p);
+/* Ask the loop to return (thread-safe, async-signal-safe). */
+void oae_pump_stop(oae_pump *p);
+/* Readable (eventfd) while events are waiting for oae_pump_events. */
+int oae_pump_event_fd(const oae_pump *p);
+/* Take up to max waiting events (and reset the event fd when all are taken). */
+size_t oae_pump_events(oae_pump *p, oae_pump_event *out, size_t max);
+/* Queue n transfers for the pump to offer in order as the window allows: payload i is
+ * lens[i] bytes at payloads + i*16; cookies cookie0, cookie0+1, ... ; flags OAE_F_CONTROL
+ * or 0.  Returns n, or -3 if a length is > 16. */
+int oae_pump_submit(oae_pump *p, const uint8_t *payloads, const uint8_t *lens, size_t n,
+                    uint8_t flags, uint64_t cookie0);
+/* Transfers queued and not yet offered to the engine. */
+size_t oae_pump_backlog(oae_pump *p);
+/* The application consumed n delivered transfers. */
+void oae_pump_release(oae_pump *p, uint32_t n);
+void oae_pump_set_epoch(oae_pump *p, uint32_t epoch);
+void oae_pump_stats_get(oae_pump *p, oae_link_stats *ls, oae_pump_stats *ps);
+int oae_pump_transfer_state(oae_pump *p, int incoming, uint32_t tid);
+
+/* Durable files: registers are written atomically (temp, fsync, rename, fsync dir).
+ * load returns 0, -ENOENT (none yet) or -EINVAL (damaged or another version). */
+int oae_durable_load(const char *path, oae_link_durable *out);
+int oae_durable_store(const char *path, const oae_link_durable *d);
+/* The settled-transfer log: fixed 40-byte records, appended and fdatasync'ed before the
+ * registers that depend on them are stored, each with its own CRC32C (a torn tail is
+ * detected and ignored on reading). */
+#define OAE_LOG_REC_LEN 40
+/* Decode one log record (OAE_LOG_REC_LEN bytes); 1 if valid, 0 if torn or damaged. */
+int oae_log_decode(const uint8_t *buf, oae_event *out);
 /* cdef-end */
 
 #endif
