@@ -153,6 +153,9 @@ class CaptureWriter:
         self.packets += 1
         self.bytes += orig_len
 
+    def flush(self) -> None:
+        self._out.flush()
+
     def close(self) -> None:
         self._out.flush()
 
@@ -374,8 +377,10 @@ def capture(
                     if deadline is not None and now >= deadline:
                         stopped_by = "duration"
                         break
-                    if progress and now >= next_progress:
-                        progress(writer.packets, writer.bytes, now - start)
+                    if now >= next_progress:  # readers of a growing file see frames soon
+                        writer.flush()
+                        if progress:
+                            progress(writer.packets, writer.bytes, now - start)
                         next_progress = now + 0.5
                     wait = 0.5 if deadline is None else min(0.5, deadline - now)
                     if not select.select([sock], [], [], max(wait, 0))[0]:

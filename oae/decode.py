@@ -61,12 +61,15 @@ def _mac(b: bytes | None) -> str:
 
 def summary(rec: Record) -> str:
     """The state change a record carries, as the Wireshark dissector's Info column shows
-    it, e.g. `TOKEN LIVE tid=5 OFFER→ TENTATIVE commit≤3 held≤4 delivered≤2 seq=7`."""
+    it, e.g. `TOKEN LIVE tid=5 OFFER→ TENTATIVE commit≤3 held≤4 delivered≤2 seq=7`; the
+    transfer part is left out of records that act on none (tid 0, IDLE, NONE, out)."""
     arrow = "→" if rec.direction == Direction.OUT else "←"
-    text = (
-        f"{rec.opcode.name} {rec.phase.name} tid={rec.tid} {rec.transition.name}{arrow} "
-        f"{rec.state.name} commit≤{rec.commit_upto} held≤{rec.held_upto} "
-        f"delivered≤{rec.delivered_upto} seq={rec.seq}"
+    text = f"{rec.opcode.name} {rec.phase.name}"
+    if rec.tid or rec.state or rec.transition or rec.direction:  # it acts on a transfer
+        text += f" tid={rec.tid} {rec.transition.name}{arrow} {rec.state.name}"
+    text += (
+        f" commit≤{rec.commit_upto} held≤{rec.held_upto} delivered≤{rec.delivered_upto}"
+        f" seq={rec.seq}"
     )
     if rec.epoch:
         text += f" epoch={rec.epoch}"

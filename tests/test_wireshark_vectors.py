@@ -47,8 +47,14 @@ TSHARK = {
     "check": "oae.check",
 }
 HEX_FIELDS = ("dst", "src", "peer_half", "payload")
-EXTRA = ["frame.protocols", "oae.error", "oae.error.field", "oae.error.offset",
-         "oae.check.status", "oae.transfer"]  # fmt: skip
+EXTRA = [
+    "frame.protocols",
+    "oae.error",
+    "oae.error.field",
+    "oae.error.offset",
+    "oae.check.status",
+    "oae.transfer",
+]
 
 
 def _from_tshark(row: dict[str, str]) -> dict[str, Any]:

@@ -53,6 +53,7 @@ def tshark_fields(
     fields: list[str],
     prefs: dict[str, str] | None = None,
     display_filter: str | None = None,
+    two_pass: bool = False,
     timeout: float = 60.0,
 ) -> list[dict[str, str]]:
     """Dissect `capture` with tshark and the packaged dissector; one dict per frame mapping
@@ -67,6 +68,8 @@ def tshark_fields(
         cmd += ["-o", f"{name}:{value}"]
     if display_filter:
         cmd += ["-Y", display_filter]
+    if two_pass:  # lets fields that look ahead (oae.transfer.next) be filled
+        cmd += ["-2"]
     cmd += ["-T", "fields", "-E", "separator=\t", "-E", "occurrence=f", "-E", "quote=n"]
     columns = [*fields, "frame.number", "_ws.lua.error"]
     for name in columns:

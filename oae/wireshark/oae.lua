@@ -108,8 +108,9 @@ local e = {
 oae.experts = { e.malformed, e.bad_check, e.unverified }
 
 -- Preferences ---------------------------------------------------------------------------
-oae.prefs.ethertype = Pref.uint("EtherType", DEFAULT_ETHERTYPE,
-    "EtherType carrying oae records (default 0x88B5, IEEE local experimental 1)")
+oae.prefs.ethertype = Pref.string("EtherType", "0x88B5",
+    "EtherType carrying oae records, hex (0x88B5) or decimal; default 0x88B5 (IEEE local "
+        .. "experimental 1)")
 oae.prefs.key = Pref.string("Link key (hex)", "",
     "16-byte SipHash-2-4 link key as 32 hex digits; when set, KEYED records are verified and "
         .. "unkeyed ones are rejected, as an oae endpoint with that key does")
@@ -210,9 +211,16 @@ local ethertype_table = DissectorTable.get("ethertype")
 local registered_ethertype = nil
 
 local function register_ethertype()
-    if registered_ethertype == oae.prefs.ethertype then return end
+    local wanted = tonumber(oae.prefs.ethertype)
+    if wanted == nil or wanted < 0x0600 or wanted > 0xFFFF or wanted % 1 ~= 0 then
+        report_failure("oae: EtherType preference '" .. tostring(oae.prefs.ethertype)
+            .. "' is not a number in 0x0600-0xFFFF; keeping "
+            .. string.format("0x%04X", registered_ethertype or DEFAULT_ETHERTYPE))
+        wanted = registered_ethertype or DEFAULT_ETHERTYPE
+    end
+    if registered_ethertype == wanted then return end
     if registered_ethertype ~= nil then ethertype_table:remove(registered_ethertype, oae) end
-    registered_ethertype = oae.prefs.ethertype
+    registered_ethertype = wanted
     ethertype_table:add(registered_ethertype, oae)
 end
 
@@ -220,6 +228,10 @@ local link_key = nil
 function oae.prefs_changed()
     register_ethertype()
     link_key = parse_key(oae.prefs.key)
+    if link_key == nil and oae.prefs.key ~= "" then
+        report_failure("oae: link key preference is not 32 hex digits (16 bytes); keyed "
+            .. "checks stay unverified")
+    end
 end
 
 -- Transfer linking: on the first pass, the frames that name each transfer --------------
@@ -465,9 +477,11 @@ function oae.dissector(tvb, pinfo, tree)
     local info
     if captured >= 4 then
         local arrow = rshift(b[4], 7) == 0 and "\226\134\146" or "\226\134\144"
-        info = string.format("%s %s tid=%d %s%s %s", name_of(OPCODES, band(b[1], 0x0F)),
-            name_of(PHASES, b[2]), tid, name_of(TRANSITIONS, band(b[4], 0x7F)), arrow,
-            name_of(STATES, b[3]))
+        info = string.format("%s %s", name_of(OPCODES, band(b[1], 0x0F)), name_of(PHASES, b[2]))
+        if tid ~= 0 or b[3] ~= 0 or b[4] ~= 0 then  -- a record that acts on a transfer
+            info = info .. string.format(" tid=%d %s%s %s", tid,
+                name_of(TRANSITIONS, band(b[4], 0x7F)), arrow, name_of(STATES, b[3]))
+        end
         if captured >= 36 then
             info = info .. string.format(" commit\226\137\164%d held\226\137\164%d delivered\226\137\164%d",
                 be32(b, 25), be32(b, 29), be32(b, 33))
