@@ -145,7 +145,11 @@ def test_capture_dissected_by_tshark_equals_what_was_sent(
             assert got == _expected(sent), f"frame {sent}"
             r = sent.record
             arrow = "→" if r.direction == 0 else "←"
-            assert f"tid={r.tid} {r.transition.name}{arrow} {r.state.name}" in row["_ws.col.Info"]
+            info = row["_ws.col.Info"]
+            assert info.startswith(f"{r.opcode.name} {r.phase.name}")
+            if r.tid:
+                assert f" tid={r.tid} {r.transition.name}{arrow} {r.state.name} " in info
+            assert f"seq={r.seq}" in info
         elif sent.kind == "bad-check":
             assert row["oae.check.status"] == "bad"
             assert row["oae.error"] == "CHECK" and row["oae.error.offset"] == "70"
