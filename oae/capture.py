@@ -230,7 +230,7 @@ def _read_pcapng(data: bytes) -> Iterator[Packet]:
     while off < len(data):
         if off + 12 > len(data):
             raise CaptureFormatError(f"pcapng block header cut short at byte {off}")
-        btype = struct.unpack_from("<I", data, off)[0]
+        btype = struct.unpack_from(e + "I", data, off)[0]  # the SHB type reads the same in both
         if btype == _SHB:
             bom = data[off + 8 : off + 12]
             if bom == struct.pack("<I", _BYTE_ORDER_MAGIC):
