@@ -799,7 +799,7 @@ int oae_link_transfer_state(const oae_link *l, int incoming, uint32_t tid)
             return OAE_ST_COMMITTED;
         return live ? OAE_ST_TENTATIVE : OAE_ST_INDEFINITE;
     }
-    if (tid == 0 || tid > l->out_hi || tid + l->cfg.window <= l->out_hi)
+    if (tid == 0 || tid > l->out_hi || l->out_hi - tid >= l->cfg.window)
         return OAE_ST_IDLE; /* never assigned, or settled so long ago that it is forgotten */
     if (in_abort(l, tid))
         return OAE_ST_ABORTED;

@@ -1,0 +1,367 @@
+"""The link engine: Python face of the C bilateral link state machine (csrc/link.c).
+
+Sans I/O, like h11: you feed it received frames and the time, it hands back frames to send
+and events. `oae.model.link.LinkModel` is a pure-Python twin with the same methods, used
+as a test oracle; both take the types defined here. docs/protocol.md sections 7+ say what
+the machine does; csrc/link.h is the C API that the runtime pump calls directly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import IntEnum
+
+from oae._link import ffi, lib
+from oae.wire import BEAT_SIZES, ETHERTYPE, FRAME_LEN, KEY_LEN, PAYLOAD_MAX, State
+
+NEVER = 2**64 - 1
+
+
+class Drop(IntEnum):
+    """Why a received frame was dropped (1-15 are the codec's decode errors)."""
+
+    NONE = 0
+    TRUNCATED = 1
+    OVERSIZED = 2
+    ETHERTYPE = 3
+    VERSION = 4
+    OPCODE = 5
+    PHASE = 6
+    STATE = 7
+    TRANSITION = 8
+    SEQ = 9
+    NONCE = 10
+    BEAT = 11
+    LENGTH = 12
+    FLAGS = 13
+    PADDING = 14
+    CHECK = 15
+    NOT_MINE = 16
+    SELF = 17
+    FOREIGN = 18
+    SESSION = 19
+    REPLAY = 20
+    STALE = 21
+    UNEXPECTED = 22
+    BOGUS = 23
+
+
+class DownReason(IntEnum):
+    DEAD = 1
+    PEER_RESTART = 2
+    PEER_LOST = 3
+
+
+@dataclass(frozen=True)
+class LinkConfig:
+    """One end of a link. Times are nanoseconds of whatever clock the caller passes as
+    `now`; `nonce` must be random per process in production and fixed in tests."""
+
+    mac: bytes
+    nonce: int
+    peer_mac: bytes | None = None
+    ethertype: int = ETHERTYPE
+    key: bytes | None = None
+    window: int = 64
+    beat: int = 16
+    rx_capacity: int = 128
+    rto_ns: int = 200_000
+    dead_ns: int = 20_000_000
+    hello_ns: int = 1_000_000
+    idle_ns: int = 0
+    epoch: int = 0
+    persist: bool = False
+
+    def __post_init__(self) -> None:
+        if len(self.mac) != 6 or (self.peer_mac is not None and len(self.peer_mac) != 6):
+            raise ValueError("MAC addresses are 6 bytes")
+        if not 0 < self.nonce < 2**32:
+            raise ValueError("nonce must be 1..2**32-1")
+        if self.key is not None and len(self.key) != KEY_LEN:
+            raise ValueError(f"key must be {KEY_LEN} bytes")
+        if not 1 <= self.window <= lib.OAE_LINK_WINDOW_MAX:
+            raise ValueError(f"window must be 1..{lib.OAE_LINK_WINDOW_MAX}")
+        if self.beat not in BEAT_SIZES:
+            raise ValueError(f"beat must be one of {BEAT_SIZES}")
+        if self.rx_capacity < 1 or min(self.rto_ns, self.dead_ns, self.hello_ns) <= 0:
+            raise ValueError("rx_capacity and the timers must be positive")
+        if not 0 <= self.ethertype <= 0xFFFF or not 0 <= self.epoch < 2**32:
+            raise ValueError("ethertype or epoch out of range")
+
+
+@dataclass(frozen=True)
+class Durable:
+    """Registers that must survive a crash (store them when a `Persist` event asks)."""
+
+    peer_mac: bytes | None
+    out_hi: int
+    out_settled: int
+    abort_lo: int
+    abort_hi: int
+    in_delivered: int
+    epoch: int
+
+
+@dataclass(frozen=True)
+class LinkUp:
+    peer_nonce: int
+
+
+@dataclass(frozen=True)
+class LinkDown:
+    reason: DownReason
+
+
+@dataclass(frozen=True)
+class Delivered:
+    """The peer's transfer `tid` is committed: apply it (exactly once, in tid order)."""
+
+    tid: int
+    payload: bytes
+    control: bool = False
+
+
+@dataclass(frozen=True)
+class Committed:
+    """My transfer `tid` was delivered by the peer; `restored`: reported after a restart."""
+
+    tid: int
+    restored: bool = False
+
+
+@dataclass(frozen=True)
+class Aborted:
+    """My transfer `tid` was reversed; its payload is mine again (empty if `restored`)."""
+
+    tid: int
+    payload: bytes = b""
+    control: bool = False
+    restored: bool = False
+
+
+@dataclass(frozen=True)
+class Persist:
+    """Store `durable()` on stable storage, then call `persisted()`."""
+
+
+Event = LinkUp | LinkDown | Delivered | Committed | Aborted | Persist
+
+STATS_FIELDS = (
+    "frames_in frames_accepted frames_out offers_dup offers_gap offers_refused "
+    "offers_wrong_epoch delivered committed aborted timeouts_rto links_up links_down "
+    "reconciles phase out_hi out_commit out_peer_held out_settled in_held in_delivered "
+    "in_released in_refusing peer_nonce"
+).split()
+
+
+class LinkEngine:
+    """The C link machine. Methods mirror `oae.model.link.LinkModel` exactly."""
+
+    def __init__(self, config: LinkConfig, restored: Durable | None = None) -> None:
+        c = ffi.new("oae_link_config *")
+        c.mac = config.mac
+        c.has_peer = config.peer_mac is not None
+        c.peer_mac = config.peer_mac or bytes(6)
+        c.ethertype = config.ethertype
+        c.has_key = config.key is not None
+        c.key = config.key or bytes(KEY_LEN)
+        c.nonce = config.nonce
+        c.window = config.window
+        c.beat = config.beat
+        c.rx_capacity = config.rx_capacity
+        c.rto_ns, c.dead_ns, c.hello_ns = config.rto_ns, config.dead_ns, config.hello_ns
+        c.idle_ns = config.idle_ns
+        c.epoch = config.epoch
+        c.persist = config.persist
+        d = ffi.NULL
+        if restored is not None:
+            d = ffi.new("oae_link_durable *")
+            d.version = lib.OAE_LINK_DURABLE_VERSION
+            d.has_peer = restored.peer_mac is not None
+            d.peer_mac = restored.peer_mac or bytes(6)
+            d.out_hi, d.out_settled = restored.out_hi, restored.out_settled
+            d.abort_lo, d.abort_hi = restored.abort_lo, restored.abort_hi
+            d.in_delivered, d.epoch = restored.in_delivered, restored.epoch
+        ptr = lib.oae_link_new(c, d)
+        if ptr == ffi.NULL:
+            raise ValueError("invalid link configuration or durable registers")
+        self._l = ffi.gc(ptr, lib.oae_link_free)
+        self.config = config
+        self._tx = ffi.new("uint8_t[]", FRAME_LEN * 256)
+        self._ev = ffi.new("oae_event[]", 256)
+        self._tid = ffi.new("uint32_t *")
+        self._stats = ffi.new("oae_link_stats *")
+        self._dur = ffi.new("oae_link_durable *")
+
+    def on_frame(self, frame: bytes, now: int) -> Drop:
+        """Feed one received frame; returns why it was dropped (Drop.NONE if accepted)."""
+        return Drop(lib.oae_link_on_frame(self._l, frame, len(frame), now))
+
+    def poll_tx(self, now: int, max_frames: int = 256) -> list[bytes]:
+        """Frames (78 bytes each) due at `now`."""
+        max_frames = min(max_frames, 256)
+        n = lib.oae_link_poll_tx(self._l, self._tx, max_frames, now)
+        buf = ffi.buffer(self._tx, n * FRAME_LEN)[:]
+        return [buf[i * FRAME_LEN : (i + 1) * FRAME_LEN] for i in range(n)]
+
+    def poll_events(self) -> list[Event]:
+        out: list[Event] = []
+        while True:
+            n = lib.oae_link_poll_events(self._l, self._ev, 256)
+            for i in range(n):
+                out.append(_event(self._ev[i]))
+            if n < 256:
+                return out
+
+    def next_timeout(self) -> int:
+        """Absolute time of the next timer; NEVER if none."""
+        return lib.oae_link_next_timeout(self._l)
+
+    def on_timeout(self, now: int) -> None:
+        lib.oae_link_on_timeout(self._l, now)
+
+    def offer(self, payload: bytes, control: bool = False) -> int:
+        """Queue a transfer of up to 16 bytes; its tid, or 0 if the engine cannot take it
+        now (window full, a reversal settling, or the link not LIVE)."""
+        if len(payload) > PAYLOAD_MAX:
+            raise ValueError(f"payload is at most {PAYLOAD_MAX} bytes")
+        rc = lib.oae_link_offer(self._l, payload, len(payload), 0x04 if control else 0, self._tid)
+        return self._tid[0] if rc == 0 else 0
+
+    def release(self, n: int) -> None:
+        """The application consumed `n` delivered transfers (room for backpressure)."""
+        lib.oae_link_release(self._l, n)
+
+    def set_epoch(self, epoch: int) -> None:
+        lib.oae_link_set_epoch(self._l, epoch)
+
+    def stats(self) -> dict[str, object]:
+        """Counters and registers; `drops` maps each Drop reason to its count."""
+        lib.oae_link_stats_get(self._l, self._stats)
+        s = self._stats
+        out: dict[str, object] = {k: getattr(s, k) for k in STATS_FIELDS}
+        out["drops"] = {d: s.drops[d] for d in Drop if d != Drop.NONE}
+        return out
+
+    def durable(self) -> Durable:
+        lib.oae_link_durable_get(self._l, self._dur)
+        d = self._dur
+        return Durable(
+            peer_mac=bytes(d.peer_mac) if d.has_peer else None,
+            out_hi=d.out_hi,
+            out_settled=d.out_settled,
+            abort_lo=d.abort_lo,
+            abort_hi=d.abort_hi,
+            in_delivered=d.in_delivered,
+            epoch=d.epoch,
+        )
+
+    def persisted(self) -> None:
+        """The last `durable()` snapshot is on stable storage."""
+        lib.oae_link_persisted(self._l)
+
+    def transfer_state(self, tid: int, incoming: bool = False) -> State:
+        return State(lib.oae_link_transfer_state(self._l, incoming, tid))
+
+
+def _event(e: object) -> Event:
+    t = e.type  # type: ignore[attr-defined]
+    payload = bytes(e.payload[0 : e.length])  # type: ignore[attr-defined]
+    control = bool(e.data_flags & 0x04)  # type: ignore[attr-defined]
+    restored = bool(e.flags & lib.OAE_EVF_RESTORED)  # type: ignore[attr-defined]
+    if t == lib.OAE_EV_DELIVERED:
+        return Delivered(e.tid, payload, control)  # type: ignore[attr-defined]
+    if t == lib.OAE_EV_COMMITTED:
+        return Committed(e.tid, restored)  # type: ignore[attr-defined]
+    if t == lib.OAE_EV_ABORTED:
+        return Aborted(e.tid, payload, control, restored)  # type: ignore[attr-defined]
+    if t == lib.OAE_EV_PERSIST:
+        return Persist()
+    if t == lib.OAE_EV_LINK_UP:
+        return LinkUp(e.info)  # type: ignore[attr-defined]
+    return LinkDown(DownReason(e.info))  # type: ignore[attr-defined]
+
+
+@dataclass(frozen=True)
+class SimResult:
+    """What `simulate` saw: per direction ([0] A->B, [1] B->A) and in total."""
+
+    ok: bool
+    violation: str
+    offered: tuple[int, int]
+    committed: tuple[int, int]
+    aborted: tuple[int, int]
+    delivered: tuple[int, int]
+    renotified: int
+    frames: int
+    frames_lost: int
+    frames_duplicated: int
+    frames_reordered: int
+    frames_corrupted: int
+    flaps: int
+    crashes: int
+    links_up: int
+    virtual_ns: int
+    drops: tuple[dict[Drop, int], dict[Drop, int]]
+
+
+def simulate(
+    transfers: int,
+    seed: int = 1,
+    *,
+    loss: float = 0.0,
+    dup: float = 0.0,
+    reorder: float = 0.0,
+    corrupt: float = 0.0,
+    flap_every_ns: int = 0,
+    flap_ns: int = 0,
+    crash_every_ns: int = 0,
+    release_ns: int = 0,
+    window: int = 64,
+    beat: int = 16,
+    rx_capacity: int = 128,
+    latency_ns: int = 5_000,
+    rto_ns: int = 50_000,
+    dead_ns: int = 1_000_000,
+    hello_ns: int = 100_000,
+    keyed: bool = False,
+    max_virtual_ns: int = 10**12,
+) -> SimResult:
+    """Run two C engines over a seeded impaired in-memory wire on a virtual clock
+    (csrc/linksim.c), `transfers` each way, checking the AIT contract as it goes."""
+    c = ffi.new("oae_sim_config *")
+    c.seed, c.transfers = seed, transfers
+    c.loss_ppm, c.dup_ppm = round(loss * 1e6), round(dup * 1e6)
+    c.reorder_ppm, c.corrupt_ppm = round(reorder * 1e6), round(corrupt * 1e6)
+    c.latency_ns, c.flap_every_ns, c.flap_ns = latency_ns, flap_every_ns, flap_ns
+    c.crash_every_ns, c.release_ns = crash_every_ns, release_ns
+    c.window, c.beat, c.rx_capacity = window, beat, rx_capacity
+    c.rto_ns, c.dead_ns, c.hello_ns = rto_ns, dead_ns, hello_ns
+    c.has_key, c.max_virtual_ns = keyed, max_virtual_ns
+    r = ffi.new("oae_sim_result *")
+    rc = lib.oae_sim_run(c, r)
+
+    def pair(a: object) -> tuple[int, int]:
+        return (a[0], a[1])  # type: ignore[index]
+
+    return SimResult(
+        ok=rc == 0,
+        violation=ffi.string(r.first_violation).decode(),
+        offered=pair(r.offered),
+        committed=pair(r.committed),
+        aborted=pair(r.aborted),
+        delivered=pair(r.delivered),
+        renotified=r.renotified,
+        frames=r.frames,
+        frames_lost=r.frames_lost,
+        frames_duplicated=r.frames_duplicated,
+        frames_reordered=r.frames_reordered,
+        frames_corrupted=r.frames_corrupted,
+        flaps=r.flaps,
+        crashes=r.crashes,
+        links_up=r.links_up,
+        virtual_ns=r.virtual_ns,
+        drops=tuple(  # type: ignore[arg-type]
+            {d: r.stats[w].drops[d] for d in Drop if d != Drop.NONE} for w in (0, 1)
+        ),
+    )
