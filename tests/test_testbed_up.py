@@ -191,6 +191,9 @@ def test_sigkilled_run_is_removed_by_clean(run_prefix: str) -> None:
         assert len(manager.bridge_pids(crash_prefix)) == 1
         rows = manager.list_testbeds()
         assert any(r.get("name") == "crashme" for r in rows)
+        dry = manager.clean(crash_prefix, dry_run=True)
+        assert sum(r.startswith("netns:") for r in dry) == 4
+        assert len(kernel.list_netns(crash_prefix)) == 4  # a dry run removes nothing
         removed = json.loads(_oae("testbed", "clean", "--prefix", crash_prefix, "--json").stdout)[
             "removed"
         ]

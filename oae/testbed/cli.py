@@ -89,9 +89,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         "clean",
         help="remove every namespace, link, bridge and state entry carrying a prefix",
         description="Reads kernel state (not only state files), so it also cleans up "
-        "after a crash. Only names starting with PREFIX are touched.",
+        "after a crash. Only names starting with PREFIX are touched. The default prefix "
+        "'oae' matches every oae run on this host, including other users' live testbeds: "
+        "name one run's prefix (see `oae testbed list`) or look first with --dry-run.",
     )
     q.add_argument("--prefix", default=kernel.BASE_PREFIX, help="default: %(default)s")
+    q.add_argument("--dry-run", action="store_true", help="only list what would be removed")
     q.add_argument("--json", action="store_true")
     q.set_defaults(func=_clean)
 
@@ -191,10 +194,13 @@ def _impair(args: argparse.Namespace) -> int:
 
 
 def _clean(args: argparse.Namespace) -> int:
-    removed = manager.clean(args.prefix)
+    removed = manager.clean(args.prefix, args.dry_run)
+    verb = "would remove " if args.dry_run else ""
     _print(
         args,
-        {"prefix": args.prefix, "removed": removed},
-        "\n".join(removed) if removed else f"nothing carrying prefix {args.prefix!r}",
+        {"prefix": args.prefix, "dry_run": args.dry_run, "removed": removed},
+        "\n".join(verb + r for r in removed)
+        if removed
+        else f"nothing carrying prefix {args.prefix!r}",
     )
     return 0

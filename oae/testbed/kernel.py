@@ -181,28 +181,30 @@ def list_root_links(prefix: str = BASE_PREFIX) -> list[str]:
     return sorted(n for n in names if n and n.startswith(prefix))
 
 
-def clean(prefix: str = BASE_PREFIX) -> list[str]:
+def clean(prefix: str = BASE_PREFIX, dry_run: bool = False) -> list[str]:
     """Remove namespaces and root-namespace links whose names start with `prefix`.
 
     Reads kernel state (not our state files), so it also works after a crash. Returns the
-    names removed (namespaces as `netns:NAME`, links as `link:NAME`).
+    names removed, or with `dry_run` the names it would remove (namespaces as
+    `netns:NAME`, links as `link:NAME`).
     """
     if not prefix.startswith(BASE_PREFIX):
         raise UsageError(f"prefix {prefix!r}: must start with {BASE_PREFIX!r}")
     require_root("removing namespaces")
     removed: list[str] = []
     for name in list_netns(prefix):
-        if remove_netns(name):
+        if dry_run or remove_netns(name):
             removed.append(f"netns:{name}")
     with IPRoute() as ipr:
         for link in ipr.link("dump"):
             name = link.get("ifname")
-            if name and name.startswith(prefix):
+            if name and name.startswith(prefix) and not dry_run:
                 try:
                     ipr.link("del", index=link["index"])
                 except OSError as exc:  # the peer's deletion already took it
                     if exc.errno != errno.ENODEV:
                         raise
+            if name and name.startswith(prefix):
                 removed.append(f"link:{name}")
     return removed
 

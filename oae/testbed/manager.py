@@ -389,18 +389,19 @@ def list_testbeds() -> list[dict[str, Any]]:
     return out
 
 
-def clean(prefix: str = kernel.BASE_PREFIX) -> list[str]:
+def clean(prefix: str = kernel.BASE_PREFIX, dry_run: bool = False) -> list[str]:
     """Remove everything carrying `prefix`: bridge processes, namespaces, root links, and
     state entries of testbeds with that prefix. Reads the kernel, so it works after a
-    crash; never touches a name without the prefix."""
+    crash; never touches a name without the prefix. `dry_run` only lists them."""
     if not prefix.startswith(kernel.BASE_PREFIX):
         raise UsageError(f"--prefix {prefix!r}: must start with {kernel.BASE_PREFIX!r}")
     kernel.require_root("oae testbed clean")
     removed = []
     for pid in bridge_pids(prefix):
-        _terminate(pid)
+        if not dry_run:
+            _terminate(pid)
         removed.append(f"bridge:{pid}")
-    removed += kernel.clean(prefix)
+    removed += kernel.clean(prefix, dry_run)
     root = state_dir()
     for path in sorted(root.glob("*/state.json")) if root.is_dir() else []:
         try:
@@ -408,7 +409,8 @@ def clean(prefix: str = kernel.BASE_PREFIX) -> list[str]:
         except (ValueError, KeyError):
             pfx = None
         if pfx is None or pfx.startswith(prefix):
-            shutil.rmtree(path.parent, ignore_errors=True)
+            if not dry_run:
+                shutil.rmtree(path.parent, ignore_errors=True)
             removed.append(f"state:{path.parent.name}")
     return removed
 
