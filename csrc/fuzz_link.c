@@ -1,0 +1,203 @@
+/* libFuzzer target for the link engine (build: make -C csrc fuzz_link; docs/fuzzing.md).
+ *
+ * The input is a script: byte 0 picks the configuration, then each op byte picks an action
+ * on engine A, which talks to an honest engine B: raw attacker frames, mutated copies of
+ * B's real frames, time steps, offers, releases, exchanges (with loss), crash-restarts
+ * from the durable registers.  After every step the engines' invariants are checked;
+ * a violation aborts (a crash for libFuzzer), as do ASan/UBSan findings. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "link.h"
+
+#define CHECK(c)                                                                           \
+    do {                                                                                   \
+        if (!(c)) {                                                                        \
+            fprintf(stderr, "invariant failed: %s (line %d)\n", #c, __LINE__);              \
+            abort();                                                                       \
+        }                                                                                  \
+    } while (0)
+
+typedef struct end {
+    oae_link *l;
+    oae_link_config cfg;
+    oae_link_durable dur;
+    int has_dur;
+    uint32_t last_delivered;
+    uint8_t last_frame[OAE_FRAME_LEN];
+    int has_frame;
+} end;
+
+static void check(end *e)
+{
+    oae_link_stats s;
+    oae_link_stats_get(e->l, &s);
+    CHECK(s.out_settled <= s.out_commit && s.out_commit <= s.out_hi);
+    CHECK(s.out_peer_held <= s.out_hi);
+    CHECK(s.in_delivered <= s.in_held);
+    CHECK(s.in_released <= s.in_delivered);
+    CHECK(s.out_hi - s.out_settled <= e->cfg.window);
+    CHECK(s.phase >= OAE_PHASE_DISCOVER && s.phase <= OAE_PHASE_LIVE);
+}
+
+static void drain(end *e)
+{
+    oae_event ev[32];
+    size_t n;
+    while ((n = oae_link_poll_events(e->l, ev, 32)) > 0) {
+        for (size_t i = 0; i < n; i++) {
+            CHECK(ev[i].type >= OAE_EV_LINK_UP && ev[i].type <= OAE_EV_PERSIST);
+            CHECK(ev[i].length <= OAE_PAYLOAD_MAX);
+            if (ev[i].type == OAE_EV_DELIVERED) {
+                CHECK(ev[i].tid > e->last_delivered); /* exactly once, in order */
+                e->last_delivered = ev[i].tid;
+            } else if (ev[i].type == OAE_EV_PERSIST) {
+                oae_link_durable_get(e->l, &e->dur);
+                e->has_dur = 1;
+                oae_link_persisted(e->l);
+            }
+        }
+    }
+    check(e);
+}
+
+static void restart(end *e, uint32_t nonce)
+{
+    oae_link_free(e->l);
+    e->cfg.nonce = nonce;
+    e->l = oae_link_new(&e->cfg, e->has_dur ? &e->dur : NULL);
+    CHECK(e->l != NULL); /* an engine always accepts its own durable registers */
+}
+
+static uint64_t now;
+
+/* Move frames from one end to the other; `keep` is a bitmask of which to deliver. */
+static void exchange(end *from, end *to, uint8_t keep)
+{
+    uint8_t buf[8 * OAE_FRAME_LEN];
+    size_t n = oae_link_poll_tx(from->l, buf, 8, now);
+    for (size_t i = 0; i < n; i++) {
+        memcpy(from->last_frame, buf + i * OAE_FRAME_LEN, OAE_FRAME_LEN);
+        from->has_frame = 1;
+        if (keep & (1u << i))
+            oae_link_on_frame(to->l, buf + i * OAE_FRAME_LEN, OAE_FRAME_LEN, now);
+    }
+    drain(from);
+    drain(to);
+}
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+    if (size < 1)
+        return 0;
+    static const uint32_t beats[4] = {1, 4, 16, 64};
+    end a, b;
+    memset(&a, 0, sizeof a);
+    memset(&b, 0, sizeof b);
+    uint8_t mode = data[0];
+    for (int w = 0; w < 2; w++) {
+        oae_link_config *c = w ? &b.cfg : &a.cfg;
+        uint8_t mac[6] = {0x02, 0, 0, 0, 0, (uint8_t)(w ? 0x0b : 0x0a)};
+        memcpy(c->mac, mac, 6);
+        c->nonce = w ? 200 : 100;
+        c->window = 1u + (mode >> 4);
+        c->beat = beats[mode & 3];
+        c->rx_capacity = 1u + ((mode >> 2) & 3);
+        c->rto_ns = 50;
+        c->dead_ns = 1000;
+        c->hello_ns = 100;
+        c->idle_ns = (mode & 0x80) ? 10 : 0;
+        c->has_key = 1;
+        memset(c->key, 0x5a, 16);
+        c->persist = 1;
+    }
+    now = 0;
+    a.l = oae_link_new(&a.cfg, NULL);
+    b.l = oae_link_new(&b.cfg, NULL);
+    CHECK(a.l && b.l);
+    uint32_t restarts = 0;
+    size_t i = 1;
+    while (i < size) {
+        uint8_t op = data[i++];
+        uint8_t arg = i < size ? data[i] : 0;
+        switch (op % 9) {
+        case 0: { /* raw attacker bytes as a frame */
+            size_t len = arg % 81;
+            i++;
+            if (len > size - i)
+                len = size - i;
+            oae_link_on_frame(a.l, data + i, len, now);
+            i += len;
+            drain(&a);
+            break;
+        }
+        case 1: /* a real frame of B, mutated: one byte changed, possibly re-sent */
+            if (b.has_frame && i + 1 < size) {
+                uint8_t f[OAE_FRAME_LEN];
+                memcpy(f, b.last_frame, OAE_FRAME_LEN);
+                f[data[i] % OAE_FRAME_LEN] ^= data[i + 1];
+                oae_link_on_frame(a.l, f, OAE_FRAME_LEN, now);
+                i += 2;
+                drain(&a);
+            }
+            break;
+        case 2: /* replay B's last real frame unchanged */
+            if (b.has_frame)
+                oae_link_on_frame(a.l, b.last_frame, OAE_FRAME_LEN, now);
+            drain(&a);
+            break;
+        case 3: /* time passes */
+            now += 1 + (uint64_t)arg * 8;
+            i++;
+            if (oae_link_next_timeout(a.l) <= now)
+                oae_link_on_timeout(a.l, now);
+            if (oae_link_next_timeout(b.l) <= now)
+                oae_link_on_timeout(b.l, now);
+            drain(&a);
+            drain(&b);
+            break;
+        case 4: { /* offers */
+            uint8_t p[16];
+            memset(p, arg, sizeof p);
+            uint32_t tid;
+            oae_link_offer(a.l, p, arg % 17, (arg & 1) ? OAE_F_CONTROL : 0, &tid);
+            oae_link_offer(b.l, p, (arg >> 1) % 17, 0, &tid);
+            i++;
+            drain(&a);
+            drain(&b);
+            break;
+        }
+        case 5:
+            oae_link_release(a.l, arg % 4);
+            oae_link_release(b.l, arg % 3);
+            i++;
+            break;
+        case 6: /* honest exchange with loss given by the argument bits */
+            exchange(&a, &b, arg);
+            exchange(&b, &a, (uint8_t)~arg);
+            i++;
+            break;
+        case 7: /* crash-restart from the durable registers */
+            if (arg & 1) {
+                restart(&a, 1000 + ++restarts);
+                a.last_delivered = a.has_dur ? a.dur.in_delivered : 0;
+            } else {
+                restart(&b, 2000 + ++restarts);
+                b.last_delivered = b.has_dur ? b.dur.in_delivered : 0;
+            }
+            i++;
+            break;
+        default: /* several clean exchanges to get deep into LIVE */
+            for (int k = 0; k < 4; k++) {
+                now += 5;
+                exchange(&a, &b, 0xFF);
+                exchange(&b, &a, 0xFF);
+            }
+            break;
+        }
+    }
+    oae_link_free(a.l);
+    oae_link_free(b.l);
+    return 0;
+}
