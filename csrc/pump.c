@@ -3,7 +3,6 @@
 
 #include <errno.h>
 #include <fcntl.h>
-#include <poll.h>
 #include <pthread.h>
 #include <sched.h>
 #include <stdio.h>
@@ -98,17 +97,21 @@ int oae_sock_close(int fd)
 #define EV_BATCH 256
 #define APP_RING (1u << 16)     /* events waiting for the application */
 #define COOKIE_RING (2u * OAE_LINK_WINDOW_MAX)
+#define WAIT_MIN_US 50
+#define WAIT_MAX_US 8192        /* also bounds how long oae_pump_stop takes */
 #define DURABLE_MAGIC 0x4F414544u /* "OAED" */
 #define LOG_MAGIC 0x4Cu
 
 struct oae_pump {
-    int fd, evfd, kickfd, flags;
+    int fd, evfd, flags;
+    uint32_t beat;
+    uint64_t wait_us; /* the receive timeout currently set (0: none yet) */
     int logfd;
     char *durable_path;
     oae_link *link;
     pthread_mutex_t mu;
     volatile int stop;
-    int sleeping, notified;
+    int notified;
     /* application events: a ring, guarded by mu */
     oae_pump_event *app;
     uint32_t app_head, app_tail;
@@ -274,12 +277,7 @@ int oae_pump_submit(oae_pump *p, const uint8_t *payloads, const uint8_t *lens, s
         p->q_count++;
     }
     p->st.queued += n;
-    int kick = p->sleeping;
     pthread_mutex_unlock(&p->mu);
-    if (kick) {
-        uint64_t one = 1;
-        if (write(p->kickfd, &one, sizeof one) < 0) { /* a full counter already wakes it */ }
-    }
     return (int)n;
 }
 
@@ -318,7 +316,8 @@ oae_pump *oae_pump_new(int fd, const oae_link_config *cfg, const oae_link_durabl
         return NULL;
     p->fd = fd;
     p->flags = flags;
-    p->evfd = p->kickfd = p->logfd = -1;
+    p->evfd = p->logfd = -1;
+    p->beat = cfg->beat;
     oae_link_config c = *cfg;
     c.persist = state_dir != NULL;
     int err = ENOMEM;
@@ -342,8 +341,7 @@ oae_pump *oae_pump_new(int fd, const oae_link_config *cfg, const oae_link_durabl
     if (!p->app)
         goto fail;
     p->evfd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
-    p->kickfd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
-    if (p->evfd < 0 || p->kickfd < 0) {
+    if (p->evfd < 0) {
         err = errno;
         goto fail;
     }
@@ -368,7 +366,6 @@ oae_pump *oae_pump_new(int fd, const oae_link_config *cfg, const oae_link_durabl
     return p;
 fail:
     if (p->evfd >= 0) close(p->evfd);
-    if (p->kickfd >= 0) close(p->kickfd);
     if (p->logfd >= 0) close(p->logfd);
     free(p->app);
     free(p->durable_path);
@@ -384,7 +381,6 @@ void oae_pump_free(oae_pump *p)
     oae_link_free(p->link);
     pthread_mutex_destroy(&p->mu);
     close(p->evfd);
-    close(p->kickfd);
     if (p->logfd >= 0)
         close(p->logfd);
     free(p->app);
@@ -395,10 +391,8 @@ void oae_pump_free(oae_pump *p)
 
 void oae_pump_stop(oae_pump *p)
 {
-    uint64_t one = 1;
-    p->stop = 1;
+    p->stop = 1; /* seen within one receive timeout (at most WAIT_MAX_US) */
     __sync_synchronize();
-    if (write(p->kickfd, &one, sizeof one) < 0) { /* a full counter already wakes it */ }
 }
 
 int oae_pump_event_fd(const oae_pump *p)
@@ -427,12 +421,7 @@ void oae_pump_release(oae_pump *p, uint32_t n)
 {
     pthread_mutex_lock(&p->mu);
     oae_link_release(p->link, n);
-    int kick = p->sleeping;
     pthread_mutex_unlock(&p->mu);
-    if (kick) {
-        uint64_t one = 1;
-        if (write(p->kickfd, &one, sizeof one) < 0) { /* a full counter already wakes it */ }
-    }
 }
 
 void oae_pump_set_epoch(oae_pump *p, uint32_t epoch)
@@ -558,20 +547,54 @@ static int fatal_errno(int e)
     return e == ENODEV || e == ENXIO || e == EBADF;
 }
 
+/* Bound the next blocking receive by the engine's next timer: SO_RCVTIMEO, changed only
+ * when the power-of-two bucket of the wait changes (no extra syscall per frame). */
+static void set_wait(oae_pump *p, uint64_t next, uint64_t now)
+{
+    uint64_t us = next == UINT64_MAX ? WAIT_MAX_US : (next > now ? (next - now) / 1000 : 0);
+    if (us < WAIT_MIN_US)
+        us = WAIT_MIN_US;
+    if (us > WAIT_MAX_US)
+        us = WAIT_MAX_US;
+    uint64_t bucket = 1;
+    while (bucket * 2 <= us)
+        bucket *= 2;
+    if (bucket != p->wait_us) {
+        oae_sock_set_rcvtimeo(p->fd, bucket * 1000);
+        p->wait_us = bucket;
+    }
+}
+
 int oae_pump_run(oae_pump *p)
 {
     int busy = p->flags & OAE_PUMP_BUSY;
-    int rc = 0;
+    int batch_rx = p->beat > 1; /* beats arrive as bursts: take the rest of one at once */
+    int rc = 0, dontwait = 1;
     while (!p->stop) {
-        /* 1. receive what is queued */
-        int k = recvmmsg(p->fd, p->rx_msg, RX_BATCH, MSG_DONTWAIT, NULL);
+        /* 1. receive: busy-poll and "more may be queued" look without waiting; otherwise
+         * block in recv() like the bare C ping-pong does, bounded by the next timer */
+        int k;
+        if (busy || dontwait) {
+            k = recvmmsg(p->fd, p->rx_msg, RX_BATCH, MSG_DONTWAIT, NULL);
+        } else {
+            ssize_t n = recv(p->fd, p->rx_buf[0], sizeof p->rx_buf[0], 0);
+            k = n < 0 ? -1 : 1;
+            if (n >= 0) {
+                p->rx_msg[0].msg_len = (unsigned)n;
+                if (batch_rx) {
+                    int m = recvmmsg(p->fd, p->rx_msg + 1, RX_BATCH - 1, MSG_DONTWAIT, NULL);
+                    k += m > 0 ? m : 0;
+                }
+            }
+            p->st.wakeups++;
+        }
         p->st.rx_calls++;
         if (k < 0) {
             if (fatal_errno(errno)) {
                 rc = -errno;
                 break;
             }
-            k = 0;
+            k = 0; /* EAGAIN: nothing queued or the wait ran out (a timer is due) */
         }
         uint64_t now = oae_now_ns();
         pthread_mutex_lock(&p->mu);
@@ -587,17 +610,17 @@ int oae_pump_run(oae_pump *p)
         rc = drain_events(p);
         size_t ntx = rc ? 0 : oae_link_poll_tx(p->link, p->tx_buf[0], TX_BATCH, now);
         uint64_t next = oae_link_next_timeout(p->link);
-        /* a full batch either way means more is likely waiting: look again at once */
-        int again = k == RX_BATCH || ntx == TX_BATCH;
-        if (!again && !busy)
-            p->sleeping = 1;
         pthread_mutex_unlock(&p->mu);
         if (rc) /* the state dir failed: stop rather than run without durability */
             break;
         /* 3. send */
         size_t sent = 0;
         while (sent < ntx) {
-            int m = sendmmsg(p->fd, p->tx_msg + sent, (unsigned)(ntx - sent), 0);
+            /* one frame: plain send(); sendmmsg yields the CPU after each message
+             * (cond_resched), which costs a context switch per frame in a ping-pong */
+            int m = ntx - sent == 1
+                        ? (send(p->fd, p->tx_buf[sent], OAE_FRAME_LEN, 0) < 0 ? -1 : 1)
+                        : sendmmsg(p->fd, p->tx_msg + sent, (unsigned)(ntx - sent), 0);
             p->st.tx_calls++;
             if (m < 0) {
                 if (errno == EINTR)
@@ -612,36 +635,14 @@ int oae_pump_run(oae_pump *p)
             sent += (size_t)m;
         }
         p->st.tx_frames += sent;
-        if (again)
-            continue;
-        /* 4. wait for a frame, a timer, a submit/release or stop */
+        /* a full batch either way means more is likely waiting; a due timer must not wait */
+        now = oae_now_ns();
+        dontwait = k == RX_BATCH || ntx == TX_BATCH || next <= now;
         if (busy) {
             if (!k && !ntx)
                 sched_yield(); /* ksoftirqd may be the one delivering our next frame */
-            continue;
-        }
-        now = oae_now_ns();
-        struct timespec ts, *tsp = NULL;
-        if (next != UINT64_MAX) {
-            uint64_t d = next <= now ? 0 : next - now;
-            ts.tv_sec = (time_t)(d / 1000000000ull);
-            ts.tv_nsec = (long)(d % 1000000000ull);
-            tsp = &ts;
-        }
-        struct pollfd pf[2] = {{.fd = p->fd, .events = POLLIN},
-                               {.fd = p->kickfd, .events = POLLIN}};
-        int r = ppoll(pf, 2, tsp, NULL);
-        p->st.wakeups++;
-        pthread_mutex_lock(&p->mu);
-        p->sleeping = 0;
-        pthread_mutex_unlock(&p->mu);
-        if (r > 0 && (pf[1].revents & POLLIN)) {
-            uint64_t v;
-            if (read(p->kickfd, &v, sizeof v) < 0) { /* reset by another wake */ }
-        }
-        if (r > 0 && (pf[0].revents & (POLLERR | POLLNVAL))) {
-            rc = -ENODEV;
-            break;
+        } else if (!dontwait) {
+            set_wait(p, next, now);
         }
     }
 out:
