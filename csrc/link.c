@@ -467,6 +467,8 @@ int oae_link_on_frame(oae_link *l, const uint8_t *frame, size_t len, uint64_t no
         return drop(l, OAE_DROP_SESSION);
     uint64_t bit = 0;
     if (same) {
+        if (r.seq < l->floor)
+            return drop(l, OAE_DROP_STALE);
         if (r.seq > l->rx_max) {
             bit = 0;
         } else {
@@ -475,8 +477,6 @@ int oae_link_on_frame(oae_link *l, const uint8_t *frame, size_t len, uint64_t no
                 return drop(l, OAE_DROP_REPLAY);
             bit = (uint64_t)1 << back;
         }
-        if (r.seq < l->floor)
-            return drop(l, OAE_DROP_STALE);
     }
     /* which opcodes each phase takes */
     switch (r.opcode) {

@@ -372,13 +372,13 @@ class LinkModel:
             return self._drop(Drop.SESSION)
         bit = 0
         if same:
+            if r.seq < self.floor:
+                return self._drop(Drop.STALE)
             if r.seq <= self.rx_max:
                 back = self.rx_max - r.seq
                 if back >= 64 or (self.rx_bits >> back) & 1:
                     return self._drop(Drop.REPLAY)
                 bit = 1 << back
-            if r.seq < self.floor:
-                return self._drop(Drop.STALE)
         if r.opcode == Opcode.HELLO:
             if r.phase == Phase.LIVE:
                 return self._drop(Drop.UNEXPECTED)
