@@ -120,6 +120,10 @@ def test_cli_session(run_prefix: str) -> None:
         out = _oae("testbed", "exec", "clitest", "n2", "--", "cat", "/proc/net/dev").stdout
         assert "to-n1" in out and "to-n3" in out and "to-n4" not in out
         assert _oae("testbed", "exec", "clitest", "n2", "--", "false", check=False).returncode == 1
+        env_out = _oae(
+            "testbed", "exec", "clitest", "n4", "--", "sh", "-c", "echo $OAE_TESTBED/$OAE_NODE"
+        ).stdout
+        assert env_out.strip() == "clitest/n4"
         checked = json.loads(_oae("testbed", "check", "clitest", "--json").stdout)
         assert checked["failed"] == [] and len(checked["links"]) == 5
         rep = json.loads(

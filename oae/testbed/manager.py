@@ -451,8 +451,8 @@ def running(topo: Topology, name: str | None = None) -> Iterator[Testbed]:
 
 
 def exec_in(name: str, node: str, argv: list[str]) -> int:
-    """Run argv inside the node's namespace (a real-NIC node: on this host); returns its
-    exit status."""
+    """Run argv inside the node's namespace (a real-NIC node: on this host) with env vars
+    OAE_TESTBED and OAE_NODE set; returns its exit status."""
     if not argv:
         raise UsageError("exec: no command given (oae testbed exec NAME NODE -- CMD ...)")
     tb = load(name)
@@ -462,7 +462,9 @@ def exec_in(name: str, node: str, argv: list[str]) -> int:
     ctx = kernel.in_netns(ns) if ns else contextlib.nullcontext()
     try:
         with ctx:
-            proc = subprocess.Popen(argv)  # the child inherits this thread's namespace
+            # the child inherits this thread's namespace; OAE_TESTBED/OAE_NODE tell it where
+            env = {**os.environ, "OAE_TESTBED": name, "OAE_NODE": node}
+            proc = subprocess.Popen(argv, env=env)
     except FileNotFoundError:
         raise UsageError(f"exec: command not found: {argv[0]}") from None
     return proc.wait()
