@@ -3,6 +3,7 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <poll.h>
 #include <pthread.h>
 #include <sched.h>
 #include <stdio.h>
@@ -97,8 +98,9 @@ int oae_sock_close(int fd)
 #define EV_BATCH 256
 #define APP_RING (1u << 16)     /* events waiting for the application */
 #define COOKIE_RING (2u * OAE_LINK_WINDOW_MAX)
-#define WAIT_MIN_US 50
-#define WAIT_MAX_US 8192        /* also bounds how long oae_pump_stop takes */
+#define WAIT_MIN_US 4096        /* SO_RCVTIMEO has jiffy resolution anyway */
+#define WAIT_MAX_US 16384       /* also bounds how long oae_pump_stop takes */
+#define NEAR_NS 8000000ull      /* timers closer than this are waited for with ppoll */
 #define DURABLE_MAGIC 0x4F414544u /* "OAED" */
 #define LOG_MAGIC 0x4Cu
 
@@ -569,13 +571,25 @@ int oae_pump_run(oae_pump *p)
 {
     int busy = p->flags & OAE_PUMP_BUSY;
     int batch_rx = p->beat > 1; /* beats arrive as bursts: take the rest of one at once */
-    int rc = 0, dontwait = 1;
+    int rc = 0, dontwait = 1, near = 0;
+    uint64_t next = UINT64_MAX;
     while (!p->stop) {
-        /* 1. receive: busy-poll and "more may be queued" look without waiting; otherwise
-         * block in recv() like the bare C ping-pong does, bounded by the next timer */
+        /* 1. receive: busy-poll and "more may be queued" look without waiting; a timer due
+         * soon is waited for with ppoll (precise, hrtimer); otherwise block in recv() like
+         * the bare C ping-pong, bounded by SO_RCVTIMEO (which the kernel rounds up to a
+         * jiffy, so only for timers far enough away that a jiffy late does not matter) */
         int k;
         if (busy || dontwait) {
             k = recvmmsg(p->fd, p->rx_msg, RX_BATCH, MSG_DONTWAIT, NULL);
+        } else if (near) {
+            uint64_t now = oae_now_ns();
+            uint64_t d = next <= now ? 0 : next - now;
+            struct timespec ts = {.tv_sec = (time_t)(d / 1000000000ull),
+                                  .tv_nsec = (long)(d % 1000000000ull)};
+            struct pollfd pf = {.fd = p->fd, .events = POLLIN};
+            int r = ppoll(&pf, 1, &ts, NULL);
+            p->st.wakeups++;
+            k = r > 0 ? recvmmsg(p->fd, p->rx_msg, RX_BATCH, MSG_DONTWAIT, NULL) : 0;
         } else {
             ssize_t n = recv(p->fd, p->rx_buf[0], sizeof p->rx_buf[0], 0);
             k = n < 0 ? -1 : 1;
@@ -609,7 +623,7 @@ int oae_pump_run(oae_pump *p)
         offer_queued(p);
         rc = drain_events(p);
         size_t ntx = rc ? 0 : oae_link_poll_tx(p->link, p->tx_buf[0], TX_BATCH, now);
-        uint64_t next = oae_link_next_timeout(p->link);
+        next = oae_link_next_timeout(p->link);
         pthread_mutex_unlock(&p->mu);
         if (rc) /* the state dir failed: stop rather than run without durability */
             break;
@@ -642,7 +656,8 @@ int oae_pump_run(oae_pump *p)
             if (!k && !ntx)
                 sched_yield(); /* ksoftirqd may be the one delivering our next frame */
         } else if (!dontwait) {
-            set_wait(p, next, now);
+            near = next != UINT64_MAX && next - now < NEAR_NS;
+            set_wait(p, near ? UINT64_MAX : next, now);
         }
     }
 out:

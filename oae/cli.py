@@ -17,6 +17,7 @@ from oae.errors import OaeError
 # Subcommand modules, in the order `oae --help` lists them.
 SUBCOMMANDS: list[str] = [
     "oae.bench.cli",
+    "oae.runtime.cli",
     "oae.testbed.cli",
     "oae.capture",
     "oae.decode",

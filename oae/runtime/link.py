@@ -75,7 +75,7 @@ class LinkOptions:
     window: int = 64
     beat: int = 1
     rx_capacity: int = 4096
-    rto: float = 0.002
+    rto: float = 0.02
     dead: float = 1.0
     hello: float = 0.05
     idle: float = 0.001

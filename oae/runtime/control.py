@@ -1,0 +1,182 @@
+"""The node control socket: a Unix-domain stream socket speaking JSON lines.
+
+Each request is one JSON object on one line, each answer one JSON object on one line:
+
+    {"op": "status"}
+        -> {"ok": true, "status": {"pid": ..., "links": [{...stats...}]}}
+    {"op": "send", "data": "text" | "hex": "0a0b", "link": "eth1"?, "timeout": 10}
+        -> {"ok": true, "tid": 7, "outcome": "committed"}
+    {"op": "recv", "max": 100, "timeout": 1.0, "link": "eth1"?}
+        -> {"ok": true, "messages": [{"tid": 7, "hex": "...", "text": "...", "control": false}]}
+
+A bad request gets {"ok": false, "error": "<one line>"} and the connection stays usable.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from oae.errors import OaeError, UsageError
+
+if TYPE_CHECKING:
+    from oae.runtime.node import Node
+
+CONTROL_DIR = "/run/oae"
+LINE_MAX = 64 * 1024
+
+
+def default_control_path(iface: str, netns: str | None) -> str:
+    """Where `oae node` listens unless told otherwise: one socket per namespace+interface."""
+    return os.path.join(CONTROL_DIR, f"node-{netns or 'host'}-{iface}.sock")
+
+
+def find_control_path(control: str | None, iface: str | None, netns: str | None) -> str:
+    """The control socket a client should use: --control, else the default path of
+    --iface/--netns, else the only node socket under /run/oae."""
+    if control:
+        return control
+    if iface:
+        return default_control_path(iface, netns)
+    try:
+        found = sorted(p for p in os.listdir(CONTROL_DIR) if p.endswith(".sock"))
+    except FileNotFoundError:
+        found = []
+    if len(found) == 1:
+        return os.path.join(CONTROL_DIR, found[0])
+    if not found:
+        raise UsageError(f"no running node found in {CONTROL_DIR}; start `oae node` or "
+                         "pass --control PATH")  # fmt: skip
+    raise UsageError(f"several nodes run ({', '.join(found)}); pick one with --control or "
+                     "--iface/--netns")  # fmt: skip
+
+
+def _message_json(m: Any) -> dict[str, Any]:
+    text = m.payload.decode("utf-8", "replace")
+    return {"tid": m.tid, "hex": m.payload.hex(), "text": text, "control": m.control}
+
+
+async def _handle(node: Node, req: Any) -> dict[str, Any]:
+    if not isinstance(req, dict) or not isinstance(req.get("op"), str):
+        raise UsageError('a request is a JSON object with an "op" string')
+    op = req["op"]
+    link_name = req.get("link")
+    if link_name is not None and not isinstance(link_name, str):
+        raise UsageError('"link" must be an interface name')
+    if op == "status":
+        return {"ok": True, "status": node.status()}
+    if op == "send":
+        if "hex" in req:
+            try:
+                payload = bytes.fromhex(str(req["hex"]))
+            except ValueError:
+                raise UsageError('"hex" is not a hex string') from None
+        elif isinstance(req.get("data"), str):
+            payload = req["data"].encode()
+        else:
+            raise UsageError('send needs "data" (text) or "hex"')
+        timeout = float(req.get("timeout", 10.0))
+        link = node.link(link_name)
+        with trio.move_on_after(timeout) as scope:
+            outcome = await link.send(payload)
+        if scope.cancelled_caught:
+            raise UsageError(f"no outcome within {timeout:g} s (is the link up?); the "
+                             "transfer stays queued and will settle")  # fmt: skip
+        return {"ok": True, "tid": outcome.tid, "outcome": outcome.status}
+    if op == "recv":
+        max_count = int(req.get("max", 100))
+        timeout = float(req.get("timeout", 0.0))
+        if max_count < 1 or timeout < 0:
+            raise UsageError('"max" must be >= 1 and "timeout" >= 0')
+        msgs = await node.recv(link_name, max_count, timeout)
+        return {"ok": True, "messages": [_message_json(m) for m in msgs]}
+    raise UsageError(f"unknown op {op!r}; ops: status, send, recv")
+
+
+async def _serve_one(node: Node, stream: trio.SocketStream) -> None:
+    buf = b""
+    async with stream:
+        while True:
+            data = await stream.receive_some(4096)
+            if not data:
+                return
+            buf += data
+            if len(buf) > LINE_MAX and b"\n" not in buf:
+                await stream.send_all(b'{"ok": false, "error": "request line too long"}\n')
+                return
+            while b"\n" in buf:
+                line, buf = buf.split(b"\n", 1)
+                if not line.strip():
+                    continue
+                try:
+                    answer = await _handle(node, json.loads(line))
+                except (OaeError, ValueError, TypeError) as exc:
+                    answer = {"ok": False, "error": str(exc).splitlines()[0] if str(exc)
+                              else type(exc).__name__}  # fmt: skip
+                await stream.send_all(json.dumps(answer).encode() + b"\n")
+
+
+async def serve_control(
+    node: Node, path: str, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED
+) -> None:
+    """Listen on `path` until cancelled; the socket file is removed on the way out. A
+    stale socket left by a killed node is replaced; a live one is an error."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    if p.exists():
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            probe.connect(str(p))
+        except OSError:
+            p.unlink()  # nobody listens: left over from a killed node
+        else:
+            raise UsageError(f"control socket {path} is in use by a running node")
+        finally:
+            probe.close()
+    sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        await sock.bind(str(p))
+        os.chmod(p, 0o660)
+        sock.listen(16)
+        listener = trio.SocketListener(sock)
+        task_status.started()
+        await trio.serve_listeners(lambda s: _serve_one(node, s), [listener])
+    finally:
+        sock.close()
+        try:
+            p.unlink()
+        except FileNotFoundError:
+            pass
+
+
+def request(path: str, req: dict[str, Any], timeout: float = 30.0) -> dict[str, Any]:
+    """One request to a node's control socket (blocking client for the CLI)."""
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(timeout)
+    try:
+        try:
+            s.connect(path)
+        except (FileNotFoundError, ConnectionRefusedError):
+            raise UsageError(f"no node listens on {path}") from None
+        except PermissionError:
+            raise UsageError(f"control socket {path}: permission denied") from None
+        s.sendall(json.dumps(req).encode() + b"\n")
+        buf = b""
+        while b"\n" not in buf:
+            chunk = s.recv(65536)
+            if not chunk:
+                raise UsageError(f"node on {path} closed the connection")
+            buf += chunk
+    except TimeoutError:
+        raise UsageError(f"node on {path} did not answer within {timeout:g} s") from None
+    finally:
+        s.close()
+    answer = json.loads(buf.split(b"\n", 1)[0])
+    if not answer.get("ok"):
+        raise UsageError(answer.get("error", "request failed"))
+    return answer

@@ -1,0 +1,122 @@
+"""A node: several OAE links run together, their delivered messages collected, and
+(optionally) a control socket that lets other processes ask for status, send and receive.
+
+`oae node` is this class behind a command line; tests and experiments use it directly:
+
+    async with open_node([LinkSpec("eth1")], control="/run/oae/n1.sock") as node:
+        await node.link("eth1").wait_up()
+"""
+
+from __future__ import annotations
+
+import os
+from collections import deque
+from collections.abc import AsyncIterator, Sequence
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from oae.errors import UsageError
+from oae.runtime.control import serve_control
+from oae.runtime.link import Link, LinkOptions, Message, open_link
+
+INBOX_MAX = 100_000  # messages kept per link for `recv` before the oldest are dropped
+
+
+@dataclass(frozen=True)
+class LinkSpec:
+    """One link of a node: an interface (in a namespace), optional peer, key, state dir."""
+
+    iface: str
+    netns: str | None = None
+    peer: str | None = None
+    key: bytes | None = None
+    state_dir: str | None = None
+    options: LinkOptions = field(default_factory=LinkOptions)
+
+
+class Node:
+    """Links by interface name, with an inbox of delivered messages per link."""
+
+    def __init__(self) -> None:
+        self.links: dict[str, Link] = {}
+        self.started = trio.current_time()
+        self.pid = os.getpid()
+        self.control: str | None = None
+        self._inbox: dict[str, deque[Message]] = {}
+        self._arrived: dict[str, trio.Event] = {}
+        self.dropped: dict[str, int] = {}
+
+    def link(self, iface: str | None = None) -> Link:
+        """The link on `iface`; with one link, `iface` may be omitted."""
+        if iface is None:
+            if len(self.links) != 1:
+                raise UsageError(f"node has {len(self.links)} links: name one of "
+                                 f"{', '.join(self.links)}")  # fmt: skip
+            return next(iter(self.links.values()))
+        try:
+            return self.links[iface]
+        except KeyError:
+            raise UsageError(f"no link on {iface!r}; links: {', '.join(self.links)}") from None
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "pid": self.pid,
+            "control": self.control,
+            "uptime_s": round(trio.current_time() - self.started, 3),
+            "links": [dict(link.stats(), inbox=len(self._inbox[name]),
+                           inbox_dropped=self.dropped[name])
+                      for name, link in self.links.items()],
+        }  # fmt: skip
+
+    async def recv(self, iface: str | None, max_count: int, timeout: float) -> list[Message]:
+        """Up to max_count delivered messages, waiting up to `timeout` s for the first."""
+        name = self.link(iface).iface
+        inbox = self._inbox[name]
+        with trio.move_on_after(timeout):
+            while not inbox:
+                self._arrived[name] = trio.Event()
+                await self._arrived[name].wait()
+        return [inbox.popleft() for _ in range(min(max_count, len(inbox)))]
+
+    async def _collect(self, link: Link) -> None:
+        inbox = self._inbox[link.iface]
+        async for msg in link.received():
+            if len(inbox) == INBOX_MAX:
+                self.dropped[link.iface] += 1
+            inbox.append(msg)
+            self._arrived[link.iface].set()
+
+
+@asynccontextmanager
+async def open_node(specs: Sequence[LinkSpec], control: str | None = None) -> AsyncIterator[Node]:
+    """Run the links of `specs` (and a control socket at `control`, if given) until the
+    block is left; everything is stopped and removed on the way out."""
+    if not specs:
+        raise UsageError("a node needs at least one link (--iface)")
+    names = [s.iface for s in specs]
+    if len(set(names)) != len(names):
+        raise UsageError("each interface may appear only once per node")
+    node = Node()
+    async with AsyncExitStack() as stack:
+        for spec in specs:
+            link = await stack.enter_async_context(open_link(
+                spec.iface, spec.netns, spec.peer, spec.key, state_dir=spec.state_dir,
+                options=spec.options))  # fmt: skip
+            node.links[spec.iface] = link
+            node._inbox[spec.iface] = deque(maxlen=INBOX_MAX)
+            node._arrived[spec.iface] = trio.Event()
+            node.dropped[spec.iface] = 0
+        async with trio.open_nursery() as nursery:
+            for link in node.links.values():
+                nursery.start_soon(node._collect, link)
+            if control is not None:
+                node.control = str(Path(control))
+                await nursery.start(serve_control, node, control)
+            try:
+                yield node
+            finally:
+                nursery.cancel_scope.cancel()
