@@ -234,8 +234,9 @@ def check_key(key: bytes | None) -> None:
         raise ValueError(f"key must be {KEY_LEN} bytes or None")
 
 
-_OPCODES = {int(v): v for v in Opcode}
-_PHASES = {int(v): v for v in Phase}
+# Wire value -> enum member, by tuple index (the C decoder has checked the range).
+_OPCODES = (None, *Opcode)
+_PHASES = (None, *Phase)
 _STATES = tuple(State)
 _TRANSITIONS = tuple(Transition)
 _DIRECTIONS = tuple(Direction)
@@ -249,8 +250,12 @@ _C_RECORD_FIELDS = (
     ("beat_index", "B"), ("sack", "B"), ("length", "B"), ("flags", "B"), ("payload", "16s"),
     ("check", "Q"),
 )  # fmt: skip
-_C_RECORD = struct.Struct("@" + "".join(fmt for _, fmt in _C_RECORD_FIELDS))
-_C_HDR = struct.Struct("@6s6sH")
+_C_RECORD_FORMAT = "".join(fmt for _, fmt in _C_RECORD_FIELDS)
+_C_RECORD = struct.Struct("@" + _C_RECORD_FORMAT)
+# One scratch buffer holds an oae_frame_hdr at 0 and an oae_record at _REC_AT (8-aligned, as
+# oae_record needs), so that encode_frame packs both with one call.
+_REC_AT = 16
+_C_FRAME = struct.Struct("@6s6sH2x" + _C_RECORD_FORMAT)
 
 
 def _check_layout() -> None:
@@ -258,12 +263,18 @@ def _check_layout() -> None:
     (it cannot on the ABIs CPython supports, but a silent mismatch would corrupt frames)."""
     prefix = "@"
     for name, fmt in _C_RECORD_FIELDS:
-        pad = struct.calcsize(prefix + fmt) - struct.calcsize(fmt)
-        if pad != ffi.offsetof("oae_record", name):
+        offset = struct.calcsize(prefix + fmt) - struct.calcsize(fmt)
+        if offset != ffi.offsetof("oae_record", name):
             raise ImportError(f"oae._wire: unexpected C layout of oae_record.{name}")
         prefix += fmt
-    if _C_RECORD.size != ffi.sizeof("oae_record") or _C_HDR.size != ffi.sizeof("oae_frame_hdr"):
-        raise ImportError("oae._wire: unexpected size of oae_record or oae_frame_hdr")
+    if (
+        _C_RECORD.size != ffi.sizeof("oae_record")
+        or _C_FRAME.size != _REC_AT + _C_RECORD.size
+        or ffi.sizeof("oae_frame_hdr") > _REC_AT
+        or ffi.offsetof("oae_frame_hdr", "ethertype") != 12
+        or ffi.alignof("oae_record") > 8
+    ):
+        raise ImportError("oae._wire: unexpected C layout of oae_record or oae_frame_hdr")
 
 
 _check_layout()
@@ -274,15 +285,14 @@ class _Scratch(threading.local):
     not share them); allocated once so a call costs one pack, one C call and one unpack."""
 
     def __init__(self) -> None:
-        rec = bytearray(_C_RECORD.size)
-        hdr = bytearray(_C_HDR.size)
+        buf = bytearray(_C_FRAME.size)
         out = bytearray(FRAME_LEN)
+        base = ffi.from_buffer(buf)
         self.bufs = (
-            rec,
-            hdr,
+            buf,
             out,
-            ffi.cast("oae_record *", ffi.from_buffer(rec)),
-            ffi.cast("oae_frame_hdr *", ffi.from_buffer(hdr)),
+            ffi.cast("oae_frame_hdr *", base),
+            ffi.cast("oae_record *", base + _REC_AT),
             ffi.from_buffer("uint8_t[]", out),
             ffi.new("oae_decode_err *"),
         )
@@ -295,15 +305,8 @@ _c_record_decode = lib.oae_record_decode
 _c_frame_encode = lib.oae_frame_encode
 _c_frame_decode = lib.oae_frame_decode
 _pack_record = _C_RECORD.pack_into
-_unpack_record = _C_RECORD.unpack
-
-
-def _pack(buf: bytearray, r: Record) -> None:
-    _pack_record(
-        buf, 0, r.opcode, r.phase, r.state, r.transition, r.direction, r.peer_half, r.tid,
-        r.epoch, r.seq, r.nonce, r.commit_upto, r.held_upto, r.delivered_upto, r.beat_size,
-        r.beat_index, r.sack, len(r.payload), r.flags, r.payload, r.check,
-    )  # fmt: skip
+_pack_frame = _C_FRAME.pack_into
+_unpack_record = _C_RECORD.unpack_from
 
 
 def _unpack(buf: bytearray) -> Record:
@@ -311,7 +314,7 @@ def _unpack(buf: bytearray) -> Record:
     C has validated every field, which keeps decode cheap."""
     (opcode, phase, state, transition, direction, peer_half, tid, epoch, seq, nonce,
      commit_upto, held_upto, delivered_upto, beat_size, beat_index, sack, length, flags,
-     payload, check) = _unpack_record(buf)  # fmt: skip
+     payload, check) = _unpack_record(buf, _REC_AT)  # fmt: skip
     rec = object.__new__(Record)
     object.__setattr__(
         rec,
@@ -345,8 +348,13 @@ def encode_record(record: Record, key: bytes | None = None) -> bytes:
     """The 64 bytes of record, with a CRC32C check, or a SipHash-2-4 check (KEYED) if key."""
     if key is not None:
         check_key(key)
-    rec, _, out, c_rec, _, c_out, _ = _scratch.bufs
-    _pack(rec, record)
+    buf, out, _, c_rec, c_out, _ = _scratch.bufs
+    r = record
+    _pack_record(
+        buf, _REC_AT, r.opcode, r.phase, r.state, r.transition, r.direction, r.peer_half,
+        r.tid, r.epoch, r.seq, r.nonce, r.commit_upto, r.held_upto, r.delivered_upto,
+        r.beat_size, r.beat_index, r.sack, len(r.payload), r.flags, r.payload, r.check,
+    )  # fmt: skip
     _c_record_encode(c_rec, key or _NULL, c_out)
     return bytes(out[:RECORD_LEN])
 
@@ -355,21 +363,26 @@ def decode_record(data: bytes, key: bytes | None = None) -> Record:
     """Validate and decode 64 record bytes; raises DecodeError (offsets as in a frame)."""
     if key is not None:
         check_key(key)
-    rec, _, _, c_rec, _, _, c_err = _scratch.bufs
+    buf, _, _, c_rec, _, c_err = _scratch.bufs
     if type(data) is not bytes:
         data = bytes(data)
     if _c_record_decode(data, len(data), key or _NULL, c_rec, c_err):
         raise DecodeError(c_err.code, c_err.offset)
-    return _unpack(rec)
+    return _unpack(buf)
 
 
 def encode_frame(frame: Frame, key: bytes | None = None) -> bytes:
     """The 78 bytes of frame; see encode_record for the check."""
     if key is not None:
         check_key(key)
-    rec, hdr, out, c_rec, c_hdr, c_out, _ = _scratch.bufs
-    _C_HDR.pack_into(hdr, 0, frame.dst, frame.src, frame.ethertype)
-    _pack(rec, frame.record)
+    buf, out, c_hdr, c_rec, c_out, _ = _scratch.bufs
+    r = frame.record
+    _pack_frame(
+        buf, 0, frame.dst, frame.src, frame.ethertype, r.opcode, r.phase, r.state,
+        r.transition, r.direction, r.peer_half, r.tid, r.epoch, r.seq, r.nonce, r.commit_upto,
+        r.held_upto, r.delivered_upto, r.beat_size, r.beat_index, r.sack, len(r.payload),
+        r.flags, r.payload, r.check,
+    )  # fmt: skip
     _c_frame_encode(c_hdr, c_rec, key or _NULL, c_out)
     return bytes(out)
 
@@ -381,7 +394,7 @@ def decode_frame(data: bytes, ethertype: int = ETHERTYPE, key: bytes | None = No
         check_key(key)
     if not 0 <= ethertype <= 0xFFFF:
         _check_ethertype(ethertype)
-    rec, _, _, c_rec, _, _, c_err = _scratch.bufs
+    buf, _, _, c_rec, _, c_err = _scratch.bufs
     if type(data) is not bytes:
         data = bytes(data)
     if _c_frame_decode(data, len(data), ethertype, key or _NULL, _NULL, c_rec, c_err):
@@ -390,6 +403,6 @@ def decode_frame(data: bytes, ethertype: int = ETHERTYPE, key: bytes | None = No
     object.__setattr__(
         frame,
         "__dict__",
-        {"dst": data[0:6], "src": data[6:12], "ethertype": ethertype, "record": _unpack(rec)},
+        {"dst": data[0:6], "src": data[6:12], "ethertype": ethertype, "record": _unpack(buf)},
     )
     return frame
