@@ -3,6 +3,8 @@
 Public API (kept small on purpose):
 
 - wire format v1: `Record`, `Frame`, `DecodeError`, `encode_frame`, `decode_frame`
+- Trio runtime: `open_link` (-> `Link`: `send`, `received`, `stats`), `Outcome`,
+  `Message`, `LinkOptions`, `LinkError`; `open_node`, `Node`, `LinkSpec`
 """
 
 from __future__ import annotations
@@ -10,6 +12,8 @@ from __future__ import annotations
 __version__ = "0.1.0"
 
 from oae.errors import NeedsRootError, OaeError, UsageError
+from oae.runtime.link import Link, LinkError, LinkOptions, Message, Outcome, open_link
+from oae.runtime.node import LinkSpec, Node, open_node
 from oae.wire import (
     DecodeError,
     Direction,
@@ -42,4 +46,13 @@ __all__ = [
     "Direction",
     "Flag",
     "ErrorCode",
+    "open_link",
+    "Link",
+    "LinkOptions",
+    "LinkError",
+    "Outcome",
+    "Message",
+    "open_node",
+    "Node",
+    "LinkSpec",
 ]
