@@ -6,6 +6,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import subprocess
+import sys
 import threading
 from pathlib import Path
 from typing import Any
@@ -103,6 +105,20 @@ def test_vectors_cover_the_spec() -> None:
     assert any(f["tid"] == 0xFFFFFFFF for f in valid)
     codes = {v["error"]["code"] for v in VECTORS if "error" in v}
     assert codes == {c.name for c in wire.ErrorCode}
+
+
+def test_vectors_file_is_what_the_generator_writes() -> None:
+    """The checked-in vectors and their generator have not drifted apart."""
+    root = Path(__file__).resolve().parent.parent
+    out = subprocess.run(
+        [sys.executable, str(root / "tests" / "vectors" / "gen_wire_v1.py")],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(root)},
+        timeout=60,
+        check=True,
+    ).stdout
+    assert out == (root / "tests" / "vectors" / "wire_v1.json").read_text()
 
 
 @pytest.mark.parametrize("codec", CODECS)
