@@ -1,0 +1,490 @@
+"""A deterministic discrete-event network for running epoch algorithms side by side.
+
+Everything here is simulated — the clock is virtual (µs) and the links are models — so
+results carry `"network": "simulated"`. The link model is what the AIT link layer
+promises the epoch layer (docs/protocol.md, docs/convergence.md §Link model):
+
+- per direction, transfers are delivered exactly once and in order (FIFO), both CONTROL
+  transfers and application frames, after a one-way delay of rtt/2 with seeded jitter;
+  frame loss becomes retransmission delay (each loss adds `rto_us`), which also models
+  reordering below the link (the link re-establishes order);
+- a link failure (flap, or a node crash) aborts every transfer still in flight, on both
+  ends: the sender is told `transfer_aborted`, the receiver never sees it;
+- a node crash loses the process (volatile state) and keeps its durable store and the
+  checkpoints it finished writing; after `downtime` a fresh process is built from them;
+- a node processes CONTROL transfers one at a time, `proc_us` each (application frames
+  wait behind them, keeping FIFO order).
+
+Per directed link the simulator counts application frames sent and accepted, so that a
+recovered state can be checked as a cut (`Sim.check_cut`): for every link u→v, frames
+v had received at its capture plus frames in v's channel log must equal frames u had sent
+at its capture and the link did not abort (an aborted frame returns to its sender) — no
+orphan, no lost in-transit frame.
+"""
+
+from __future__ import annotations
+
+import bisect
+import heapq
+import math
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from oae.errors import UsageError
+
+SHAPES = ("chain", "ring", "star", "tree", "mesh", "grid")
+
+
+@dataclass(frozen=True)
+class Topology:
+    """Nodes 0..n-1 and undirected edges."""
+
+    name: str
+    n: int
+    edges: tuple[tuple[int, int], ...]
+
+    def neighbours(self, v: int) -> list[int]:
+        return sorted({b for a, b in self.edges if a == v} | {a for a, b in self.edges if b == v})
+
+    def eccentricity(self, v: int) -> int:
+        """Hops from v to the farthest node (breadth-first)."""
+        adj = {i: self.neighbours(i) for i in range(self.n)}
+        dist = {v: 0}
+        frontier = [v]
+        while frontier:
+            nxt = []
+            for u in frontier:
+                for w in adj[u]:
+                    if w not in dist:
+                        dist[w] = dist[u] + 1
+                        nxt.append(w)
+            frontier = nxt
+        if len(dist) != self.n:
+            raise UsageError(f"topology {self.name!r} is not connected")
+        return max(dist.values())
+
+
+def make_topology(spec: str, nodes: int | None = None) -> Topology:
+    """A shape name (ring, tree, ...; `nodes` sets the size, default 8) or a topology TOML
+    file of the testbed (netns/*.toml), read with the testbed's own parser."""
+    from oae.testbed.topology import load, shape_edges
+
+    if spec in SHAPES:
+        n = 8 if nodes is None else nodes
+        if n < 2 or (spec == "ring" and n < 3):
+            raise UsageError(f"--nodes {n} is too small for a {spec}")
+        if n > 512:
+            raise UsageError(f"--nodes {n} is too large (at most 512)")
+        return Topology(spec, n, tuple(shape_edges(spec, n)))
+    if not Path(spec).exists():
+        raise UsageError(f"unknown topology {spec!r}: give one of {', '.join(SHAPES)} or a file")
+    topo = load(spec, nodes)
+    index = {name: i for i, name in enumerate(topo.nodes)}
+    edges = tuple((index[link.a], index[link.b]) for link in topo.links)
+    return Topology(topo.name, len(topo.nodes), edges)
+
+
+@dataclass(frozen=True)
+class NetParams:
+    """Simulated link and fault parameters (times in µs)."""
+
+    rtt_us: float = 40.0
+    jitter: float = 0.2  # one-way delay uniform in rtt/2 * (1 ± jitter)
+    loss: float = 0.0  # per transfer attempt; each loss adds rto_us
+    rto_us: float = 120.0
+    proc_us: float = 1.0  # CONTROL processing per message per node
+    app_period_us: float = 10.0  # one application frame per directed link per period; 0: none
+    persist_us: float = 200.0  # median checkpoint write latency (log-normal)
+    persist_sigma: float = 0.5
+    refuse_rate: float = 0.0  # probability that a checkpoint write fails
+    downtime_us: tuple[float, float] = (100.0, 1000.0)
+
+
+class Process:
+    """What one node's algorithm exposes to the simulator. Callbacks act through `sim`."""
+
+    def start(self) -> None: ...
+    def link_up(self, link: int) -> None: ...
+    def link_down(self, link: int) -> None: ...
+    def message(self, link: int, payload: bytes) -> None: ...
+    def transfer_aborted(self, link: int, payload: bytes) -> None: ...
+    def timer(self, token: object) -> None: ...
+    def checkpoint_done(self, token: object, ok: bool) -> None: ...
+
+    def send_epoch(self, link: int) -> int | None:
+        """Tag for application frames on `link` now (None: hold them)."""
+        raise NotImplementedError
+
+    def frame_received(self, link: int, tag: int) -> tuple[bool, bool]:
+        """An application frame tagged `tag` arrived on `link`: (accepted, mixed) — mixed
+        when the frame's epoch is not the one this end is in on that link (and it is not
+        recorded as channel state of a checkpoint)."""
+        raise NotImplementedError
+
+    def committed_epoch(self) -> int:
+        """The epoch this node has durably committed (ground truth for frame checks)."""
+        raise NotImplementedError
+
+
+@dataclass
+class Counts:
+    """Application frames a node had sent / accepted per neighbour at a capture."""
+
+    sent: dict[int, int]
+    received: dict[int, int]
+
+
+@dataclass
+class NodeSlot:
+    process: Process | None
+    incarnation: int = 0
+    busy_until: float = 0.0
+    store: object = None  # the algorithm's durable store, kept across crashes
+    captures: dict[int, Counts] = field(default_factory=dict)  # volatile until written
+    checkpoints: dict[int, Counts] = field(default_factory=dict)  # durable
+
+
+class Sim:
+    """The event loop, links, faults and frame accounting."""
+
+    def __init__(
+        self,
+        topo: Topology,
+        params: NetParams,
+        seed: int,
+        factory: Callable[[Sim, int, list[int], object], Process],
+        new_store: Callable[[], object],
+    ) -> None:
+        self.topo, self.p = topo, params
+        self.rng = random.Random(seed)
+        self.now = 0.0
+        self._heap: list[tuple[float, int, Callable[[], None]]] = []
+        self._seq = 0
+        self.factory = factory
+        self.nbrs = {v: topo.neighbours(v) for v in range(topo.n)}
+        self.nodes = [NodeSlot(None, store=new_store()) for _ in range(topo.n)]
+        zero = {v: {w: 0 for w in self.nbrs[v]} for v in range(topo.n)}
+        for v, slot in enumerate(self.nodes):
+            slot.checkpoints[0] = Counts(dict(zero[v]), dict(zero[v]))
+        self.link_up_: dict[tuple[int, int], bool] = {}
+        self.session: dict[tuple[int, int], int] = {}
+        self.last_delivery: dict[tuple[int, int], float] = {}
+        # in flight per direction: message id -> CONTROL payload, or the frame's number
+        self.inflight: dict[tuple[int, int], dict[int, bytes | int]] = {}
+        self.aborted_frames: dict[tuple[int, int], list[int]] = {}
+        self.sent: dict[tuple[int, int], int] = {}
+        self.received: dict[tuple[int, int], int] = {}
+        self.held: dict[tuple[int, int], int] = {}
+        for a, b in topo.edges:
+            for d in ((a, b), (b, a)):
+                self.sent[d] = self.received[d] = self.held[d] = 0
+                self.inflight[d] = {}
+                self.aborted_frames[d] = []
+                self.last_delivery[d] = 0.0
+            self.link_up_[_key(a, b)] = False
+            self.session[_key(a, b)] = 0
+        self.stats = {
+            "control_messages": 0,
+            "frames_sent": 0,
+            "mixed_epoch_frames": 0,
+            "uncommitted_tag_frames": 0,
+            "held_frames": 0,
+            "aborted_transfers": 0,
+            "crashes": 0,
+            "flaps": 0,
+        }
+        self._ids = 0
+        self.one_way: list[float] = []  # CONTROL send -> handled, for the measured RTT
+
+    # ------------------------------------------------------------ event loop
+    def at(self, t: float, fn: Callable[[], None]) -> None:
+        self._seq += 1
+        heapq.heappush(self._heap, (t, self._seq, fn))
+
+    def run(self, until: Callable[[], bool], deadline: float) -> bool:
+        """Process events until `until()` holds (True) or time passes `deadline` (False)."""
+        while self._heap:
+            if until():
+                return True
+            t, _, fn = self._heap[0]
+            if t > deadline:
+                break
+            heapq.heappop(self._heap)
+            self.now = t
+            fn()
+        if until():
+            return True
+        self.now = max(self.now, deadline)
+        return False
+
+    def boot(self) -> None:
+        """Start every node and bring every link up."""
+        for v in range(self.topo.n):
+            self._spawn(v)
+        for a, b in self.topo.edges:
+            self._up(a, b)
+        if self.p.app_period_us > 0:
+            for d in self.sent:
+                self.at(self.rng.uniform(0, self.p.app_period_us), self._app_tick(d))
+
+    # ------------------------------------------------------------ node API
+    def process(self, v: int) -> Process | None:
+        return self.nodes[v].process
+
+    def alive(self, v: int) -> bool:
+        return self.nodes[v].process is not None
+
+    def send(self, v: int, w: int, payload: bytes) -> None:
+        """Node v sends a CONTROL transfer to neighbour w."""
+        self.stats["control_messages"] += 1
+        self._transmit(v, w, payload)
+
+    def timer(self, v: int, delay: float, token: object) -> None:
+        inc = self.nodes[v].incarnation
+
+        def fire() -> None:
+            slot = self.nodes[v]
+            if slot.process is not None and slot.incarnation == inc:
+                slot.process.timer(token)
+                self._flush(v)
+
+        self.at(self.now + delay, fire)
+
+    def capture(self, v: int, epoch: int) -> None:
+        """Node v snapshots its application state as the state of `epoch` (instant)."""
+        slot = self.nodes[v]
+        slot.captures[epoch] = Counts(
+            {w: self.sent[(v, w)] for w in self.nbrs[v]},
+            {w: self.received[(w, v)] for w in self.nbrs[v]},
+        )
+
+    def write_checkpoint(self, v: int, epoch: int, token: object) -> None:
+        """Persist the latest capture of `epoch`; `checkpoint_done(token, ok)` after a
+        log-normal latency (fails with probability `refuse_rate`)."""
+        slot = self.nodes[v]
+        inc = slot.incarnation
+        capture = slot.captures[epoch]
+        latency = self.p.persist_us * math.exp(self.rng.gauss(0.0, self.p.persist_sigma))
+        ok = self.rng.random() >= self.p.refuse_rate
+
+        def done() -> None:
+            if slot.process is None or slot.incarnation != inc:
+                return
+            if ok and slot.captures.get(epoch) is capture:
+                slot.checkpoints[epoch] = capture
+            slot.process.checkpoint_done(token, ok)
+            self._flush(v)
+
+        self.at(self.now + latency, done)
+
+    def discard(self, v: int, epoch: int) -> None:
+        self.nodes[v].captures.pop(epoch, None)
+
+    # ------------------------------------------------------------ faults
+    def crash(self, v: int, downtime: float) -> None:
+        """Kill node v's process now; restart it from its durable state after `downtime`."""
+        slot = self.nodes[v]
+        if slot.process is None:
+            return
+        self.stats["crashes"] += 1
+        slot.process = None
+        slot.incarnation += 1
+        slot.captures.clear()
+        for w in self.nbrs[v]:
+            self._down(v, w)
+        self.at(self.now + downtime, lambda: self._restart(v))
+
+    def flap(self, a: int, b: int, downtime: float) -> None:
+        if not self.link_up_[_key(a, b)]:
+            return
+        self.stats["flaps"] += 1
+        self._down(a, b)
+
+        def back() -> None:
+            if self.alive(a) and self.alive(b) and not self.link_up_[_key(a, b)]:
+                self._up(a, b)
+
+        self.at(self.now + downtime, back)
+
+    # ------------------------------------------------------------ cuts
+    def check_cut(self, restored: dict[int, tuple[int, dict[int, int]]]) -> bool:
+        """Is the state restored as {node: (epoch, channel log)} a consistent cut, every
+        node at one and the same epoch, from checkpoints that exist?"""
+        epochs = {e for e, _ in restored.values()}
+        if len(epochs) != 1:
+            return False
+        for v, (e, _) in restored.items():
+            if e not in self.nodes[v].checkpoints:
+                return False
+        for u, v in self.sent:
+            eu, _ = restored[u]
+            ev, log_v = restored[v]
+            sent = self.nodes[u].checkpoints[eu].sent[v]
+            sent -= bisect.bisect_right(self.aborted_frames[(u, v)], sent)
+            got = self.nodes[v].checkpoints[ev].received[u] + log_v.get(u, 0)
+            if got != sent:
+                return False
+        return True
+
+    # ------------------------------------------------------------ internals
+    def _spawn(self, v: int) -> None:
+        slot = self.nodes[v]
+        slot.process = self.factory(self, v, self.nbrs[v], slot.store)
+        slot.busy_until = self.now
+        slot.process.start()
+        self._flush(v)
+
+    def _restart(self, v: int) -> None:
+        self._spawn(v)
+        for w in self.nbrs[v]:
+            if self.alive(w):
+                self._up(v, w)
+
+    def _up(self, a: int, b: int) -> None:
+        self.link_up_[_key(a, b)] = True
+        for x, y in ((a, b), (b, a)):
+            self.last_delivery[(x, y)] = self.now
+        for x, y in ((a, b), (b, a)):
+            proc = self.nodes[x].process
+            if proc is not None:
+                proc.link_up(y)
+                self._flush(x)
+
+    def _down(self, a: int, b: int) -> None:
+        k = _key(a, b)
+        if not self.link_up_[k]:
+            return
+        self.link_up_[k] = False
+        self.session[k] += 1
+        for x, y in ((a, b), (b, a)):
+            lost = self.inflight[(x, y)]
+            self.inflight[(x, y)] = {}
+            proc = self.nodes[x].process
+            for item in lost.values():
+                if isinstance(item, int):
+                    # An aborted frame returns to its sender (AIT reversal): it was never
+                    # sent, as far as any cut is concerned, and the sender sends it again.
+                    self.aborted_frames[(x, y)].append(item)
+                    if proc is not None:
+                        self.held[(x, y)] += 1
+            if proc is None:
+                self.held[(x, y)] = 0
+            else:
+                proc.link_down(y)
+                for item in lost.values():
+                    if isinstance(item, bytes):
+                        self.stats["aborted_transfers"] += 1
+                        proc.transfer_aborted(y, item)
+                self._flush(x)
+
+    def _transmit(self, v: int, w: int, payload: bytes | None, tag: int = 0) -> None:
+        d = (v, w)
+        k = _key(v, w)
+        if not self.link_up_[k]:
+            if payload is not None:
+                self.stats["aborted_transfers"] += 1
+                self.at(self.now, self._aborted_later(v, w, payload))
+            return
+        p = self.p
+        delay = p.rtt_us / 2 * (1 + p.jitter * self.rng.uniform(-1, 1))
+        while p.loss > 0 and self.rng.random() < p.loss:
+            delay += p.rto_us
+        t = max(self.now + delay, self.last_delivery[d])
+        self.last_delivery[d] = t
+        self._ids += 1
+        mid = self._ids
+        self.inflight[d][mid] = self.sent[d] if payload is None else payload
+        session = self.session[k]
+        sent_at = self.now
+        self.at(t, lambda: self._arrive(v, w, mid, session, payload, tag, sent_at))
+
+    def _aborted_later(self, v: int, w: int, payload: bytes) -> Callable[[], None]:
+        inc = self.nodes[v].incarnation
+
+        def fire() -> None:
+            slot = self.nodes[v]
+            if slot.process is not None and slot.incarnation == inc:
+                slot.process.transfer_aborted(w, payload)
+                self._flush(v)
+
+        return fire
+
+    def _arrive(
+        self, v: int, w: int, mid: int, session: int, payload: bytes | None, tag: int, sent: float
+    ) -> None:
+        if self.session[_key(v, w)] != session:
+            return
+        slot = self.nodes[w]
+        start = max(self.now, slot.busy_until)
+        if payload is not None:
+            start += self.p.proc_us
+            slot.busy_until = start
+            self.one_way.append(start - sent)
+        self.at(start, lambda: self._handle(v, w, mid, session, payload, tag))
+
+    def _handle(
+        self, v: int, w: int, mid: int, session: int, payload: bytes | None, tag: int
+    ) -> None:
+        if self.session[_key(v, w)] != session:
+            return
+        self.inflight[(v, w)].pop(mid, None)
+        proc = self.nodes[w].process
+        if proc is None:
+            return
+        if payload is None:
+            accepted, mixed = proc.frame_received(v, tag)
+            if accepted:
+                self.received[(v, w)] += 1
+            if mixed:
+                self.stats["mixed_epoch_frames"] += 1
+        else:
+            proc.message(v, payload)
+        self._flush(w)
+
+    def _app_tick(self, d: tuple[int, int]) -> Callable[[], None]:
+        def tick() -> None:
+            v, w = d
+            proc = self.nodes[v].process
+            if proc is not None and self.link_up_[_key(v, w)]:
+                self.held[d] += 1
+                self._flush(v)
+                if self.held[d]:
+                    self.stats["held_frames"] += 1
+            self.at(self.now + self.p.app_period_us, tick)
+
+        return tick
+
+    def _flush(self, v: int) -> None:
+        """Send node v's pending application frames on every link that is not on hold."""
+        proc = self.nodes[v].process
+        if proc is None:
+            return
+        for w in self.nbrs[v]:
+            d = (v, w)
+            n = self.held[d]
+            if not n:
+                continue
+            tag = proc.send_epoch(w)
+            if tag is None:
+                continue
+            self.held[d] = 0
+            both = min(proc.committed_epoch(), self._committed(w))
+            for _ in range(n):
+                self.sent[d] += 1
+                self.stats["frames_sent"] += 1
+                # Ground truth of the contract: a tag the two ends have not both committed.
+                if tag > both:
+                    self.stats["uncommitted_tag_frames"] += 1
+                self._transmit(v, w, None, tag)
+
+    def _committed(self, v: int) -> int:
+        proc = self.nodes[v].process
+        if proc is not None:
+            return proc.committed_epoch()
+        return max(self.nodes[v].checkpoints)
+
+
+def _key(a: int, b: int) -> tuple[int, int]:
+    return (a, b) if a < b else (b, a)
