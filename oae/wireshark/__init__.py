@@ -54,10 +54,12 @@ def tshark_fields(
     prefs: dict[str, str] | None = None,
     display_filter: str | None = None,
     two_pass: bool = False,
+    all_values: bool = False,
     timeout: float = 60.0,
 ) -> list[dict[str, str]]:
     """Dissect `capture` with tshark and the packaged dissector; one dict per frame mapping
-    each of `fields` to its first value ("" when absent); a Lua error in the dissector
+    each of `fields` to its first value ("" when absent), or with `all_values` to all its
+    values joined by "," (a frame may concern several transfers); a Lua error in the dissector
     raises UsageError rather than passing unnoticed. `prefs` are `-o` preferences,
     e.g. {"oae.key": "00..0f"}. Raises UsageError if tshark is missing or fails."""
     tshark = shutil.which("tshark")
@@ -70,7 +72,16 @@ def tshark_fields(
         cmd += ["-Y", display_filter]
     if two_pass:  # lets fields that look ahead (oae.transfer.next) be filled
         cmd += ["-2"]
-    cmd += ["-T", "fields", "-E", "separator=\t", "-E", "occurrence=f", "-E", "quote=n"]
+    cmd += [
+        "-T",
+        "fields",
+        "-E",
+        "separator=\t",
+        "-E",
+        "occurrence=" + ("a" if all_values else "f"),
+        "-E",
+        "quote=n",
+    ]
     columns = [*fields, "frame.number", "_ws.lua.error"]
     for name in columns:
         cmd += ["-e", name]

@@ -58,6 +58,9 @@ local f = {
     tid = ProtoField.uint32("oae.tid", "Transfer id", base.DEC),
     transfer = ProtoField.uint32("oae.transfer", "Transfer", base.DEC),
     transfer_origin = ProtoField.ether("oae.transfer.origin", "Transfer sent by"),
+    transfer_key = ProtoField.string("oae.transfer.key", "Transfer key (sender MAC/tid)"),
+    transfer_event = ProtoField.string("oae.transfer.event", "What this frame does to it"),
+    transfer_note = ProtoField.string("oae.transfer.note", "Transfers not listed"),
     transfer_first = ProtoField.framenum("oae.transfer.first", "First frame of this transfer"),
     transfer_prev = ProtoField.framenum("oae.transfer.prev", "Previous frame of this transfer"),
     transfer_next = ProtoField.framenum("oae.transfer.next", "Next frame of this transfer"),
@@ -234,33 +237,6 @@ function oae.prefs_changed()
     end
 end
 
--- Transfer linking: on the first pass, the frames that name each transfer --------------
--- A transfer is identified by who sent it (direction out: the frame's source MAC; in: its
--- destination) and its tid, so transfer 5 of A->B and transfer 5 of B->A stay apart.
-local transfer_frames = {}  -- key -> sorted list of frame numbers
-
-function oae.init()
-    transfer_frames = {}
-end
-
-local function frames_of(key, number, visited)
-    local list = transfer_frames[key]
-    if list == nil then
-        list = {}
-        transfer_frames[key] = list
-    end
-    if not visited and (#list == 0 or list[#list] < number) then list[#list + 1] = number end
-    return list
-end
-
-local function neighbours(list, number)
-    local prev, nxt = nil, nil
-    for _, n in ipairs(list) do
-        if n < number then prev = n elseif n > number and nxt == nil then nxt = n end
-    end
-    return prev, nxt
-end
-
 -- Dissection ------------------------------------------------------------------------------
 local SLICE_NAMES = {
     [0] = "context: my half + reflected peer half",
@@ -333,6 +309,77 @@ local function validate(b, n, tag_len, key)
         if b[41 + i] ~= 0 then return fail("PADDING", "payload", 40 + i) end
     end
     return nil, nil, nil, status, computed
+end
+
+-- Transfer tracking (first pass, in frame order; the results are kept per frame) ------
+-- A transfer is (who sent it, tid), so transfer 5 of A->B and transfer 5 of B->A stay
+-- apart. A frame concerns a transfer when it names it (`tid`; any frame), or, if it is a
+-- frame an endpoint accepts, when one of its cumulative registers newly covers it:
+-- `commit_upto` (the sender's own transfers: COMMITTED), `held_upto` (the peer's: held and
+-- reflected, REFLECTING), `delivered_upto` (the peer's: delivered, the FREE signal). The
+-- link engine settles most transfers through these registers rather than through
+-- per-record transitions, so this is how one follows a transfer from OFFER to FREE.
+local MAX_EVENTS = 64  -- transfers listed per register and frame; a larger jump is summarised
+local REGISTERS = {
+    { off = 24, side = "src", what = "committed (COMMITTED at its sender)" },
+    { off = 28, side = "dst", what = "held (REFLECTING: held by its receiver)" },
+    { off = 32, side = "dst", what = "delivered (FREE: delivered by its receiver)" },
+}
+local transfer_frames = {}  -- transfer key -> ascending frame numbers
+local last_registers = {}  -- "src>dst" -> the registers of the last accepted frame
+local frame_events = {}  -- frame number -> { events = {...}, notes = {...} }
+
+function oae.init()
+    transfer_frames, last_registers, frame_events = {}, {}, {}
+end
+
+local function transfer_key(side_mac, tid) return side_mac .. "/" .. tid end
+
+-- The transfers this frame concerns, as {side = "src"|"dst", tid, off, what}.
+local function compute_events(number, macs, b, tid, valid, have_regs)
+    local events, notes = {}, {}
+    if tid ~= 0 then
+        local outward = rshift(b[4], 7) == 0
+        events[1] = { side = outward and "src" or "dst", tid = tid, off = 8,
+            what = name_of(TRANSITIONS, band(b[4], 0x7F)) .. " (" .. name_of(STATES, b[3]) .. ")" }
+    end
+    if valid and have_regs then
+        local dir = macs.src .. ">" .. macs.dst
+        local last = last_registers[dir]
+        local now = {}
+        for i, reg in ipairs(REGISTERS) do now[i] = be32(b, reg.off + 1) end
+        last_registers[dir] = now
+        for i, reg in ipairs(REGISTERS) do
+            if last ~= nil and now[i] > last[i] then  -- a new baseline (or a step back) is no event
+                local stop = math.min(now[i], last[i] + MAX_EVENTS)
+                for t = last[i] + 1, stop do
+                    events[#events + 1] = { side = reg.side, tid = t, off = reg.off, what = reg.what }
+                end
+                if now[i] > stop then
+                    notes[#notes + 1] = string.format("%d more transfers %s (%d-%d)",
+                        now[i] - stop, reg.what, stop + 1, now[i])
+                end
+            end
+        end
+    end
+    for _, ev in ipairs(events) do
+        local key = transfer_key(macs[ev.side], ev.tid)
+        local list = transfer_frames[key]
+        if list == nil then
+            list = {}
+            transfer_frames[key] = list
+        end
+        if #list == 0 or list[#list] < number then list[#list + 1] = number end
+    end
+    return { events = events, notes = notes }
+end
+
+local function neighbours(list, number)
+    local prev, nxt = nil, nil
+    for _, n in ipairs(list) do
+        if n < number then prev = n elseif n > number and nxt == nil then nxt = n end
+    end
+    return prev, nxt
 end
 
 local function add_half(tree, field, tvb, off, names)
@@ -446,25 +493,30 @@ function oae.dissector(tvb, pinfo, tree)
         root:add(f.trailing, tvb(RECORD_LEN))
     end
 
-    -- transfer linking and the link (MAC pair)
+    -- the link (MAC pair) and the transfers this frame concerns
     local src, dst = pinfo.dl_src, pinfo.dl_dst
+    local macs = { src = mac_string(src), dst = mac_string(dst) }
+    local addrs = { src = src, dst = dst }
     local tid = have(8, 4) and be32(b, 9) or 0
     if have(4, 1) then
-        local a, z = mac_string(src), mac_string(dst)
+        local a, z = macs.src, macs.dst
         if z < a then a, z = z, a end
         root:add(f.link, a .. " <-> " .. z):set_generated()
     end
-    if tid ~= 0 then
-        local outward = rshift(b[4], 7) == 0
-        local origin, receiver = src, dst
-        if not outward then origin, receiver = dst, src end
-        local ti = root:add(f.transfer, tvb(8, 4))
+    local tracked = frame_events[pinfo.number]
+    if tracked == nil or not pinfo.visited then
+        tracked = compute_events(pinfo.number, macs, b, tid, code == nil, have(32, 4))
+        frame_events[pinfo.number] = tracked
+    end
+    for _, ev in ipairs(tracked.events) do
+        local key = transfer_key(macs[ev.side], ev.tid)
+        local ti = root:add(f.transfer, tvb(ev.off, 4), ev.tid)
         ti:set_generated()
-        if not pcall(function() ti:add(f.transfer_origin, origin):set_generated() end) then
-            ti:append_text(" (sender's MAC not in this capture)")
-        end
-        local key = mac_string(origin) .. ">" .. mac_string(receiver) .. "#" .. tid
-        local list = frames_of(key, pinfo.number, pinfo.visited)
+        ti:set_text(string.format("Transfer %d of %s: %s", ev.tid, macs[ev.side], ev.what))
+        pcall(function() ti:add(f.transfer_origin, addrs[ev.side]):set_generated() end)
+        ti:add(f.transfer_key, key):set_generated()
+        ti:add(f.transfer_event, ev.what):set_generated()
+        local list = transfer_frames[key] or {}
         if list[1] and list[1] ~= pinfo.number then
             ti:add(f.transfer_first, list[1]):set_generated()
         end
@@ -472,6 +524,7 @@ function oae.dissector(tvb, pinfo, tree)
         if prev then ti:add(f.transfer_prev, prev):set_generated() end
         if nxt then ti:add(f.transfer_next, nxt):set_generated() end
     end
+    for _, note in ipairs(tracked.notes) do root:add(f.transfer_note, note):set_generated() end
 
     -- errors and the Info column
     local info
