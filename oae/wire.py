@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import struct
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import IntEnum, IntFlag
 
 from oae._wire import ffi, lib
@@ -125,14 +125,6 @@ class DecodeError(OaeError):
             f"bad frame: {self.code.name} at offset {offset} (field {self.field}): {what}"
         )
 
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, DecodeError):
-            return NotImplemented
-        return (self.code, self.offset) == (other.code, other.offset)
-
-    def __hash__(self) -> int:
-        return hash((self.code, self.offset))
-
 
 def _u32(name: str, value: int) -> None:
     if not 0 <= value <= 0xFFFFFFFF:
@@ -163,7 +155,7 @@ class Record:
     sack: int = 0
     payload: bytes = b""
     flags: int = 0
-    check: int = field(default=0)
+    check: int = 0
 
     def __post_init__(self) -> None:
         # Coerce to the enums; their constructors raise ValueError for invalid values.
@@ -175,9 +167,8 @@ class Record:
         set_(self, "direction", Direction(self.direction))
         if not isinstance(self.peer_half, bytes) or len(self.peer_half) != 4:
             raise ValueError("peer_half must be 4 bytes")
-        for name in ("tid", "epoch", "seq", "nonce", "commit_upto", "held_upto"):
+        for name in ("tid", "epoch", "seq", "nonce", "commit_upto", "held_upto", "delivered_upto"):
             _u32(name, getattr(self, name))
-        _u32("delivered_upto", self.delivered_upto)
         if self.seq == 0:
             raise ValueError("seq must be non-zero")
         if self.nonce == 0:
