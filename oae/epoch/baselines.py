@@ -28,6 +28,7 @@ class SimpleStore:
     prepared: int | None = None  # 2pc participant: voted yes for this epoch
     coordinating: int | None = None  # 2pc coordinator: undecided epoch
     coordinator: int = 0  # 2pc participant: whom to ask for the decision
+    committed_tx: int = 0  # 2pc: the transaction that committed `epoch`
     released: int = 0  # 2pc: highest epoch whose application traffic is released
 
 
@@ -171,7 +172,12 @@ class Rolling(_ClockAlgo):
 
 # --------------------------------------------------------------------------- 2pc
 PREPARE, YES, NO, COMMIT, ACK, RELEASE, RACK, ABORT, ASK = range(1, 10)
-_MSG = struct.Struct(">BHHI")  # type, destination, source, epoch: 9 bytes
+_MSG = struct.Struct(">BHHI")  # type, destination, source, transaction id: 9 bytes
+
+
+def _epoch(tx: int) -> int:
+    """A 2pc transaction id is epoch << 16 | attempt."""
+    return tx >> 16
 
 
 class _Routed(Process):
@@ -180,36 +186,37 @@ class _Routed(Process):
     def __init__(self, sim: Sim, v: int, store: SimpleStore, algo: TwoPC) -> None:
         self.sim, self.v, self.store, self.algo = sim, v, store, algo
 
-    def route(self, dst: int, kind: int, epoch: int) -> None:
-        payload = _MSG.pack(kind, dst, self.v, epoch)
+    def route(self, dst: int, kind: int, tx: int) -> None:
         if dst == self.v:
-            self.handle(kind, self.v, epoch)
+            self.handle(kind, self.v, tx)
         else:
+            payload = _MSG.pack(kind, dst, self.v, tx)
             self.sim.send(self.v, self.algo.next_hop(self.sim.topo, self.v, dst), payload)
 
     def message(self, link: int, payload: bytes) -> None:
-        kind, dst, src, epoch = _MSG.unpack(payload)
+        kind, dst, src, tx = _MSG.unpack(payload)
         if dst != self.v:
             self.sim.send(self.v, self.algo.next_hop(self.sim.topo, self.v, dst), payload)
         else:
-            self.handle(kind, src, epoch)
+            self.handle(kind, src, tx)
 
-    def handle(self, kind: int, src: int, epoch: int) -> None:
+    def handle(self, kind: int, src: int, tx: int) -> None:
         raise NotImplementedError
 
 
 class _TwoPCProcess(_Routed):
     def __init__(self, sim: Sim, v: int, store: SimpleStore, algo: TwoPC) -> None:
         super().__init__(sim, v, store, algo)
+        self.tx = store.prepared or 0  # the transaction whose capture we hold
         self.logging: dict[int, int] | None = None
         self.votes: set[int] = set()
         self.acks: set[int] = set()
         self.racks: set[int] = set()
         self.written = False
 
-    # hold from the capture until released; restart keeps holding if prepared/unreleased
     @property
     def holding(self) -> bool:
+        """From the capture until released (also after a restart while prepared)."""
         s = self.store
         busy = s.prepared is not None or s.coordinating is not None or s.released < s.epoch
         return busy or self.logging is not None
@@ -229,139 +236,140 @@ class _TwoPCProcess(_Routed):
         s = self.store
         if s.coordinating is not None:
             # Presumed abort: a coordinator that restarts undecided aborts.
-            e, s.coordinating = s.coordinating, None
-            self.algo.decide(e, False, self.sim.now)
-            self.sim.timer(self.v, self.algo.retry_us, ("abort", e))
+            tx, s.coordinating = s.coordinating, None
+            self.algo.decide(tx, False, self.sim.now)
+            self.sim.timer(self.v, self.algo.retry_us, ("abort", tx))
         if s.prepared is not None:
             self.sim.timer(self.v, self.algo.retry_us, ("ask", s.prepared))
 
     def others(self) -> list[int]:
         return [x for x in range(self.sim.topo.n) if x != self.v]
 
-    def coordinate(self) -> bool:
+    def coordinate(self, tx: int) -> bool:
         s = self.store
-        if self.holding:
+        if self.holding or _epoch(tx) != s.epoch + 1:
             return False
-        e = s.epoch + 1
-        s.coordinating = e
+        s.coordinating = tx
         self.votes, self.acks, self.racks = set(), set(), set()
-        self._capture(e)
+        self._capture(tx)
         for x in self.others():
-            self.route(x, PREPARE, e)
-        self.sim.timer(self.v, self.algo.timeout_us, ("timeout", e))
+            self.route(x, PREPARE, tx)
+        self.sim.timer(self.v, self.algo.timeout_us, ("timeout", tx))
         return True
 
-    def _capture(self, e: int) -> None:
-        self.written = False
-        self.logging = {}
-        self.sim.capture(self.v, e)
-        self.sim.write_checkpoint(self.v, e, e)
+    def _capture(self, tx: int) -> None:
+        self.tx, self.written, self.logging = tx, False, {}
+        self.sim.capture(self.v, _epoch(tx))
+        self.sim.write_checkpoint(self.v, _epoch(tx), tx)
 
     def checkpoint_done(self, token: object, ok: bool) -> None:
         s = self.store
+        if token != self.tx:
+            return
         if s.coordinating == token:
             if not ok:
                 self._abort_all(token)
             else:
                 self.written = True
                 self._maybe_commit(token)
-        elif self.logging is not None and s.prepared is None and token == s.epoch + 1:
+        elif self.logging is not None and s.prepared is None:
             if ok:
                 s.prepared = token
                 self.route(s.coordinator, YES, token)
                 self.sim.timer(self.v, self.algo.retry_us, ("ask", token))
             else:
                 self.route(s.coordinator, NO, token)
-                self.logging = None
-                self.sim.discard(self.v, token)
+                self._drop(token)
 
-    def _maybe_commit(self, e: int) -> None:
+    def _drop(self, tx: int) -> None:
+        self.store.prepared, self.logging = None, None
+        self.sim.discard(self.v, _epoch(tx))
+
+    def _maybe_commit(self, tx: int) -> None:
         s = self.store
         if self.written and len(self.votes) == self.sim.topo.n - 1:
-            s.epoch, s.coordinating, s.log = e, None, dict(self.logging or {})
-            self.logging = None
-            self.algo.decide(e, True, self.sim.now)
+            s.epoch, s.coordinating, s.committed_tx = _epoch(tx), None, tx
+            s.log, self.logging = dict(self.logging or {}), None
+            self.algo.decide(tx, True, self.sim.now)
             for x in self.others():
-                self.route(x, COMMIT, e)
-            self._maybe_release(e)
-            self.sim.timer(self.v, self.algo.retry_us, ("resend", e))
+                self.route(x, COMMIT, tx)
+            self._maybe_release(tx)
+            self.sim.timer(self.v, self.algo.retry_us, ("resend", tx))
 
-    def _maybe_release(self, e: int) -> None:
-        if len(self.acks) == self.sim.topo.n - 1 and self.store.released < e:
+    def _maybe_release(self, tx: int) -> None:
+        if len(self.acks) == self.sim.topo.n - 1 and self.store.released < _epoch(tx):
             for x in self.others():
-                self.route(x, RELEASE, e)
-            self._released(e)
+                self.route(x, RELEASE, tx)
+            self._released(tx)
 
-    def _released(self, e: int) -> None:
-        self.store.released = e
+    def _released(self, tx: int) -> None:
+        self.store.released = _epoch(tx)
         self.algo.tracker.done.setdefault(self.v, self.sim.now)
 
-    def _abort_all(self, e: int) -> None:
-        s = self.store
-        s.coordinating = None
-        self.logging = None
-        self.sim.discard(self.v, e)
-        self.algo.decide(e, False, self.sim.now)
+    def _abort_all(self, tx: int) -> None:
+        self.store.coordinating = None
+        self._drop(tx)
+        self.algo.decide(tx, False, self.sim.now)
         for x in self.others():
-            self.route(x, ABORT, e)
+            self.route(x, ABORT, tx)
 
     def timer(self, token: object) -> None:
-        kind, e = token  # type: ignore[misc]
+        kind, tx = token  # type: ignore[misc]
         s = self.store
-        if kind == "timeout" and s.coordinating == e:
-            self._abort_all(e)
+        if kind == "timeout" and s.coordinating == tx:
+            self._abort_all(tx)
         elif kind == "abort":
             for x in self.others():
-                self.route(x, ABORT, e)
-        elif kind == "ask" and s.prepared == e:
-            self.route(s.coordinator, ASK, e)
+                self.route(x, ABORT, tx)
+        elif kind == "ask" and s.prepared == tx:
+            self.route(s.coordinator, ASK, tx)
             self.sim.timer(self.v, self.algo.retry_us, token)
-        elif kind == "resend" and s.epoch == e and len(self.racks) < self.sim.topo.n - 1:
+        elif kind == "resend" and s.committed_tx == tx and len(self.racks) < len(self.others()):
             for x in self.others():
                 if x not in self.acks:
-                    self.route(x, COMMIT, e)
-                elif x not in self.racks and s.released >= e:
-                    self.route(x, RELEASE, e)
+                    self.route(x, COMMIT, tx)
+                elif x not in self.racks and s.released >= _epoch(tx):
+                    self.route(x, RELEASE, tx)
             self.sim.timer(self.v, self.algo.retry_us, token)
 
-    def handle(self, kind: int, src: int, e: int) -> None:
-        s = self.store
+    def handle(self, kind: int, src: int, tx: int) -> None:
+        s, e = self.store, _epoch(tx)
         if kind == PREPARE:
             if s.epoch >= e:
-                self.route(src, ACK, e)
-            elif s.prepared == e:
-                self.route(src, YES, e)
-            elif self.logging is None and not self.holding and e == s.epoch + 1:
-                s.coordinator = src
-                self._capture(e)
-        elif kind == YES and s.coordinating == e:
+                self.route(src, ACK, tx)
+            elif s.prepared == tx:
+                self.route(src, YES, tx)
+            elif e == s.epoch + 1 and tx > self.tx and s.coordinating is None:
+                # A newer attempt: the coordinator aborted every older one first.
+                s.coordinator, s.prepared = src, None
+                self._capture(tx)
+        elif kind == YES and s.coordinating == tx:
             self.votes.add(src)
-            self._maybe_commit(e)
-        elif kind == NO and s.coordinating == e:
-            self._abort_all(e)
+            self._maybe_commit(tx)
+        elif kind == NO and s.coordinating == tx:
+            self._abort_all(tx)
         elif kind == COMMIT:
-            if s.prepared == e:
-                s.epoch, s.prepared, s.log = e, None, dict(self.logging or {})
-                self.logging = None
+            if s.prepared == tx:
+                s.epoch, s.prepared, s.committed_tx = e, None, tx
+                s.log, self.logging = dict(self.logging or {}), None
             if s.epoch >= e:
-                self.route(src, ACK, e)
-        elif kind == ACK and s.epoch == e:
+                self.route(src, ACK, tx)
+        elif kind == ACK and s.committed_tx == tx:
             self.acks.add(src)
-            self._maybe_release(e)
+            self._maybe_release(tx)
         elif kind == RELEASE and s.epoch >= e:
             if s.released < e:
-                self._released(e)
-            self.route(src, RACK, e)
+                self._released(tx)
+            self.route(src, RACK, tx)
         elif kind == RACK:
             self.racks.add(src)
-        elif kind == ABORT and (s.prepared == e or (self.logging is not None and s.epoch < e)):
-            s.prepared, self.logging = None, None
-            self.sim.discard(self.v, e)
+        elif kind == ABORT and self.tx == tx and s.epoch < e:
+            self._drop(tx)
         elif kind == ASK:
-            if s.epoch >= e:
-                self.route(src, COMMIT, e)
-            elif s.coordinating != e:
-                self.route(src, ABORT, e)
+            if s.committed_tx == tx:
+                self.route(src, COMMIT, tx)
+            elif s.coordinating != tx:
+                self.route(src, ABORT, tx)
 
 
 class TwoPC:
@@ -376,7 +384,7 @@ class TwoPC:
         self._hops: dict[int, dict[int, int]] = {}
         self.timeout_us = 0.0
         self.retry_us = 0.0
-        self.coordinator = 0
+        self.attempts = 0  # unique transaction ids across coordinators and restarts
 
     def next_hop(self, topo: Topology, v: int, dst: int) -> int:
         """First hop from v towards dst on a shortest path (BFS from dst, cached)."""
@@ -405,8 +413,8 @@ class TwoPC:
     def new_store() -> SimpleStore:
         return SimpleStore()
 
-    def decide(self, epoch: int, committed: bool, now: float) -> None:
-        if epoch == self.tracker.target:
+    def decide(self, tx: int, committed: bool, now: float) -> None:
+        if _epoch(tx) == self.tracker.target:
             self.decision = (committed, now)
 
     def begin(self, sim: Sim, initiator: int) -> bool:
@@ -414,7 +422,8 @@ class TwoPC:
         if not isinstance(proc, _TwoPCProcess):
             return False
         target = proc.store.epoch + 1
-        if not proc.coordinate():
+        self.attempts += 1
+        if not proc.coordinate(target << 16 | (self.attempts & 0xFFFF)):
             return False
         self.tracker.reset(target, sim.topo.n)
         self.decision = None
@@ -446,8 +455,9 @@ class TwoPC:
             if s.prepared is not None:
                 coord = stores[s.coordinator]
                 assert isinstance(coord, SimpleStore)
-                if coord.epoch >= s.prepared:
-                    e, log = s.prepared, {}
+                if coord.committed_tx == s.prepared:
+                    # Committed, but the channel log was only to be written at COMMIT.
+                    e, log = _epoch(s.prepared), {}
             out[v] = (e, log)
         return out
 

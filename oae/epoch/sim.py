@@ -464,7 +464,7 @@ class Sim:
         for w in self.nbrs[v]:
             d = (v, w)
             n = self.held[d]
-            if not n:
+            if not n or not self.link_up_[_key(v, w)]:
                 continue
             tag = proc.send_epoch(w)
             if tag is None:
