@@ -47,7 +47,7 @@ def _build(dst: bytes, src: bytes, ethertype: int, fields: dict[str, Any]) -> Et
         beat_size=fields["beat_size"],
         beat_index=fields["beat_index"],
         sack=fields["sack"],
-        flags=fields["flags"] & ~wire.Flag.KEYED,
+        flags=fields["flags"] & ~int(wire.Flag.KEYED),
         data=fields["payload"],
     )
 

@@ -102,7 +102,7 @@ def _check_of(body: bytes, key: bytes | None) -> bytes:
 def encode_record(record: Record, key: bytes | None = None) -> bytes:
     """The 64 bytes of record, with a CRC32C check, or a SipHash-2-4 check (KEYED) if key."""
     check_key(key)
-    flags = record.flags & ~Flag.KEYED | (Flag.KEYED if key is not None else 0)
+    flags = (record.flags & ~int(Flag.KEYED)) | (Flag.KEYED if key is not None else 0)
     body = b"".join(
         [
             bytes(
