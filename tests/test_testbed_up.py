@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -192,7 +193,7 @@ def test_sigkilled_run_is_removed_by_clean(run_prefix: str) -> None:
         proc.wait(10)
         left = kernel.list_netns(crash_prefix)
         assert len(left) == 4  # 3 nodes + the bridge namespace survive the kill
-        assert len(manager.bridge_pids(crash_prefix)) == 1
+        assert len(manager.process_pids(crash_prefix)) == 1
         rows = manager.list_testbeds()
         assert any(r.get("name") == "crashme" for r in rows)
         dry = manager.clean(crash_prefix, dry_run=True)
@@ -202,10 +203,10 @@ def test_sigkilled_run_is_removed_by_clean(run_prefix: str) -> None:
             "removed"
         ]
         assert sum(r.startswith("netns:") for r in removed) == 4
-        assert sum(r.startswith("bridge:") for r in removed) == 1
+        assert sum(r.startswith("process:") for r in removed) == 1
         assert "state:crashme" in removed
         assert kernel.list_netns(crash_prefix) == []
-        assert manager.bridge_pids(crash_prefix) == []
+        assert manager.process_pids(crash_prefix) == []
         assert kernel.netns_exists(bystander)  # another prefix is never touched
     finally:
         if proc.poll() is None:
@@ -240,3 +241,29 @@ def test_hosts_topology_uses_real_interfaces() -> None:
             manager.exec_in("hosts", "right", ["true"])
     with pytest.raises(UsageError, match="none of the interfaces"):
         manager.up(loads(text.replace('"lo"', '"nonexist0"'), "two-host.toml"), "hosts2")
+
+
+def test_start_nodes_links_come_up_and_down_stops_them(run_prefix: str) -> None:
+    """`up --start-nodes` runs `oae node` on every interface; the nodes find their peers
+    over direct and bridged links; `down` stops them."""
+    topo = topology.load(NETNS / "ring.toml", nodes=3)  # n0-n1 goes through the bridge
+    with manager.running(topo, "nodes", start_nodes=True) as tb:
+        pids = list(tb.state["node_pids"].values())
+        assert len(pids) == 3 and all(map(manager._pid_alive, pids))
+        logs = {n: manager.state_dir() / "nodes" / "nodes" / f"{n}.log" for n in tb.state["nodes"]}
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            ups = {n: log.read_text().count('"event": "link-up"') for n, log in logs.items()}
+            if all(c >= 2 for c in ups.values()):
+                break
+            time.sleep(0.1)
+        assert all(c >= 2 for c in ups.values()), ups  # each node: both links up
+    assert not any(map(manager._pid_alive, pids))
+
+
+def test_start_nodes_failure_rolls_back(run_prefix: str) -> None:
+    before = set(kernel.list_netns(run_prefix))
+    with pytest.raises(UsageError, match="exited at start"):
+        manager.up(topology.load(NETNS / "pair.toml"), "badnode", True, ("--no-such-flag",))
+    assert set(kernel.list_netns(run_prefix)) == before
+    assert not (manager.state_dir() / "badnode").exists()

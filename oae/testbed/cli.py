@@ -39,6 +39,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.add_argument("file", help="topology file (TOML), e.g. netns/ring.toml")
     q.add_argument("--name", help="testbed name (default: the file's topology.name)")
     q.add_argument("--nodes", type=int, help="size of a parametric shape (ring, mesh, ...)")
+    q.add_argument(
+        "--start-nodes",
+        action="store_true",
+        help="start `oae node` on all interfaces of every node (log and control socket "
+        "in the state dir: nodes/NODE.log, nodes/NODE.sock; no durable state)",
+    )
+    q.add_argument(
+        "--node-arg",
+        action="append",
+        default=[],
+        metavar="ARG",
+        help="extra argument for each `oae node`, repeatable: --node-arg=--window=8",
+    )
     q.add_argument("--json", action="store_true", help="print the testbed state as JSON")
     q.set_defaults(func=_up)
 
@@ -108,7 +121,9 @@ def _up(args: argparse.Namespace) -> int:
         raise UsageError(f"--nodes {args.nodes}: must be at least 1")
     topo = topology.load(args.file, args.nodes)
     t0 = time.monotonic()
-    tb = manager.up(topo, args.name)
+    if args.node_arg and not args.start_nodes:
+        raise UsageError("--node-arg needs --start-nodes")
+    tb = manager.up(topo, args.name, args.start_nodes, tuple(args.node_arg))
     took = time.monotonic() - t0
     st = tb.state
     bridged = sum(1 for lk in st["links"] if lk["bridge"])
@@ -116,7 +131,8 @@ def _up(args: argparse.Namespace) -> int:
         args,
         {**st, "seconds": round(took, 3)},
         f"testbed {tb.name} up: {len(st['nodes'])} nodes, {len(st['links'])} links "
-        f"({bridged} via impairing bridge), prefix {tb.prefix}, {took:.2f} s",
+        f"({bridged} via impairing bridge), {len(st['node_pids'])} nodes running, "
+        f"prefix {tb.prefix}, {took:.2f} s",
     )
     return 0
 
@@ -147,7 +163,8 @@ def _list(args: argparse.Namespace) -> int:
             lines.append(
                 f"{r['name']:<16} {r['shape']:<8} {r['nodes']:>4} nodes {r['links']:>5} links "
                 f"({r['bridged_links']} bridged, bridge "
-                f"{'running' if r['bridge_running'] else 'none'}) prefix {r['prefix']}"
+                f"{'running' if r['bridge_running'] else 'none'}, "
+                f"{r['nodes_running']} oae node running) prefix {r['prefix']}"
             )
     _print(args, rows, "\n".join(lines) if lines else "no testbeds")
     return 0

@@ -35,6 +35,7 @@ DEFAULT_STATE_DIR = "/run/oae/testbeds"
 BRIDGE_MODULE = "oae.testbed.bridge"
 BRIDGE_START_TIMEOUT = 10.0
 UNIX_PATH_MAX = 107
+NODE_START_TIMEOUT = 30.0
 
 
 def state_dir() -> Path:
@@ -107,9 +108,15 @@ def load(name: str) -> Testbed:
         raise UsageError(f"{path}: unreadable state ({exc}); use `oae testbed clean`") from None
 
 
-def up(topo: Topology, name: str | None = None) -> Testbed:
-    """Create the namespaces, veths and bridge of `topo`; on any failure or Ctrl-C, remove
-    what was created and re-raise."""
+def up(
+    topo: Topology,
+    name: str | None = None,
+    start_nodes: bool = False,
+    node_args: tuple[str, ...] = (),
+) -> Testbed:
+    """Create the namespaces, veths and bridge of `topo`, and with `start_nodes` an
+    `oae node` in every node namespace (extra `node_args` appended); on any failure or
+    Ctrl-C, remove what was created and re-raise."""
     name = name or topo.name
     if not NAME_RE.match(name):
         raise UsageError(f"--name {name!r}: 1-24 characters of [A-Za-z0-9_]")
@@ -123,6 +130,8 @@ def up(topo: Topology, name: str | None = None) -> Testbed:
     if len(control) > UNIX_PATH_MAX:
         raise UsageError(f"{STATE_DIR_ENV}: path too long for a Unix socket: {control}")
     hosts = topo.shape == "hosts"
+    if start_nodes and hosts:
+        raise UsageError("--start-nodes: on real NICs run `oae node` on each host yourself")
     bridged = [lk for lk in topo.links if lk.impair is not None]
     state: dict[str, Any] = {
         "name": name,
@@ -136,6 +145,7 @@ def up(topo: Topology, name: str | None = None) -> Testbed:
         "bridge_ns": bridge_ns(prefix, name) if bridged else None,
         "bridge_pid": None,
         "control": control,
+        "node_pids": {},
     }
     tb = Testbed(state)
     created: list[str] = []
@@ -151,8 +161,11 @@ def up(topo: Topology, name: str | None = None) -> Testbed:
         if bridged:
             state["bridge_pid"] = _start_bridge(tb, tb_dir)
             _write_state(tb_dir / "state.json", state)
+        if start_nodes:
+            _start_nodes(tb, tb_dir, node_args)
+            _write_state(tb_dir / "state.json", state)
     except BaseException:
-        _stop_bridge(state)
+        _stop_processes(state)
         for ns in created:
             kernel.remove_netns(ns)
         shutil.rmtree(tb_dir, ignore_errors=True)
@@ -261,6 +274,45 @@ def _start_bridge(tb: Testbed, tb_dir: Path) -> int:
     raise UsageError(f"impairing bridge did not answer within {BRIDGE_START_TIMEOUT:.0f} s")
 
 
+def _start_nodes(tb: Testbed, tb_dir: Path, node_args: tuple[str, ...]) -> None:
+    """`oae node` on all interfaces of each node namespace, detached, logging JSON lines to
+    nodes/NODE.log, control socket nodes/NODE.sock, no durable state (the testbed's
+    lifetime is the node's). Waits until every node's control socket exists; fails if a
+    node exits first or NODE_START_TIMEOUT passes."""
+    nodes_dir = tb_dir / "nodes"
+    nodes_dir.mkdir(exist_ok=True)
+    procs: dict[str, subprocess.Popen[bytes]] = {}
+    for node, info in tb.state["nodes"].items():
+        ifaces = [lk[f"if_{end}"] for lk in tb.state["links"] for end in ("a", "b")
+                  if lk[end] == node]  # fmt: skip
+        argv = [sys.executable, "-m", "oae.cli", "node", "--netns", info["ns"]]
+        for iface in ifaces:
+            argv += ["--iface", iface]
+        argv += ["--no-state", "--json", "--control", str(nodes_dir / f"{node}.sock")]
+        with open(nodes_dir / f"{node}.log", "ab") as log:
+            procs[node] = subprocess.Popen(
+                [*argv, *node_args], stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                start_new_session=True, env={**os.environ, "PYTHONPATH": _pythonpath()},
+            )  # fmt: skip
+        tb.state["node_pids"][node] = procs[node].pid
+    deadline = time.monotonic() + NODE_START_TIMEOUT
+    waiting = dict(procs)
+    while waiting:
+        for node, proc in list(waiting.items()):
+            if proc.poll() is not None:
+                log = (nodes_dir / f"{node}.log").read_text(errors="replace").strip()
+                last = log.splitlines()[-1] if log else "?"
+                raise UsageError(f"oae node in {node} exited at start: {last}")
+            if (nodes_dir / f"{node}.sock").exists():
+                del waiting[node]
+        if time.monotonic() > deadline:
+            raise UsageError(
+                f"oae node did not start within {NODE_START_TIMEOUT:.0f} s in "
+                f"{_short(sorted(waiting))} (logs in {nodes_dir})"
+            )
+        time.sleep(0.05)
+
+
 def _pythonpath() -> str:
     """Make the bridge import this very oae package, also when run from a source tree."""
     here = str(Path(__file__).resolve().parents[2])
@@ -288,22 +340,30 @@ def _pid_alive(pid: int | None) -> bool:
     return stat.rsplit(")", 1)[1].split()[0] not in ("Z", "X")
 
 
-def _stop_bridge(state: dict[str, Any]) -> None:
-    pid = state.get("bridge_pid")
-    if pid and _is_bridge_process(pid, state["prefix"]):
-        _terminate(pid)
+def _stop_processes(state: dict[str, Any]) -> list[str]:
+    """Stop the testbed's nodes and its bridge; returns what was stopped."""
+    procs = [(f"node:{n}", pid) for n, pid in state.get("node_pids", {}).items()]
+    procs.append(("bridge", state.get("bridge_pid")))
+    ours = [(w, p) for w, p in procs if p and _pid_alive(p) and _is_our_process(p, state["prefix"])]
+    _terminate([p for _, p in ours])
+    return [f"{what}:{pid}" for what, pid in ours]
 
 
-def _terminate(pid: int, timeout: float = 3.0) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGTERM)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and _pid_alive(pid):
+def _terminate(pids: list[int], timeout: float = 3.0) -> None:
+    """SIGTERM all at once, wait for them together, SIGKILL what is left."""
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and any(map(_pid_alive, pids)):
+        for pid in pids:
             _reap(pid)
-            time.sleep(0.02)
+        time.sleep(0.02)
+    for pid in pids:
         if _pid_alive(pid):
-            os.kill(pid, signal.SIGKILL)
-    _reap(pid)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        _reap(pid)
 
 
 def _reap(pid: int) -> None:
@@ -319,34 +379,37 @@ def _cmdline(pid: int) -> list[str]:
     return [a.decode(errors="replace") for a in raw.split(b"\0") if a]
 
 
-def _is_bridge_process(pid: int, prefix: str) -> bool:
-    """Is `pid` one of our bridges for a namespace starting with `prefix`? Decided by its
-    exact command line, never by a loose name match."""
+def _is_our_process(pid: int, prefix: str) -> bool:
+    """Is `pid` a bridge (`-m oae.testbed.bridge --ns NS`) or a node (`-m oae.cli node
+    --netns NS`) for a namespace NS starting with `prefix`? Decided by the exact command
+    line, never by a loose name match."""
     argv = _cmdline(pid)
-    if BRIDGE_MODULE not in argv or "--ns" not in argv:
+    if BRIDGE_MODULE in argv:
+        flag = "--ns"
+    elif argv[1:4] == ["-m", "oae.cli", "node"]:
+        flag = "--netns"
+    else:
         return False
-    i = argv.index("--ns")
+    i = argv.index(flag) if flag in argv else len(argv)
     return i + 1 < len(argv) and argv[i + 1].startswith(prefix)
 
 
-def bridge_pids(prefix: str) -> list[int]:
-    """Running bridge processes whose namespace starts with `prefix` (read from /proc)."""
-    pids = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit() and int(entry) != os.getpid() and _is_bridge_process(int(entry), prefix):
-            pids.append(int(entry))
-    return pids
+def process_pids(prefix: str) -> list[int]:
+    """Running bridges and testbed nodes of namespaces starting with `prefix` (from /proc)."""
+    me = os.getpid()
+    return [
+        int(e) for e in os.listdir("/proc")
+        if e.isdigit() and int(e) != me and _is_our_process(int(e), prefix)
+    ]  # fmt: skip
 
 
 def down(name: str) -> list[str]:
-    """Stop the bridge, remove the namespaces and the state; returns what was removed."""
+    """Stop nodes and bridge, remove the namespaces and the state; returns what was
+    removed."""
     tb = load(name)
     if tb.state["shape"] != "hosts":
         kernel.require_root("oae testbed down")
-    removed = []
-    if _pid_alive(tb.state.get("bridge_pid")):
-        _stop_bridge(tb.state)
-        removed.append(f"bridge:{tb.state['bridge_pid']}")
+    removed = _stop_processes(tb.state)
     for ns in tb.namespaces():
         if kernel.remove_netns(ns):
             removed.append(f"netns:{ns}")
@@ -376,6 +439,7 @@ def list_testbeds() -> list[dict[str, Any]]:
                 "links": len(tb.state["links"]),
                 "bridged_links": sum(1 for lk in tb.state["links"] if lk["bridge"]),
                 "bridge_running": _pid_alive(tb.state.get("bridge_pid")),
+                "nodes_running": sum(map(_pid_alive, tb.state.get("node_pids", {}).values())),
                 "namespaces_present": sum(1 for ns in nss if kernel.netns_exists(ns)),
             }
         )
@@ -390,17 +454,17 @@ def list_testbeds() -> list[dict[str, Any]]:
 
 
 def clean(prefix: str = kernel.BASE_PREFIX, dry_run: bool = False) -> list[str]:
-    """Remove everything carrying `prefix`: bridge processes, namespaces, root links, and
+    """Remove everything carrying `prefix`: bridge and node processes, namespaces, root links, and
     state entries of testbeds with that prefix. Reads the kernel, so it works after a
     crash; never touches a name without the prefix. `dry_run` only lists them."""
     if not prefix.startswith(kernel.BASE_PREFIX):
         raise UsageError(f"--prefix {prefix!r}: must start with {kernel.BASE_PREFIX!r}")
     kernel.require_root("oae testbed clean")
     removed = []
-    for pid in bridge_pids(prefix):
-        if not dry_run:
-            _terminate(pid)
-        removed.append(f"bridge:{pid}")
+    pids = process_pids(prefix)
+    if not dry_run:
+        _terminate(pids)
+    removed += [f"process:{pid}" for pid in pids]
     removed += kernel.clean(prefix, dry_run)
     root = state_dir()
     for path in sorted(root.glob("*/state.json")) if root.is_dir() else []:
@@ -441,9 +505,14 @@ def impair(name: str, link: str, settings: list[str]) -> dict[str, Any]:
 
 
 @contextlib.contextmanager
-def running(topo: Topology, name: str | None = None) -> Iterator[Testbed]:
+def running(
+    topo: Topology,
+    name: str | None = None,
+    start_nodes: bool = False,
+    node_args: tuple[str, ...] = (),
+) -> Iterator[Testbed]:
     """A testbed for the duration of a with-block (tests, scripts); down on any exit."""
-    tb = up(topo, name)
+    tb = up(topo, name, start_nodes, node_args)
     try:
         yield tb
     finally:

@@ -58,7 +58,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         return
     prefix = session.config.stash[_SESSION_PREFIX_KEY]
     leftover = kernel.list_netns(prefix) + kernel.list_root_links(prefix)
-    leftover += [f"bridge:{pid}" for pid in manager.bridge_pids(prefix)]
+    leftover += [f"process:{pid}" for pid in manager.process_pids(prefix)]
     if not leftover:
         return
     removed = manager.clean(prefix)
@@ -88,16 +88,21 @@ def veth_pair() -> Iterator[kernel.VethPair]:
 
 @pytest.fixture
 def testbed() -> Iterator[Callable[..., Testbed]]:
-    """Factory: `testbed("netns/ring.toml", nodes=16)` (or a Topology) brings a testbed up;
-    every testbed made is taken down after the test, whatever its outcome."""
+    """Factory: `testbed("netns/ring.toml", nodes=16)` (or a Topology; `start_nodes=True`
+    runs `oae node` in each node) brings a testbed up; every testbed made is taken down
+    after the test, whatever its outcome."""
     _need_root()
     made: list[str] = []
 
     def make(
-        source: str | Path | Topology, nodes: int | None = None, name: str | None = None
+        source: str | Path | Topology,
+        nodes: int | None = None,
+        name: str | None = None,
+        start_nodes: bool = False,
+        node_args: tuple[str, ...] = (),
     ) -> Testbed:
         topo = source if isinstance(source, Topology) else topology.load(source, nodes)
-        tb = manager.up(topo, name)
+        tb = manager.up(topo, name, start_nodes, node_args)
         made.append(tb.name)
         return tb
 
