@@ -42,7 +42,8 @@ _VLAN_TPIDS = (0x8100, 0x88A8)
 @dataclass(frozen=True)
 class Decoded:
     """One packet of a capture as oae sees it: `status` is "ok" (a valid record), "bad"
-    (an oae frame the codec rejects: `error`) or "other" (not our EtherType)."""
+    (an oae frame the codec rejects: `error`), "snapped" (an oae frame the capture kept only
+    part of) or "other" (not our EtherType)."""
 
     number: int
     packet: Packet
@@ -143,6 +144,8 @@ def _decode_eth(
     try:
         frame = decode_frame(data, ethertype, key)
     except DecodeError as exc:
+        if exc.code == ErrorCode.TRUNCATED and pkt.orig_len > len(data):
+            return Decoded(number, pkt, "snapped", src, dst, et)  # cut by the capture only
         keyed = key is None and len(data) > 53 and bool(data[53] & Flag.KEYED)
         return Decoded(
             number,
@@ -191,6 +194,11 @@ def line(d: Decoded, t0: int) -> str:
     if d.error is not None:
         hint = " (a keyed record: pass --key)" if d.keyed_unverifiable else ""
         return f"{head} OAE {d.error}{hint}"
+    if d.status == "snapped":
+        return (
+            f"{head} OAE not decoded: the capture kept {len(d.packet.data)} of "
+            f"{d.packet.orig_len} bytes (snap length)"
+        )
     et = f"0x{d.ethertype:04x}" if d.ethertype is not None else "?"
     return f"{head} other (EtherType {et}, {d.packet.orig_len} bytes)"
 
@@ -260,7 +268,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     frames, file_error = decode_file(args.file, args.ethertype, args.key)
     shown = [d for d in frames if not (args.oae_only and d.status == "other")]
-    counts = {s: sum(1 for d in frames if d.status == s) for s in ("ok", "bad", "other")}
+    counts = {s: sum(d.status == s for d in frames) for s in ("ok", "bad", "snapped", "other")}
     if args.json:
         doc = {
             "file": args.file,
@@ -274,9 +282,10 @@ def run(args: argparse.Namespace) -> int:
         t0 = frames[0].packet.ts_ns if frames else 0
         for d in shown:
             print(line(d, t0))
+        snapped = f", {counts['snapped']} cut by the snap length" if counts["snapped"] else ""
         print(
             f"{len(frames)} frames: {counts['ok']} valid oae, {counts['bad']} rejected, "
-            f"{counts['other']} other",
+            f"{counts['other']} other{snapped}",
             file=sys.stderr,
         )
     if file_error:

@@ -180,7 +180,7 @@ def test_capture_decoded_by_oae_decode(captured: tuple[Path, list[Any], str]) ->
     out = _oae("decode", str(path), "--json")
     assert out.returncode == 0, out.stderr
     doc = json.loads(out.stdout)
-    assert doc["counts"] == {"ok": len(frames) - 2, "bad": 2, "other": 0}
+    assert doc["counts"] == {"ok": len(frames) - 2, "bad": 2, "snapped": 0, "other": 0}
     for sent, got in zip(frames, doc["frames"], strict=True):
         assert got["src"].replace(":", "") == sent.data[6:12].hex()
         if sent.kind == "ok":

@@ -119,7 +119,7 @@ def test_decode_cli_human_and_json(tmp_path: Path) -> None:
     res = _oae("decode", str(path), "--json")
     assert res.returncode == 0, res.stderr
     doc = json.loads(res.stdout)
-    assert doc["counts"] == {"ok": 1, "bad": 4, "other": 1}
+    assert doc["counts"] == {"ok": 1, "bad": 4, "snapped": 0, "other": 1}
     got = [(f["status"], f.get("error", {}).get("code")) for f in doc["frames"]]
     assert got == [
         ("ok", None), ("other", None), ("bad", "CHECK"), ("bad", "TRUNCATED"),
@@ -169,3 +169,22 @@ def test_decode_cli_damaged_and_missing_files(tmp_path: Path) -> None:
     )
     res = _oae("decode", str(path), "--key", "abcd")
     assert res.returncode == 2 and "16 bytes" in res.stderr
+
+
+def test_decode_snapped_frames_are_not_called_truncated(tmp_path: Path) -> None:
+    """A frame the capture kept only part of (snap length) was not truncated on the wire."""
+    good = _frames()[0]
+    path = tmp_path / "snap.pcapng"
+    path.write_bytes(
+        pcapng_header("eth0") + pcapng_packet(T0, good[:40], 78) + pcapng_packet(T0, good[:40])
+    )
+    res = _oae("decode", str(path), "--json")
+    doc = json.loads(res.stdout)
+    assert [f["status"] for f in doc["frames"]] == ["snapped", "bad"]
+    assert doc["frames"][1]["error"]["code"] == "TRUNCATED"
+    if shutil.which("tshark"):
+        from oae.wireshark import tshark_fields
+
+        rows = tshark_fields(path, ["oae.tid", "oae.error", "oae.check.status"])
+        assert rows[0] == {"oae.tid": "4", "oae.error": "", "oae.check.status": ""}
+        assert rows[1]["oae.error"] == "TRUNCATED"

@@ -273,6 +273,7 @@ local function validate(b, n, tag_len, key)
     if frame_len < FRAME_LEN then return "TRUNCATED", "frame", frame_len, nil end
     if frame_len > FRAME_LEN then return "OVERSIZED", "frame", FRAME_LEN, nil end
     if tag_len > 0 then return "ETHERTYPE", "ethertype", 12, nil end
+    if #b < RECORD_LEN then return nil end  -- snapped by the capture: nothing to judge by
     if rshift(b[1], 4) ~= 1 then return "VERSION", "version", ETH_HLEN, nil end
     local flags = b[40]
     local status, computed
@@ -421,6 +422,8 @@ function oae.dissector(tvb, pinfo, tree)
     local tag_len = 0
     if vlan_etype ~= nil then tag_len = 4 * #{ vlan_etype() } end
     local code, efield, eoffset, status, computed = validate(b, n, tag_len, link_key)
+    local snapped = code == nil and captured < RECORD_LEN  -- cut by the capture, not on the wire
+    if snapped then status, computed = nil, nil end
 
     local function have(off, size) return off + size <= captured end
 
@@ -565,7 +568,13 @@ function oae.dissector(tvb, pinfo, tree)
         info = info .. " [keyed, not verified]"
     end
     pinfo.cols.info = info
-    root:append_text(string.format(", %s", code and ("rejected: " .. code) or "valid"))
+    if code then
+        root:append_text(", rejected: " .. code)
+    elseif snapped then
+        root:append_text(", not checked: the capture kept only part of the record (snap length)")
+    else
+        root:append_text(", valid")
+    end
     return tvb:len()
 end
 
