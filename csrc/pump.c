@@ -114,6 +114,7 @@ struct oae_pump {
     pthread_mutex_t mu;
     volatile int stop;
     int notified;
+    int backed_up; /* the app ring filled up: events wait in the engine */
     /* application events: a ring, guarded by mu */
     oae_pump_event *app;
     uint32_t app_head, app_tail;
@@ -291,10 +292,12 @@ size_t oae_pump_backlog(oae_pump *p)
     return n;
 }
 
-/* offer queued transfers while the engine takes them (mu held) */
+/* offer queued transfers while the engine takes them (mu held).  Not while the app ring
+ * is full: the engine then keeps undrained COMMITTED events, and offering more could
+ * reuse the cookie slot of a tid whose event has not been matched yet. */
 static void offer_queued(oae_pump *p)
 {
-    while (p->q_count) {
+    while (p->q_count && !p->backed_up) {
         size_t j = p->q_head;
         uint32_t tid;
         int rc = oae_link_offer(p->link, p->q_payload + j * OAE_PAYLOAD_MAX, p->q_len[j],
@@ -462,6 +465,7 @@ static int drain_events(oae_pump *p)
     for (;;) {
         uint32_t room = APP_RING - (p->app_tail - p->app_head);
         size_t max = room < EV_BATCH ? room : EV_BATCH;
+        p->backed_up = !max;
         if (!max)
             break;
         size_t n = oae_link_poll_events(p->link, p->evs, max);
