@@ -1,0 +1,163 @@
+"""The Trio runtime over a real veth pair between two namespaces: discovery, exactly-once
+in-order transfers, and bad frames from outside that are counted, dropped and change
+nothing."""
+
+from __future__ import annotations
+
+import os
+import secrets
+
+import pytest
+import trio
+
+from oae.errors import UsageError
+from oae.runtime.link import LinkOptions, open_link
+from oae.runtime.sock import open_socket
+from oae.wire import ETHERTYPE, Frame, Opcode, Phase, Record, encode_frame
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: namespaces, raw sockets")
+
+
+async def test_link_comes_up_by_itself(veth_pair) -> None:
+    async with (
+        open_link(veth_pair.if_a, veth_pair.ns_a) as a,
+        open_link(veth_pair.if_b, veth_pair.ns_b) as b,
+    ):
+        with trio.fail_after(10):
+            await a.wait_up()
+            await b.wait_up()
+        sa, sb = a.stats(), b.stats()
+        assert sa["phase"] == sb["phase"] == "LIVE"
+        assert sa["peer"] == veth_pair.mac_b and sb["peer"] == veth_pair.mac_a
+        assert sa["mac"] == veth_pair.mac_a
+        out = await a.send(b"first")
+        assert out.committed and out.tid == 1
+        async for msg in b.received():
+            assert (msg.tid, msg.payload) == (1, b"first")
+            break
+
+
+async def test_100k_transfers_commit_exactly_once_in_order(veth_pair) -> None:
+    n = 100_000
+    # rx_capacity above n: the receiving task may lag behind the link under CPU load, and
+    # that backpressure (REFUSE, then reversal) is a correct outcome, but not this test's
+    opts = LinkOptions(window=1024, beat=64, rx_capacity=1 << 20)
+    payloads = [i.to_bytes(4, "big") for i in range(n)]
+    got: list[tuple[int, bytes]] = []
+    async with (
+        open_link(veth_pair.if_a, veth_pair.ns_a, options=opts) as a,
+        open_link(veth_pair.if_b, veth_pair.ns_b, options=opts) as b,
+    ):
+        with trio.fail_after(10):
+            await a.wait_up()
+
+        async def receive() -> None:
+            async for msg in b.received():
+                got.append((msg.tid, msg.payload))
+                if len(got) == n:
+                    return
+
+        with trio.fail_after(90):
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(receive)
+                outcomes = await a.send_many(payloads)
+        assert [o.status for o in outcomes] == ["committed"] * n
+        tids = [o.tid for o in outcomes]
+        assert tids == list(range(1, n + 1))
+        assert got == list(zip(tids, payloads, strict=True))
+        sa, sb = a.stats(), b.stats()
+        assert sa["committed"] == sb["delivered"] == n
+        assert sa["aborted"] == 0 and sa["out_settled"] == n and sb["in_delivered"] == n
+
+
+def _garbage_frames(dst: bytes, src: bytes) -> list[bytes]:
+    eth = dst + src + ETHERTYPE.to_bytes(2, "big")
+    record = Record(opcode=Opcode.TOKEN, phase=Phase.LIVE, seq=5, nonce=77)
+    good = encode_frame(Frame(dst, src, ETHERTYPE, record))
+    corrupt = bytearray(good)
+    corrupt[40] ^= 0x10
+    return [
+        eth + b"\x12" + secrets.token_bytes(63),  # version 1, random rest: CHECK
+        eth + bytes(10),  # short: TRUNCATED
+        eth + bytes(64) + b"\x00" * 4,  # long: OVERSIZED
+        bytes(corrupt),  # one flipped bit: CHECK
+    ]
+
+
+async def test_foreign_and_garbage_frames_are_counted_dropped_and_change_nothing(
+    veth_pair,
+) -> None:
+    third_mac = bytes.fromhex("02aa00000099")
+    async with (
+        open_link(veth_pair.if_a, veth_pair.ns_a) as a,
+        open_link(veth_pair.if_b, veth_pair.ns_b) as b,
+    ):
+        with trio.fail_after(10):
+            await a.wait_up()
+            await b.wait_up()
+        assert (await a.send(b"before")).committed
+        before = a.stats()
+        a_mac = bytes.fromhex(veth_pair.mac_a.replace(":", ""))
+        b_mac = bytes.fromhex(veth_pair.mac_b.replace(":", ""))
+        # a valid, correctly checked record, but from a MAC that is not the bound peer
+        foreign = encode_frame(Frame(a_mac, third_mac, ETHERTYPE, Record(
+            opcode=Opcode.TOKEN, phase=Phase.LIVE, seq=1, nonce=1234, tid=1,
+            payload=b"forged", held_upto=0)))  # fmt: skip
+        frames = [foreign] * 20 + _garbage_frames(a_mac, b_mac) * 5
+        inject = open_socket(veth_pair.if_b, veth_pair.ns_b)
+        try:
+            for f in frames:
+                os.write(inject.fd, f)
+        finally:
+            inject.close()
+        with trio.fail_after(10):
+            while a.stats()["dropped"] - before["dropped"] < len(frames):
+                await trio.sleep(0.01)
+        after = a.stats()
+        drops = {k: after["drops"].get(k, 0) - before["drops"].get(k, 0) for k in after["drops"]}
+        assert drops.get("foreign") == 20
+        assert drops.get("check") == 10
+        assert drops.get("truncated") == 5 and drops.get("oversized") == 5
+        # no state changed: still LIVE with the same peer, nothing delivered or reset
+        assert after["phase"] == "LIVE" and after["peer"] == veth_pair.mac_b
+        assert after["links_down"] == before["links_down"] == 0
+        assert after["delivered"] == before["delivered"] == 0
+        assert after["in_delivered"] == 0
+        assert b.stats()["delivered"] == 1
+        assert (await a.send(b"after")).committed
+        msgs = []
+        async for msg in b.received():
+            msgs.append(msg.payload)
+            if len(msgs) == 2:
+                break
+        assert msgs == [b"before", b"after"]
+
+
+async def test_payload_over_16_bytes_is_refused_with_a_clear_error(veth_pair) -> None:
+    async with open_link(veth_pair.if_a, veth_pair.ns_a) as a:
+        with pytest.raises(UsageError, match="at most 16 bytes"):
+            await a.send(b"x" * 17)
+        assert a.stats()["pump"]["queued"] == 0
+
+
+async def test_missing_interface_is_a_usage_error(veth_pair) -> None:
+    with pytest.raises(UsageError, match="not found"):
+        async with open_link("nosuchif0", veth_pair.ns_a):
+            pass
+
+
+async def test_cancellation_closes_socket_and_event_fd(veth_pair) -> None:
+    fds_before = set(os.listdir("/proc/self/fd"))
+    with trio.move_on_after(0.3):
+        async with open_link(veth_pair.if_a, veth_pair.ns_a) as a:
+            a.submit([b"queued"])  # never settles: the peer is absent
+            await trio.sleep_forever()
+    await trio.sleep(0.05)
+    assert set(os.listdir("/proc/self/fd")) <= fds_before
+
+
+def test_link_options_are_checked() -> None:
+    with pytest.raises(UsageError, match="beat"):
+        LinkOptions(beat=3).check()
+    with pytest.raises(UsageError, match="window"):
+        LinkOptions(window=0).check()
