@@ -267,3 +267,38 @@ def test_start_nodes_failure_rolls_back(run_prefix: str) -> None:
         manager.up(topology.load(NETNS / "pair.toml"), "badnode", True, ("--no-such-flag",))
     assert set(kernel.list_netns(run_prefix)) == before
     assert not (manager.state_dir() / "badnode").exists()
+
+
+@pytest.mark.parametrize(
+    ("sig", "after"),
+    [(signal.SIGINT, 10), (signal.SIGTERM, 10), (signal.SIGINT, 41)],
+    ids=["sigint-creating-namespaces", "sigterm-creating-namespaces", "sigint-wiring"],
+)
+def test_interrupted_cli_up_leaves_nothing(
+    run_prefix: str, sig: signal.Signals, after: int
+) -> None:
+    """Ctrl-C (or SIGTERM) while `oae testbed up` is building (once `after` namespaces of
+    41 exist): it removes what it made."""
+    prefix = kernel.check_prefix(run_prefix[:3] + "i" + run_prefix[3:6])
+    env = {**os.environ, "PYTHONPATH": str(ROOT), kernel.RUN_PREFIX_ENV: prefix}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "oae.cli", "testbed", "up", str(NETNS / "lossy-chain.toml"),
+         "--nodes", "40", "--name", "interrupted"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 30
+        while len(kernel.list_netns(prefix)) < after and proc.poll() is None:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        proc.send_signal(sig)
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode == 130, err  # interrupted, not finished
+        assert "interrupted" in err and "Traceback" not in err
+        assert kernel.list_netns(prefix) == []
+        assert manager.process_pids(prefix) == []
+        assert not (manager.state_dir() / "interrupted").exists()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        manager.clean(prefix)

@@ -231,15 +231,18 @@ def veth_pair(prefix: str | None = None) -> Iterator[VethPair]:
     tag = secrets.token_hex(2)
     ns_a, ns_b = f"{prefix}-{tag}a", f"{prefix}-{tag}b"
     if_a, if_b = f"{prefix}{tag}a", f"{prefix}{tag}b"
-    created: list[str] = []
+    for ns in (ns_a, ns_b):
+        if netns_exists(ns):
+            raise UsageError(f"network namespace {ns!r} already exists")
     try:
+        # Removal goes by name, not by what was created so far: a Ctrl-C landing between
+        # a namespace's creation and its bookkeeping must not leak it.
         for ns in (ns_a, ns_b):
             create_netns(ns)
-            created.append(ns)
         add_veth(ns_a, if_a, ns_b, if_b)
         mac_a = links_up(ns_a, [if_a])[if_a]
         mac_b = links_up(ns_b, [if_b])[if_b]
         yield VethPair(ns_a, ns_b, if_a, if_b, mac_a, mac_b)
     finally:
-        for ns in created:
+        for ns in (ns_a, ns_b):
             remove_netns(ns)

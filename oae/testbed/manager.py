@@ -148,14 +148,15 @@ def up(
         "node_pids": {},
     }
     tb = Testbed(state)
-    created: list[str] = []
+    taken = [ns for ns in tb.namespaces() if kernel.netns_exists(ns)]
+    if taken:
+        raise UsageError(f"network namespace {taken[0]!r} already exists")
     try:
         if hosts:
             _up_hosts(topo, state)
         else:
             for ns in tb.namespaces():
                 kernel.create_netns(ns)
-                created.append(ns)
             state["links"] = _wire(topo, state)
         _write_state(tb_dir / "state.json", state)
         if bridged:
@@ -165,8 +166,10 @@ def up(
             _start_nodes(tb, tb_dir, node_args)
             _write_state(tb_dir / "state.json", state)
     except BaseException:
+        # By name, not by bookkeeping: a Ctrl-C can land between creating a namespace or
+        # starting a process and recording it.
         _stop_processes(state)
-        for ns in created:
+        for ns in tb.namespaces():
             kernel.remove_netns(ns)
         shutil.rmtree(tb_dir, ignore_errors=True)
         raise
@@ -341,12 +344,19 @@ def _pid_alive(pid: int | None) -> bool:
 
 
 def _stop_processes(state: dict[str, Any]) -> list[str]:
-    """Stop the testbed's nodes and its bridge; returns what was stopped."""
-    procs = [(f"node:{n}", pid) for n, pid in state.get("node_pids", {}).items()]
-    procs.append(("bridge", state.get("bridge_pid")))
-    ours = [(w, p) for w, p in procs if p and _pid_alive(p) and _is_our_process(p, state["prefix"])]
-    _terminate([p for _, p in ours])
-    return [f"{what}:{pid}" for what, pid in ours]
+    """Stop the testbed's nodes and its bridge — those recorded in the state and any
+    other process of ours on its namespaces; returns what was stopped."""
+    tb = Testbed(state)
+    recorded = {pid: f"node:{n}" for n, pid in state.get("node_pids", {}).items()}
+    if state.get("bridge_pid"):
+        recorded[state["bridge_pid"]] = "bridge"
+    found = set(process_pids(f"{tb.prefix}-{tb.name}-"))  # node namespaces
+    if state.get("bridge_ns"):
+        found |= set(process_pids(state["bridge_ns"]))
+    pids = sorted(found | {p for p in recorded if _is_our_process(p, tb.prefix)})
+    pids = [p for p in pids if _pid_alive(p)]
+    _terminate(pids)
+    return [f"{recorded.get(pid, 'process')}:{pid}" for pid in pids]
 
 
 def _terminate(pids: list[int], timeout: float = 3.0) -> None:
