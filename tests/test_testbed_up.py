@@ -147,7 +147,7 @@ def test_cli_session(run_prefix: str) -> None:
         (["testbed", "down", "nosuchbed"], "no testbed named"),
         (["testbed", "exec", "nosuchbed", "n0", "--", "true"], "no testbed named"),
         (["testbed", "clean", "--prefix", "xyz"], "must start with"),
-        (["testbed", "up", str(NETNS / "ring.toml"), "--nodes", "2"], "topology.nodes"),
+        (["testbed", "up", str(NETNS / "ring.toml"), "--nodes", "2"], "--nodes 2: a ring has 3"),
     ],
 )
 def test_cli_errors_are_one_line(args: list[str], needle: str) -> None:

@@ -59,12 +59,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     q.set_defaults(func=_up)
 
     q = tsub.add_parser("down", help="remove a testbed (namespaces, bridge, state)")
-    q.add_argument("name")
+    q.add_argument("name", help="testbed name (see `oae testbed list`)")
     q.add_argument("--json", action="store_true", help="print what was removed as JSON")
     q.set_defaults(func=_down)
 
     q = tsub.add_parser("list", help="list testbeds, and orphaned objects of crashed runs")
-    q.add_argument("--json", action="store_true")
+    q.add_argument("--json", action="store_true", help="print JSON")
     q.set_defaults(func=_list)
 
     q = tsub.add_parser(
@@ -72,8 +72,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="run a command inside a node's namespace",
         description="Run CMD inside NODE's network namespace; exits with CMD's status.",
     )
-    q.add_argument("name")
-    q.add_argument("node")
+    q.add_argument("name", help="testbed name (see `oae testbed list`)")
+    q.add_argument("node", help="node name, e.g. n3")
     q.add_argument("cmd", nargs=argparse.REMAINDER, help="-- CMD [ARGS...]")
     q.set_defaults(func=_exec)
 
@@ -83,22 +83,22 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Sends an EtherType 0x88B5 probe frame each way over every link "
         "(3 attempts, as impaired links may drop one); exits 1 if any link fails.",
     )
-    q.add_argument("name")
+    q.add_argument("name", help="testbed name (see `oae testbed list`)")
     q.add_argument("--timeout", type=float, default=1.0, help="seconds per attempt")
-    q.add_argument("--json", action="store_true")
+    q.add_argument("--json", action="store_true", help="print JSON")
     q.set_defaults(func=_check)
 
     q = tsub.add_parser(
         "impair",
         help="change a bridged link's impairments at run time (or show them)",
-        description="KEY=VALUE settings: loss=5%% duplicate=1%% reorder=2%% corrupt=0.1%% "
+        description="KEY=VALUE settings: loss=5% duplicate=1% reorder=2% corrupt=0.1% "
         "delay=10ms jitter=2ms rate=10mbit|none limit=1000 partition=on|off. With no "
         "settings, print the link's impairments and counters.",
     )
-    q.add_argument("name")
+    q.add_argument("name", help="testbed name (see `oae testbed list`)")
     q.add_argument("link", help="link name, e.g. n0-n1")
-    q.add_argument("settings", nargs="*", metavar="KEY=VALUE")
-    q.add_argument("--json", action="store_true")
+    q.add_argument("settings", nargs="*", metavar="KEY=VALUE", help="see above")
+    q.add_argument("--json", action="store_true", help="print JSON")
     q.set_defaults(func=_impair)
 
     q = tsub.add_parser(
@@ -111,7 +111,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     q.add_argument("--prefix", default=kernel.BASE_PREFIX, help="default: %(default)s")
     q.add_argument("--dry-run", action="store_true", help="only list what would be removed")
-    q.add_argument("--json", action="store_true")
+    q.add_argument("--json", action="store_true", help="print JSON")
     q.set_defaults(func=_clean)
 
 

@@ -241,6 +241,8 @@ def loads(text: str, path: str = "<topology>", nodes: int | None = None) -> Topo
         n = nodes if nodes is not None else _int(src, top, "nodes", _MIN_NODES[shape], 1)
         if shape == "pair" and n != 2:
             raise UsageError(f"{path}: --nodes/nodes: a pair has exactly 2 nodes, not {n}")
+        if nodes is not None and not _MIN_NODES[shape] <= n <= MAX_NODES:
+            raise UsageError(f"--nodes {n}: a {shape} has {_MIN_NODES[shape]}..{MAX_NODES} nodes")
         if not _MIN_NODES[shape] <= n <= MAX_NODES:
             raise src.error(
                 f"{n} nodes: {shape} needs {_MIN_NODES[shape]}..{MAX_NODES}",
