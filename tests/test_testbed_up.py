@@ -37,12 +37,19 @@ def _oae(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     return proc
 
 
-@pytest.mark.parametrize(("shape", "links"), [("ring", 16), ("tree", 15), ("mesh", 120)])
+@pytest.mark.parametrize(
+    ("shape", "links", "bridged"),
+    [("ring", 16, 1), ("tree", 15, 0), ("mesh", 120, 0), ("grid", 23, 23)],
+)
 def test_16_node_testbed_every_link_passes_frames(
-    testbed, run_prefix: str, shape: str, links: int
+    testbed, run_prefix: str, shape: str, links: int, bridged: int
 ) -> None:
-    tb = testbed(NETNS / f"{shape}.toml", nodes=16)
+    text = (NETNS / f"{shape}.toml").read_text()
+    if shape == "grid":  # 3 columns; every link through the impairing bridge
+        text = text.replace("[topology]\n", '[topology]\nbridge = "all"\n')
+    tb = testbed(loads(text, f"{shape}.toml", nodes=16))
     assert len(tb.state["nodes"]) == 16 and len(tb.state["links"]) == links
+    assert sum(1 for lk in tb.state["links"] if lk["bridge"]) == bridged
     for ns in tb.namespaces():
         assert ns.startswith(run_prefix) and kernel.netns_exists(ns)
     results = probe.probe_all(tb, timeout=1.0)
