@@ -1,0 +1,146 @@
+"""`oae node` processes in two namespaces: data through the control socket, and a node
+killed mid-stream and restarted from its state dir settling every transfer the same way
+as its peer (no loss, no duplicate)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import trio
+
+from oae.runtime.control import request
+from oae.runtime.link import LinkOptions, open_link, read_log
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: namespaces, raw sockets")
+
+OAE = [sys.executable, "-m", "oae.cli"]
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": str(ROOT)}
+
+
+def start_node(iface: str, netns: str, control: Path, state: Path, *extra: str) -> subprocess.Popen:
+    proc = subprocess.Popen(
+        [*OAE, "node", "--iface", iface, "--netns", netns, "--control", str(control),
+         "--state-dir", str(state), "--json", *extra],
+        env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AssertionError(f"oae node exited {proc.returncode}: {proc.stderr.read()}")
+        try:
+            request(str(control), {"op": "status"}, timeout=2)
+            return proc
+        except Exception:
+            time.sleep(0.05)
+    proc.kill()
+    raise AssertionError("oae node did not open its control socket within 15 s")
+
+
+def stop_node(proc: subprocess.Popen) -> str:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=15)
+    assert proc.returncode in (0, -signal.SIGKILL), err
+    return out
+
+
+def cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*OAE, *args], env=_env(), capture_output=True, text=True, timeout=60)
+
+
+def test_two_node_processes_exchange_data_through_the_control_socket(veth_pair, tmp_path) -> None:
+    ca, cb = tmp_path / "a.sock", tmp_path / "b.sock"
+    na = start_node(veth_pair.if_a, veth_pair.ns_a, ca, tmp_path / "sa")
+    nb = start_node(veth_pair.if_b, veth_pair.ns_b, cb, tmp_path / "sb")
+    try:
+        deadline = time.monotonic() + 10
+        while request(str(ca), {"op": "status"})["status"]["links"][0]["phase"] != "LIVE":
+            assert time.monotonic() < deadline, "link did not come up"
+            time.sleep(0.05)
+        sent = cli("send", "--control", str(ca), "--json", "hello", "world")
+        assert sent.returncode == 0, sent.stderr
+        outs = [json.loads(line) for line in sent.stdout.splitlines()]
+        assert [(o["tid"], o["outcome"]) for o in outs] == [(1, "committed"), (2, "committed")]
+        got = cli("recv", "--control", str(cb), "--json", "--timeout", "5")
+        assert got.returncode == 0, got.stderr
+        msgs = [json.loads(line) for line in got.stdout.splitlines()]
+        assert [(m["tid"], m["text"]) for m in msgs] == [(1, "hello"), (2, "world")]
+        # each message is handed out once
+        again = cli("recv", "--control", str(cb), "--json", "--timeout", "0")
+        assert again.stdout == ""
+        status = cli("status", "--control", str(cb), "--json")
+        st = json.loads(status.stdout)["links"][0]
+        assert st["peer"] == veth_pair.mac_a and st["delivered"] == 2 and st["dropped"] == 0
+        text = cli("status", "--control", str(cb))
+        assert "phase LIVE" in text.stdout and veth_pair.mac_a in text.stdout
+        bad = cli("send", "--control", str(ca), "x" * 17)
+        assert bad.returncode == 2 and "at most 16 bytes" in bad.stderr
+        assert len(bad.stderr.strip().splitlines()) == 1
+    finally:
+        out_a, out_b = stop_node(na), stop_node(nb)
+    events = [json.loads(line)["event"] for line in out_b.splitlines()]
+    assert events[0] == "started" and "link-up" in events and events[-1] == "stopping"
+    assert not ca.exists() and not cb.exists()  # control sockets removed on exit
+    assert "link-up" in out_a
+
+
+def test_killed_and_restarted_peer_settles_every_transfer_the_same_way(veth_pair, tmp_path) -> None:
+    n = 2000
+    control, state = tmp_path / "b.sock", tmp_path / "state-b"
+    node = start_node(veth_pair.if_b, veth_pair.ns_b, control, state, "--dead", "0.2")
+    restarted: list[subprocess.Popen] = []
+    payloads = [f"m{i}".encode() for i in range(n)]
+
+    async def sender() -> list:
+        opts = LinkOptions(window=64, dead=0.2)
+        async with open_link(veth_pair.if_a, veth_pair.ns_a, options=opts) as a:
+            with trio.fail_after(15):
+                await a.wait_up()
+            async with trio.open_nursery() as nursery:
+
+                async def kill_and_restart() -> None:
+                    while a.counters["committed"] < n // 5:
+                        await trio.sleep(0.005)
+                    node.kill()  # SIGKILL mid-stream: no chance to clean up
+                    await trio.to_thread.run_sync(node.wait)
+                    await trio.sleep(0.3)  # the sender declares the link failed
+                    proc = await trio.to_thread.run_sync(
+                        lambda: start_node(veth_pair.if_b, veth_pair.ns_b, control, state,
+                                           "--dead", "0.2"))  # fmt: skip
+                    restarted.append(proc)
+
+                nursery.start_soon(kill_and_restart)
+                with trio.fail_after(90):
+                    outcomes = await a.send_many(payloads)
+            assert a.counters["links_down"] >= 1, "the kill was not noticed mid-stream"
+            return outcomes
+
+    try:
+        outcomes = trio.run(sender)
+    finally:
+        for proc in [node, *restarted]:
+            stop_node(proc)
+    assert len(restarted) == 1
+    assert len(outcomes) == n and all(o.status in ("committed", "aborted") for o in outcomes)
+    assert [o.tid for o in outcomes] == list(range(1, n + 1))
+    committed = {o.tid: payloads[o.tid - 1] for o in outcomes if o.committed}
+    aborted = {o.tid for o in outcomes if not o.committed}
+    log = read_log(state)
+    delivered = [(tid, payload) for kind, tid, payload, _ in log if kind == "delivered"]
+    tids = [tid for tid, _ in delivered]
+    assert len(tids) == len(set(tids)), "a transfer was delivered twice"
+    assert tids == sorted(tids), "deliveries out of order"
+    assert dict(delivered) == committed, "receiver's delivered log != sender's commits"
+    assert not aborted & set(tids)
+    assert len(committed) >= n // 5
