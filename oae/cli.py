@@ -22,6 +22,8 @@ SUBCOMMANDS: list[str] = [
     "oae.capture",
     "oae.decode",
     "oae.wireshark.cli",
+    "oae.epoch.converge",
+    "oae.epoch.experiment",
 ]
 
 

@@ -11,13 +11,16 @@ they restore one epoch whose checkpoints do not form a consistent cut.
 
 from __future__ import annotations
 
+import argparse
+import json
 import math
 import random
+import sys
 from collections.abc import Callable
 from typing import Protocol
 
 from oae.epoch.bilateral import Bilateral
-from oae.epoch.sim import NetParams, Process, Sim, Topology
+from oae.epoch.sim import NetParams, Process, Sim, Topology, make_topology
 from oae.errors import UsageError
 
 
@@ -185,3 +188,145 @@ def run(
         "crashes": sim.stats["crashes"],
         "flaps": sim.stats["flaps"],
     }
+
+
+# --------------------------------------------------------------------------- CLI
+def register(sub: argparse._SubParsersAction) -> None:
+    names = ", ".join(algorithms())
+    p = sub.add_parser(
+        "converge",
+        help="run N epoch transitions with one or more algorithms and compare them",
+        description=__doc__ + "\nThe network is simulated (virtual clock, modelled AIT links; see "
+        'docs/convergence.md); results say so with "network": "simulated". Algorithms: '
+        + names
+        + ".",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "topology",
+        metavar="TOPOLOGY",
+        help="a shape (chain, ring, star, tree, mesh, grid) or a netns/*.toml file",
+    )
+    p.add_argument(
+        "--algorithm",
+        default="bilateral",
+        help=f"comma-separated, or 'all' (default bilateral): {names}",
+    )
+    p.add_argument("--epochs", type=int, default=50, help="transitions to run (default 50)")
+    p.add_argument("--nodes", type=int, help="nodes of a shape (default 8, or the file's)")
+    p.add_argument(
+        "--crash-rate",
+        type=float,
+        default=0.0,
+        help="mean node crash-restarts per transition (default 0)",
+    )
+    p.add_argument(
+        "--flap-rate", type=float, default=0.0, help="mean link failures per transition (default 0)"
+    )
+    p.add_argument(
+        "--loss",
+        type=float,
+        default=0.0,
+        help="per-transfer loss probability, paid as retransmission delay",
+    )
+    p.add_argument(
+        "--refuse-rate",
+        type=float,
+        default=0.0,
+        help="probability that a node's checkpoint write fails",
+    )
+    p.add_argument("--rtt-us", type=float, default=40.0, help="link round trip (default 40)")
+    p.add_argument(
+        "--persist-us",
+        type=float,
+        default=200.0,
+        help="median checkpoint write latency (default 200)",
+    )
+    p.add_argument(
+        "--app-period-us",
+        type=float,
+        default=10.0,
+        help="one application frame per link direction per period; 0: none",
+    )
+    p.add_argument(
+        "--probes", type=int, default=2, help="recovered-state probes per transition (default 2)"
+    )
+    p.add_argument("--initiator", type=int, help="initiating node (default: random each time)")
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--json", action="store_true", help="print one JSON document")
+    p.set_defaults(func=_cli)
+
+
+def _cli(args: argparse.Namespace) -> int:
+    makers = algorithms()
+    names = list(makers) if args.algorithm == "all" else args.algorithm.split(",")
+    for name in names:
+        if name not in makers:
+            raise UsageError(f"unknown algorithm {name!r}; choose from {', '.join(makers)}, all")
+    for flag in ("crash_rate", "flap_rate", "refuse_rate", "loss"):
+        if getattr(args, flag) < 0:
+            raise UsageError(f"--{flag.replace('_', '-')} must be >= 0")
+    if args.loss >= 1 or args.refuse_rate > 1:
+        raise UsageError("--loss must be < 1 and --refuse-rate <= 1")
+    if args.rtt_us <= 0 or args.persist_us <= 0 or args.app_period_us < 0 or args.probes < 0:
+        raise UsageError("--rtt-us and --persist-us must be > 0, --app-period-us and --probes >= 0")
+    topo = make_topology(args.topology, args.nodes)
+    params = NetParams(
+        rtt_us=args.rtt_us,
+        loss=args.loss,
+        rto_us=3 * args.rtt_us,
+        persist_us=args.persist_us,
+        refuse_rate=args.refuse_rate,
+        app_period_us=args.app_period_us,
+        downtime_us=(2.5 * args.rtt_us, 25 * args.rtt_us),
+    )
+
+    def progress(msg: str) -> None:
+        print(msg, file=sys.stderr, flush=True)
+
+    results = {}
+    for name in names:
+        results[name] = run(
+            name,
+            topo,
+            args.epochs,
+            args.seed,
+            params,
+            args.crash_rate,
+            args.flap_rate,
+            args.probes,
+            args.initiator,
+            progress=progress if args.epochs >= 10 else None,
+        )
+    if args.json:
+        json.dump({"network": "simulated", "results": results}, sys.stdout, indent=2)
+        print()
+        return 0
+    keys = [
+        "committed",
+        "aborted",
+        "stuck",
+        "median_convergence_us",
+        "p99_convergence_us",
+        "critical_path_exchanges",
+        "convergence_ratio",
+        "mixed_epoch_frames",
+        "uncommitted_tag_frames",
+        "mixed_epoch_states",
+        "inconsistent_states",
+        "probes",
+    ]
+    print(
+        f"network: simulated, topology {topo.name} ({topo.n} nodes, {len(topo.edges)} links),"
+        f" {args.epochs} transitions, seed {args.seed}"
+    )
+    print(f"{'':<26}" + "".join(f"{n:>15}" for n in names))
+    for k in keys:
+        cells = []
+        for n in names:
+            v = results[n][k]
+            cells.append(
+                f"{'-' if v is None else (f'{v:,.1f}' if isinstance(v, float) else v):>15}"
+            )
+        print(f"{k:<26}" + "".join(cells))
+    return 0
