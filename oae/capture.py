@@ -14,6 +14,7 @@ Two layers, kept apart so the file formats are testable without sockets or root:
 from __future__ import annotations
 
 import argparse
+import mmap
 import os
 import select
 import signal
@@ -167,8 +168,8 @@ class CaptureFormatError(UsageError):
     """The file is not a pcap/pcapng file we can read, or is cut short."""
 
 
-def read_capture(data: bytes) -> Iterator[Packet]:
-    """The packets of a pcap or pcapng file's bytes, in file order. Raises
+def read_capture(data: bytes | mmap.mmap) -> Iterator[Packet]:
+    """The packets of a pcap or pcapng file's bytes (or a map of the file), in file order. Raises
     CaptureFormatError (naming the byte offset) on a file that is neither or is damaged;
     packets before the damage have been yielded by then."""
     if len(data) < 4:
@@ -185,7 +186,7 @@ def read_capture(data: bytes) -> Iterator[Packet]:
     raise CaptureFormatError(f"not a pcap or pcapng file (magic 0x{magic_le:08x})")
 
 
-def _read_pcap(data: bytes, e: str, ns_per_tick: int) -> Iterator[Packet]:
+def _read_pcap(data: bytes | mmap.mmap, e: str, ns_per_tick: int) -> Iterator[Packet]:
     if len(data) < 24:
         raise CaptureFormatError("pcap file header cut short")
     linktype = struct.unpack_from(e + "I", data, 20)[0] & 0x0FFFFFFF
@@ -214,7 +215,7 @@ def _tsresol_ns(value: int) -> tuple[int, int]:
     return (1_000_000_000 // per_sec, 1) if per_sec <= 1_000_000_000 else (1, per_sec // 10**9)
 
 
-def _options(data: bytes, off: int, end: int, e: str) -> Iterator[tuple[int, bytes]]:
+def _options(data: bytes | mmap.mmap, off: int, end: int, e: str) -> Iterator[tuple[int, bytes]]:
     while off + 4 <= end:
         code, length = struct.unpack_from(e + "HH", data, off)
         if code == 0:
@@ -223,7 +224,7 @@ def _options(data: bytes, off: int, end: int, e: str) -> Iterator[tuple[int, byt
         off += 4 + length + (-length % 4)
 
 
-def _read_pcapng(data: bytes) -> Iterator[Packet]:
+def _read_pcapng(data: bytes | mmap.mmap) -> Iterator[Packet]:
     e = "<"
     ifaces: list[tuple[int, int, int]] = []  # (linktype, mul, div)
     off = 0
@@ -316,7 +317,9 @@ def open_packet_socket(iface: str, netns: str | None) -> socket.socket:
 
         raise NeedsRootError("capturing needs root (CAP_NET_RAW, and CAP_SYS_ADMIN for --netns)")
     with in_netns(netns) if netns else nullcontext():
-        sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
+        # protocol 0: the socket receives nothing until bound to the interface below, so no
+        # frame of another interface slips in between socket() and bind()
+        sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
         try:
             sock.bind((iface, ETH_P_ALL))
         except OSError as exc:

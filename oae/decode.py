@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import mmap
+import os
 import sys
+from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import Any
 
@@ -208,17 +211,21 @@ def decode_file(
 ) -> tuple[list[Decoded], str | None]:
     """All packets of the file, decoded; plus the file error that stopped reading, if any."""
     try:
-        with open(path, "rb") as f:
-            data = f.read()
+        with open(path, "rb") as f, ExitStack() as stack:
+            size = os.fstat(f.fileno()).st_size
+            # mapped, not read: a capture of gigabytes is paged in as it is decoded
+            data: bytes | mmap.mmap = b""
+            if size:
+                data = stack.enter_context(mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ))
+            frames: list[Decoded] = []
+            try:
+                for i, pkt in enumerate(read_capture(data), start=1):
+                    frames.append(decode_packet(i, pkt, ethertype, key))
+            except CaptureFormatError as exc:
+                return frames, f"{path}: {exc}"
+            return frames, None
     except OSError as exc:
         raise UsageError(f"cannot read {path!r}: {exc.strerror}") from None
-    frames: list[Decoded] = []
-    try:
-        for i, pkt in enumerate(read_capture(data), start=1):
-            frames.append(decode_packet(i, pkt, ethertype, key))
-    except CaptureFormatError as exc:
-        return frames, f"{path}: {exc}"
-    return frames, None
 
 
 # -- CLI ------------------------------------------------------------------------------------
