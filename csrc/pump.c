@@ -583,7 +583,19 @@ int oae_pump_run(oae_pump *p)
          * the bare C ping-pong, bounded by SO_RCVTIMEO (which the kernel rounds up to a
          * jiffy, so only for timers far enough away that a jiffy late does not matter) */
         int k;
-        if (busy || dontwait) {
+        if (busy && !batch_rx && !dontwait) {
+            /* the spin of the bare C baseline: one recv, nothing else unless a frame came,
+             * a timer is due or the application queued something */
+            ssize_t n = recv(p->fd, p->rx_buf[0], sizeof p->rx_buf[0], MSG_DONTWAIT);
+            if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK) &&
+                oae_now_ns() < next && !p->q_count && !p->stop) {
+                sched_yield(); /* ksoftirqd may be the one delivering our next frame */
+                continue;
+            }
+            k = n < 0 ? -1 : 1;
+            if (n >= 0)
+                p->rx_msg[0].msg_len = (unsigned)n;
+        } else if (busy || dontwait) {
             k = recvmmsg(p->fd, p->rx_msg, RX_BATCH, MSG_DONTWAIT, NULL);
         } else if (near) {
             uint64_t now = oae_now_ns();

@@ -1,0 +1,85 @@
+"""`oae bench exchange`: the link's token exchange against a bare C ping-pong, side by side
+on the same fresh veth pair in the same run, in blocking and busy-poll modes.
+
+A round trip is one frame each way. The baseline is csrc/pingpong.c (one 78-byte frame
+outstanding, answered by a C responder). The engine figure is a LIVE link with nothing
+to transfer and no answer delay (idle 0): the token alternates as fast as the two C
+pump threads can run the link engine. Each repeat measures the baseline and then the
+engine, so that drift in machine load hits both; `ratio` is the median of the per-repeat
+ratios, the rates are medians.
+"""
+
+from __future__ import annotations
+
+import statistics
+import sys
+import time
+
+import trio
+
+from oae.bench.cli import BenchOptions
+from oae.runtime import baseline
+from oae.runtime.link import LinkOptions, open_link
+from oae.runtime.sock import open_socket
+from oae.testbed.kernel import VethPair, require_root, veth_pair
+
+MODES = {"blocking": False, "busy_poll": True}
+
+
+def measure_baseline(pair: VethPair, seconds: float, busy: bool) -> float:
+    a = open_socket(pair.if_a, pair.ns_a)
+    b = open_socket(pair.if_b, pair.ns_b)
+    try:
+        return baseline.pingpong(a, b, seconds, busy).rate
+    finally:
+        a.close()
+        b.close()
+
+
+async def _engine(pair: VethPair, seconds: float, busy: bool) -> float:
+    opts = LinkOptions(idle=0.0, busy=busy)
+    async with (
+        open_link(pair.if_a, pair.ns_a, options=opts) as a,
+        open_link(pair.if_b, pair.ns_b, options=opts) as b,
+    ):
+        with trio.fail_after(10):
+            await a.wait_up()
+            await b.wait_up()
+        await trio.sleep(min(0.2, seconds / 5))  # past reconciliation, into the steady state
+        f0, t0 = a.stats()["frames_in"], time.perf_counter()
+        await trio.sleep(seconds)
+        f1, t1 = a.stats()["frames_in"], time.perf_counter()
+        return (f1 - f0) / (t1 - t0)
+
+
+def measure_engine(pair: VethPair, seconds: float, busy: bool) -> float:
+    return trio.run(_engine, pair, seconds, busy)
+
+
+def run(opts: BenchOptions) -> dict:
+    require_root("oae bench exchange")
+    out: dict[str, object] = {}
+    with veth_pair() as pair:
+        for mode, busy in MODES.items():
+            base: list[float] = []
+            eng: list[float] = []
+            for i in range(opts.repeats):
+                base.append(measure_baseline(pair, opts.seconds, busy))
+                eng.append(measure_engine(pair, opts.seconds, busy))
+                if opts.progress:
+                    print(f"[bench] exchange {mode} {i + 1}/{opts.repeats}: baseline "
+                          f"{base[-1]:,.0f} rt/s, engine {eng[-1]:,.0f} rt/s",
+                          file=sys.stderr, flush=True)  # fmt: skip
+            out[mode] = {
+                "baseline_rt_per_s": statistics.median(base),
+                "engine_rt_per_s": statistics.median(eng),
+                "ratio": statistics.median(e / b for e, b in zip(eng, base, strict=True)),
+                "repeats": opts.repeats,
+            }
+    out["units"] = {
+        "baseline_rt_per_s": "round trips/s, bare C ping-pong (median)",
+        "engine_rt_per_s": "round trips/s, link token exchange (median)",
+        "ratio": "engine/baseline, median of per-repeat ratios (targets: blocking >= 0.9,"
+        " busy_poll >= 0.8)",
+    }
+    return out
