@@ -252,6 +252,8 @@ def optimizer(epoch: int, steps: int, seed: int) -> dict[str, object]:
             }
         )
     closest = min(distances, key=lambda d: d["update_distance"])
+    # The oracle is deterministic: restoring a consistent state reproduces its own step.
+    again = adam_step(states[epoch], _grad(states[epoch].w, xs, ys))
     own = distances[epoch]
     step_norm = dist(states[epoch + 1].w, states[epoch].w)
     return {
@@ -259,6 +261,7 @@ def optimizer(epoch: int, steps: int, seed: int) -> dict[str, object]:
         "restored": {"parameters_epoch": epoch, "moments_epoch": epoch - 1},
         "valid_step_norm": step_norm,
         "distance_to_own_epoch_step": own["update_distance"],
+        "consistent_restore_distance": dist(again.w, states[epoch + 1].w),
         "closest_single_epoch_step": closest,
         "relative_distance_to_closest": closest["update_distance"] / step_norm,
         "matches_a_single_epoch_step": closest["update_distance"] <= 1e-9 * max(step_norm, 1e-12),
@@ -294,8 +297,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     a.add_argument(
         "--domains",
-        type=_domains,
-        default=_domains("1,2,4,8,16,32,64"),
+        default="1,2,4,8,16,32,64",
         help="comma-separated k values (default 1,2,4,8,16,32,64)",
     )
     a.add_argument("--trials", type=int, default=2000, help="snap-t checkpoints per k")
@@ -313,9 +315,20 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     a.add_argument("--skew-us", type=float, default=50.0, help="snap-t clock skew (std dev)")
     a.add_argument(
-        "--persist-us", type=float, default=50.0, help="snap-t median persistence latency"
+        "--straggle-us",
+        type=float,
+        default=50.0,
+        help="snap-t spread of the domains' real end of step (std dev)",
     )
-    a.add_argument("--step-us", type=float, default=1000.0, help="training step period")
+    a.add_argument(
+        "--margin-us",
+        type=float,
+        default=50.0,
+        help="snap-t: t is scheduled this long after the step's due end",
+    )
+    a.add_argument(
+        "--persist-us", type=float, default=20.0, help="snap-t median persistence (copy) latency"
+    )
     a.add_argument("--seed", type=int, default=1)
     a.add_argument("--json", action="store_true", help="print one JSON document")
     a.add_argument("--plot", metavar="FILE.png", help="also write a plot (needs matplotlib)")
@@ -342,7 +355,7 @@ def _run_atomicity(args: argparse.Namespace) -> int:
         raise UsageError("--skew-us, --straggle-us, --crash-rate must be >= 0; --persist-us > 0")
     model = SnapModel(args.skew_us, args.straggle_us, args.margin_us, args.persist_us)
     doc = atomicity(
-        args.domains,
+        _domains(args.domains),
         args.trials,
         args.bilateral_trials,
         args.seed,
