@@ -22,6 +22,11 @@ from oae.errors import UsageError
 PARTS: dict[str, tuple[str, str]] = {
     "codec": ("oae.bench.codec", "records encoded+decoded per second, C vs pure Python"),
     "exchange": ("oae.bench.exchange", "link token exchange vs bare C ping-pong, round trips/s"),
+    "ait": ("oae.bench.ait", "committed transfers/s (window, beats) vs one-way C flood"),
+    "convergence": (
+        "oae.bench.convergence",
+        "epoch convergence vs critical-path bound, ring/tree/mesh to 64 nodes (simulated)",
+    ),
 }
 
 
