@@ -280,11 +280,15 @@ class Link:
             "out_hi": ls.out_hi,
             "out_settled": ls.out_settled,
             "in_delivered": ls.in_delivered,
-            "backlog": lib.oae_pump_backlog(self._pump),
+            "backlog": self.backlog(),
             "pump": {name: getattr(ps, name) for name in (
                 "rx_calls", "rx_frames", "tx_calls", "tx_frames", "tx_errors", "wakeups",
                 "persists", "log_records", "queued", "submitted", "app_events", "sunk")},
         }  # fmt: skip
+
+    def backlog(self) -> int:
+        """Transfers submitted and not yet offered to the engine (waiting for the window)."""
+        return lib.oae_pump_backlog(self._pump)
 
     def set_epoch(self, epoch: int) -> None:
         lib.oae_pump_set_epoch(self._pump, epoch)
