@@ -307,8 +307,11 @@ static void go_live(oae_link *l, const oae_record *r, uint64_t now)
     l->up = 1;
     l->st.links_up++;
     push(l, OAE_EV_LINK_UP, 0)->info = l->peer_nonce;
-    l->t_rto = now + l->cfg.rto_ns;
-    l->t_answer = (r->phase == OAE_PHASE_LIVE || is_leader(l)) ? now : NEVER;
+    /* a peer still reconciling needs my APPLIED record; a LIVE peer waits for my token */
+    l->owe_reconcile = r->phase == OAE_PHASE_RECONCILE;
+    l->answered = r->seq - r->beat_index;
+    l->t_rto = NEVER;
+    l->t_answer = now;
 }
 
 /* ---- receiving -------------------------------------------------------------------- */
@@ -535,11 +538,16 @@ int oae_link_on_frame(oae_link *l, const uint8_t *frame, size_t len, uint64_t no
             apply(l, &r);
         if (!l->settled && r.transition == T_APPLIED)
             settle(l, r.delivered_upto);
-        if (l->phase == OAE_PHASE_LIVE && r.phase == OAE_PHASE_RECONCILE)
-            l->owe_reconcile = 1;
-        owe_answer(l, &r, now);
-        if (l->phase == OAE_PHASE_RECONCILE && l->applied && l->settled)
+        if (l->phase == OAE_PHASE_RECONCILE && l->applied && l->settled) {
             go_live(l, &r, now);
+        } else if (l->phase == OAE_PHASE_RECONCILE) {
+            owe_answer(l, &r, now);
+        } else if (r.phase == OAE_PHASE_RECONCILE) {
+            l->owe_reconcile = 1;
+            owe_answer(l, &r, now);
+        } else if (is_leader(l)) {
+            owe_answer(l, &r, now); /* both LIVE: the leader alone starts the token */
+        }
         break;
     case OAE_OP_TOKEN:
         if (r.seq > l->peer_round_seq)

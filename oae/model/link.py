@@ -237,8 +237,10 @@ class LinkModel:
         self.up = True
         self._count("links_up")
         self.events.append(LinkUp(self.peer_nonce))
-        self.t_rto = now + self.config.rto_ns
-        self.t_answer = now if (r.phase == Phase.LIVE or self._is_leader()) else NEVER
+        self.owe_reconcile = r.phase == Phase.RECONCILE
+        self.answered = (r.seq - r.beat_index) & M32
+        self.t_rto = NEVER
+        self.t_answer = now
 
     # ---- receiving ---------------------------------------------------------------------
 
@@ -429,11 +431,15 @@ class LinkModel:
                 self._apply(r)
             if not self.settled and r.transition == APPLIED:
                 self._settle(r.delivered_upto)
-            if self.phase == Phase.LIVE and r.phase == Phase.RECONCILE:
-                self.owe_reconcile = True
-            self._owe_answer(r, now)
             if self.phase == Phase.RECONCILE and self.applied and self.settled:
                 self._go_live(r, now)
+            elif self.phase == Phase.RECONCILE:
+                self._owe_answer(r, now)
+            elif r.phase == Phase.RECONCILE:
+                self.owe_reconcile = True
+                self._owe_answer(r, now)
+            elif self._is_leader():
+                self._owe_answer(r, now)
         else:
             self.peer_round_seq = max(self.peer_round_seq, r.seq)
             if self.skip_pending:
