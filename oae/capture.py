@@ -449,8 +449,17 @@ def register(sub: argparse._SubParsersAction) -> None:
             "sending side; capture on the receiving side."
         ),
     )
-    p.add_argument("--iface", "-i", required=True, help="interface to capture on")
-    p.add_argument("--netns", "-n", help="network namespace the interface lives in")
+    where = p.add_argument_group(
+        "where",
+        "an interface (--iface, --netns), or a link of a running testbed (--testbed, --link, --at)",
+    )
+    where.add_argument("--iface", "-i", help="interface to capture on")
+    where.add_argument("--netns", "-n", help="network namespace the interface lives in")
+    where.add_argument("--testbed", "-t", metavar="NAME", help="a running testbed (oae testbed)")
+    where.add_argument("--link", "-l", metavar="LINK", help="the testbed link, e.g. n2-n3")
+    where.add_argument(
+        "--at", metavar="NODE", help="the end of the link to capture on (default: its second node)"
+    )
     p.add_argument(
         "-w",
         "--write",
@@ -478,8 +487,32 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+def resolve_where(args: argparse.Namespace) -> tuple[str, str | None]:
+    """(interface, namespace) from --iface/--netns, or from --testbed/--link/--at."""
+    by_link = args.testbed or args.link or args.at
+    if by_link and (args.iface or args.netns):
+        raise UsageError("give either --iface/--netns or --testbed/--link, not both")
+    if not by_link:
+        if not args.iface:
+            raise UsageError("say where to capture: --iface IFACE [--netns NS], or "
+                             "--testbed NAME --link LINK [--at NODE]")  # fmt: skip
+        return args.iface, args.netns
+    if not (args.testbed and args.link):
+        raise UsageError("--testbed and --link go together (and --at names one end)")
+    from oae.testbed import manager
+
+    tb = manager.load(args.testbed)
+    link = tb.link(args.link)
+    at = args.at or link["b"]
+    if at not in (link["a"], link["b"]):
+        raise UsageError(f"--at {at!r}: link {link['name']!r} joins {link['a']} and {link['b']}")
+    end = "a" if at == link["a"] else "b"
+    return link[f"if_{end}"], tb.ns(at)
+
+
 def run(args: argparse.Namespace) -> int:
     fmt = args.format or ("pcap" if args.path.endswith(".pcap") else "pcapng")
+    args.iface, args.netns = resolve_where(args)
     where = f"{args.iface}" + (f" in netns {args.netns}" if args.netns else "")
     tty = sys.stderr.isatty()
     last_line = [0.0]

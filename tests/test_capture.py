@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
+import secrets
 import shutil
 import signal
 import subprocess
@@ -306,3 +308,42 @@ def test_capture_of_a_real_engine_run(veth_pair: VethPair, tmp_path: Path) -> No
     for side, sent_by_app in (("a", run.to_b), ("b", run.to_a)):
         for tid in range(1, len(sent_by_app) + 1):
             ex.assert_lifecycle(ex.transfer_events(events, f"{macs[side]}/{tid}"))
+
+
+def test_capture_on_a_testbed_link_by_name(tmp_path: Path) -> None:
+    """`--testbed NAME --link LINK [--at NODE]` captures at that end of a running testbed's
+    link (here the pair topology); a wrong end is a one-line error."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root: brings a testbed up")
+    name = f"cap{secrets.token_hex(2)}"
+    up = _oae("testbed", "up", str(Path(__file__).parent.parent / "netns" / "pair.toml"),
+              "--name", name, "--json")  # fmt: skip
+    assert up.returncode == 0, up.stderr
+    try:
+        state = json.loads(up.stdout)
+        link = state["links"][0]
+        ns = {node: rec["ns"] for node, rec in state["nodes"].items()}
+        path = tmp_path / "link.pcapng"
+        bad = _oae("capture", "--testbed", name, "--link", link["name"], "--at", "nobody",
+                   "-w", str(path))  # fmt: skip
+        assert bad.returncode == 2 and "--at 'nobody'" in bad.stderr
+        frames = ex.exchange(ex.mac_bytes(link["mac_a"]), ex.mac_bytes(link["mac_b"]), 1)[:3]
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "oae.cli", "capture", "--testbed", name, "--link",
+             link["name"], "-w", str(path), "--count", "3", "--duration", "20"],
+            stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        assert proc.stderr is not None
+        assert f"capturing on {link['if_b']} in netns {ns[link['b']]}" in proc.stderr.readline()
+        sock = ex.open_sender(ns[link["a"]], link["if_a"])
+        try:
+            ex.send_all(frames, {"a": sock, "b": sock})
+            proc.wait(timeout=20)
+        finally:
+            sock.close()
+            if proc.poll() is None:
+                proc.kill()
+        assert [p.data for p in read_capture(path.read_bytes())] == [f.data for f in frames]
+    finally:
+        down = _oae("testbed", "down", name)
+        assert down.returncode == 0, down.stderr
