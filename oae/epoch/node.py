@@ -1,0 +1,179 @@
+"""The epoch machine on real links: `EpochNode` plugs an EpochMachine onto runtime links
+(oae.runtime.link.Link), the same way the simulator's adapter plugs it onto model links.
+
+Per link, one sender task sends CONTROL messages and application frames strictly in
+order (each awaited to its outcome, so the FIFO order the switch rule relies on holds),
+and applies link epoch switches (`Link.set_epoch`, so records carry the epoch both ends
+committed) in that same order. One receiver task feeds CONTROL deliveries to the machine
+and application deliveries to `received()`. A watcher turns the link's LIVE/down state
+into link_up/link_down. The durable record lives in `state_dir/epoch.json` (FileStore:
+temp, fsync, rename); the checkpoint of e+1 is written by the `checkpoint` callback.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from oae.epoch.durable import FileStore
+from oae.epoch.machine import (
+    Action,
+    Capture,
+    Converged,
+    Decided,
+    EpochMachine,
+    LinkEpoch,
+    Persist,
+    Send,
+)
+from oae.epoch.messages import Wave
+
+Checkpoint = Callable[[Wave], Awaitable[bool]]
+
+
+async def _no_checkpoint(wave: Wave) -> bool:
+    return True
+
+
+class EpochNode:
+    """One node's epoch layer over runtime links keyed by the neighbour's node id."""
+
+    def __init__(
+        self,
+        node_id: int,
+        links: Mapping[int, Any],
+        state_dir: str | Path,
+        checkpoint: Checkpoint = _no_checkpoint,
+        poll: float = 0.005,
+    ) -> None:
+        self.links = dict(links)
+        self.store = FileStore(Path(state_dir) / "epoch.json")
+        self.machine = EpochMachine(node_id, list(self.links), self.store.load())
+        self.checkpoint = checkpoint
+        self.poll = poll
+        self.decided: dict[Wave, bool] = {}
+        self.converged: set[Wave] = set()
+        self._changed = trio.Event()
+        self._out = {n: trio.open_memory_channel[tuple[str, Any, Any]](math.inf) for n in links}
+        self._inbox_send, self._inbox = trio.open_memory_channel[tuple[int, bytes]](math.inf)
+        self._nursery: trio.Nursery | None = None
+
+    # ------------------------------------------------------------ application API
+    async def propose(self) -> Wave | None:
+        """Start a transition to epoch+1 from this node (None: already in one)."""
+        wave, actions = self.machine.propose()
+        self._do(actions)
+        return wave
+
+    async def wait_ready(self) -> None:
+        """Wait until every link is LIVE and has told this node its peer's epoch (a
+        proposal made earlier aborts on the links that are not)."""
+        while not all(ls.up and ls.heard is not None for ls in self.machine.links.values()):
+            await self._wait_change()
+
+    async def wait_outcome(self, wave: Wave) -> bool:
+        """Wait until `wave` (initiated here) is decided and, if committed, converged."""
+        while not (wave in self.converged or self.decided.get(wave) is False):
+            await self._wait_change()
+        return wave in self.converged
+
+    async def send(self, neighbour: int, payload: bytes) -> Any:
+        """Send an application frame; held while the link is changing epoch."""
+        while self.machine.send_epoch(neighbour) is None:
+            await self._wait_change()
+        done: list[Any] = []
+        ev = trio.Event()
+        self._out[neighbour][0].send_nowait(("app", payload, (done, ev)))
+        await ev.wait()
+        return done[0]
+
+    def received(self) -> trio.MemoryReceiveChannel[tuple[int, bytes]]:
+        """(neighbour, payload) of application frames, in order per link."""
+        return self._inbox
+
+    # ------------------------------------------------------------ plumbing
+    async def _wait_change(self) -> None:
+        await self._changed.wait()
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = trio.Event()
+
+    def _do(self, actions: list[Action]) -> None:
+        for a in actions:
+            if isinstance(a, Send):
+                self._out[a.link][0].send_nowait(("control", a.payload, None))
+            elif isinstance(a, Persist):
+                self.store.write(a.record)  # durable before any later action
+            elif isinstance(a, Capture):
+                assert self._nursery is not None
+                self._nursery.start_soon(self._write_checkpoint, a.wave)
+            elif isinstance(a, LinkEpoch):
+                self._out[a.link][0].send_nowait(("epoch", a.epoch, None))
+            elif isinstance(a, Decided):
+                self.decided[a.wave] = a.committed
+            elif isinstance(a, Converged):
+                self.converged.add(a.wave)
+        self._notify()
+
+    async def _write_checkpoint(self, wave: Wave) -> None:
+        ok = await self.checkpoint(wave)
+        self._do(self.machine.checkpoint_written(wave, ok))
+
+    async def _sender(self, n: int) -> None:
+        link = self.links[n]
+        async for kind, item, reply in self._out[n][1]:
+            if kind == "epoch":
+                link.set_epoch(item)
+                continue
+            outcome = await link.send(item, control=kind == "control")
+            if kind == "control" and not outcome.committed:
+                self._do(self.machine.transfer_aborted(n, item))
+            if reply is not None:
+                reply[0].append(outcome)
+                reply[1].set()
+
+    async def _receiver(self, n: int) -> None:
+        async for msg in self.links[n].received():
+            if msg.control:
+                self._do(self.machine.receive(n, msg.payload))
+            else:
+                # The engine already refused offers tagged with another epoch.
+                self._inbox_send.send_nowait((n, msg.payload))
+
+    async def _watch(self, n: int) -> None:
+        link, up = self.links[n], False
+        while True:
+            if link.up != up:
+                up = link.up
+                self._do(self.machine.link_up(n) if up else self.machine.link_down(n))
+            await trio.sleep(self.poll)
+
+
+@asynccontextmanager
+async def open_epoch_node(
+    node_id: int,
+    links: Mapping[int, Any],
+    state_dir: str | Path,
+    checkpoint: Checkpoint = _no_checkpoint,
+) -> AsyncIterator[EpochNode]:
+    """Run an EpochNode over open runtime links until the block exits."""
+    node = EpochNode(node_id, links, state_dir, checkpoint)
+    async with trio.open_nursery() as nursery:
+        node._nursery = nursery
+        for link in node.links.values():
+            link.set_epoch(node.machine.epoch)
+        node._do(node.machine.start())
+        for n in node.links:
+            nursery.start_soon(node._sender, n)
+            nursery.start_soon(node._receiver, n)
+            nursery.start_soon(node._watch, n)
+        try:
+            yield node
+        finally:
+            nursery.cancel_scope.cancel()
