@@ -127,7 +127,10 @@ async def serve_control(
     """Listen on `path` until cancelled; the socket file is removed on the way out. A
     stale socket left by a killed node is replaced; a live one is an error."""
     p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        p.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"control socket directory {p.parent}: {exc.strerror}") from None
     if p.exists():
         probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
@@ -140,18 +143,20 @@ async def serve_control(
             probe.close()
     sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
-        await sock.bind(str(p))
+        try:
+            await sock.bind(str(p))
+        except OSError as exc:
+            raise UsageError(f"control socket {path}: {exc.strerror}") from None
         os.chmod(p, 0o660)
         sock.listen(16)
         listener = trio.SocketListener(sock)
         task_status.started()
         await trio.serve_listeners(lambda s: _serve_one(node, s), [listener])
     finally:
+        bound = sock.fileno() >= 0 and sock.getsockname() == str(p)
         sock.close()
-        try:
-            p.unlink()
-        except FileNotFoundError:
-            pass
+        if bound:
+            p.unlink(missing_ok=True)
 
 
 def request(path: str, req: dict[str, Any], timeout: float = 30.0) -> dict[str, Any]:

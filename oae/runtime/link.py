@@ -431,8 +431,11 @@ async def open_link(
     sdir: Path | None = None
     if state_dir is not None:
         sdir = Path(state_dir)
-        sdir.mkdir(parents=True, exist_ok=True)
-        lock_fd = os.open(sdir / "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            sdir.mkdir(parents=True, exist_ok=True)
+            lock_fd = os.open(sdir / "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        except OSError as exc:
+            raise UsageError(f"state dir {sdir}: {exc.strerror}") from None
         try:
             fcntl.flock(lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
