@@ -5,12 +5,16 @@ Public API (kept small on purpose):
 - wire format v1: `Record`, `Frame`, `DecodeError`, `encode_frame`, `decode_frame`
 - Trio runtime: `open_link` (-> `Link`: `send`, `received`, `stats`), `Outcome`,
   `Message`, `LinkOptions`, `LinkError`; `open_node`, `Node`, `LinkSpec`
+- epoch layer: `EpochMachine` (sans-I/O), `Wave`, `open_epoch_node` (-> `EpochNode`)
 """
 
 from __future__ import annotations
 
 __version__ = "0.1.0"
 
+from oae.epoch.machine import EpochMachine
+from oae.epoch.messages import Wave
+from oae.epoch.node import EpochNode, open_epoch_node
 from oae.errors import NeedsRootError, OaeError, UsageError
 from oae.runtime.link import Link, LinkError, LinkOptions, Message, Outcome, open_link
 from oae.runtime.node import LinkSpec, Node, open_node
@@ -55,4 +59,8 @@ __all__ = [
     "open_node",
     "Node",
     "LinkSpec",
+    "EpochMachine",
+    "Wave",
+    "EpochNode",
+    "open_epoch_node",
 ]
