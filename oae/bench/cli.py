@@ -21,6 +21,7 @@ from oae.errors import UsageError
 # part name -> (module, one-line description)
 PARTS: dict[str, tuple[str, str]] = {
     "codec": ("oae.bench.codec", "records encoded+decoded per second, C vs pure Python"),
+    "engine": ("oae.bench.engine", "in-memory link exchanges/s, C engine vs Python model"),
     "exchange": ("oae.bench.exchange", "link token exchange vs bare C ping-pong, round trips/s"),
     "ait": ("oae.bench.ait", "committed transfers/s (window, beats) vs one-way C flood"),
     "convergence": (
