@@ -161,3 +161,35 @@ def test_link_options_are_checked() -> None:
         LinkOptions(beat=3).check()
     with pytest.raises(UsageError, match="window"):
         LinkOptions(window=0).check()
+
+
+async def test_keyed_link_comes_up_and_a_wrong_key_never_binds(veth_pair) -> None:
+    key = bytes(range(16))
+    async with (
+        open_link(veth_pair.if_a, veth_pair.ns_a, key=key) as a,
+        open_link(veth_pair.if_b, veth_pair.ns_b, key=key) as b,
+    ):
+        with trio.fail_after(10):
+            await a.wait_up()
+            await b.wait_up()
+        assert (await a.send(b"keyed")).committed
+    async with (
+        open_link(veth_pair.if_a, veth_pair.ns_a, key=key) as a,
+        open_link(veth_pair.if_b, veth_pair.ns_b, key=bytes(16)) as b,
+    ):
+        await trio.sleep(0.5)
+        assert not a.up and not b.up
+        assert a.stats()["drops"].get("check", 0) > 0 and a.stats()["delivered"] == 0
+    with pytest.raises(UsageError, match="16 bytes"):
+        async with open_link(veth_pair.if_a, veth_pair.ns_a, key=b"short"):
+            pass
+
+
+async def test_configured_peer_refuses_any_other_mac(veth_pair) -> None:
+    async with (
+        open_link(veth_pair.if_a, veth_pair.ns_a, peer="02:00:00:00:00:01") as a,
+        open_link(veth_pair.if_b, veth_pair.ns_b),
+    ):
+        await trio.sleep(0.5)
+        assert not a.up
+        assert a.stats()["drops"].get("foreign", 0) > 0
