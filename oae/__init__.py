@@ -6,12 +6,26 @@ Public API (kept small on purpose):
 - Trio runtime: `open_link` (-> `Link`: `send`, `received`, `stats`), `Outcome`,
   `Message`, `LinkOptions`, `LinkError`; `open_node`, `Node`, `LinkSpec`
 - epoch layer: `EpochMachine` (sans-I/O), `Wave`, `open_epoch_node` (-> `EpochNode`)
+- link engine (sans-I/O, C): `LinkEngine`, `LinkConfig`, `Durable`, events `LinkUp`,
+  `LinkDown`, `Delivered`, `Committed`, `Aborted`, `Persist`; `Drop` reasons
 """
 
 from __future__ import annotations
 
 __version__ = "0.1.0"
 
+from oae.engine import (
+    Aborted,
+    Committed,
+    Delivered,
+    Drop,
+    Durable,
+    LinkConfig,
+    LinkDown,
+    LinkEngine,
+    LinkUp,
+    Persist,
+)
 from oae.epoch.machine import EpochMachine
 from oae.epoch.messages import Wave
 from oae.epoch.node import EpochNode, open_epoch_node
@@ -63,4 +77,14 @@ __all__ = [
     "Wave",
     "EpochNode",
     "open_epoch_node",
+    "LinkEngine",
+    "LinkConfig",
+    "Durable",
+    "LinkUp",
+    "LinkDown",
+    "Delivered",
+    "Committed",
+    "Aborted",
+    "Persist",
+    "Drop",
 ]
