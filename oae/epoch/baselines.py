@@ -29,6 +29,7 @@ class SimpleStore:
     coordinating: int | None = None  # 2pc coordinator: undecided epoch
     coordinator: int = 0  # 2pc participant: whom to ask for the decision
     committed_tx: int = 0  # 2pc: the transaction that committed `epoch`
+    led: int = 0  # 2pc: the last transaction this node coordinated to a commit
     released: int = 0  # 2pc: highest epoch whose application traffic is released
 
 
@@ -241,6 +242,10 @@ class _TwoPCProcess(_Routed):
             self.sim.timer(self.v, self.algo.retry_us, ("abort", tx))
         if s.prepared is not None:
             self.sim.timer(self.v, self.algo.retry_us, ("ask", s.prepared))
+        if s.led and s.led == s.committed_tx and s.released < s.epoch:
+            # Committed before the crash, acks lost with the process: ask again.
+            self.tx = s.led
+            self.sim.timer(self.v, self.algo.retry_us, ("resend", s.led))
 
     def others(self) -> list[int]:
         return [x for x in range(self.sim.topo.n) if x != self.v]
@@ -288,7 +293,7 @@ class _TwoPCProcess(_Routed):
     def _maybe_commit(self, tx: int) -> None:
         s = self.store
         if self.written and len(self.votes) == self.sim.topo.n - 1:
-            s.epoch, s.coordinating, s.committed_tx = _epoch(tx), None, tx
+            s.epoch, s.coordinating, s.committed_tx, s.led = _epoch(tx), None, tx, tx
             s.log, self.logging = dict(self.logging or {}), None
             self.algo.decide(tx, True, self.sim.now)
             for x in self.others():
@@ -354,14 +359,14 @@ class _TwoPCProcess(_Routed):
                 s.log, self.logging = dict(self.logging or {}), None
             if s.epoch >= e:
                 self.route(src, ACK, tx)
-        elif kind == ACK and s.committed_tx == tx:
+        elif kind == ACK and s.committed_tx == tx == self.tx:
             self.acks.add(src)
             self._maybe_release(tx)
         elif kind == RELEASE and s.epoch >= e:
             if s.released < e:
                 self._released(tx)
             self.route(src, RACK, tx)
-        elif kind == RACK:
+        elif kind == RACK and tx == self.tx:
             self.racks.add(src)
         elif kind == ABORT and self.tx == tx and s.epoch < e:
             self._drop(tx)
