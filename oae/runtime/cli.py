@@ -201,7 +201,8 @@ async def _node_main(args: argparse.Namespace) -> None:
             for link in node.links.values():
                 st = link.stats()
                 _log(args, "started", iface=link.iface, netns=link.netns, mac=st["mac"],
-                     control=control, restored=len(link.restored_outcomes))  # fmt: skip
+                     control=control, out_settled=st["out_settled"],
+                     in_delivered=st["in_delivered"])  # fmt: skip
             async with trio.open_nursery() as nursery:
 
                 async def watch(link: Any) -> None:

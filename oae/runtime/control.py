@@ -142,18 +142,19 @@ async def serve_control(
         finally:
             probe.close()
     sock = trio.socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    bound = False
     try:
         try:
             await sock.bind(str(p))
         except OSError as exc:
             raise UsageError(f"control socket {path}: {exc.strerror}") from None
+        bound = True
         os.chmod(p, 0o660)
         sock.listen(16)
         listener = trio.SocketListener(sock)
         task_status.started()
         await trio.serve_listeners(lambda s: _serve_one(node, s), [listener])
     finally:
-        bound = sock.fileno() >= 0 and sock.getsockname() == str(p)
         sock.close()
         if bound:
             p.unlink(missing_ok=True)
