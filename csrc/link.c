@@ -58,6 +58,30 @@ struct oae_link {
     oae_link_stats st;
 };
 
+/* ---- the phase transition table (what the code below does, as data) ---------------- */
+
+static const oae_link_transition TRANSITIONS[] = {
+    {OAE_PHASE_DISCOVER, OAE_PHASE_DISCOVER, "hello_ns elapsed / HELLO to the group"},
+    {OAE_PHASE_DISCOVER, OAE_PHASE_RECONCILE, "HELLO from the peer / bind it, new round"},
+    {OAE_PHASE_RECONCILE, OAE_PHASE_RECONCILE,
+     "RECONCILE record / apply its registers, answer; HELLO of a new peer session or of a "
+     "peer back in discovery / new round"},
+    {OAE_PHASE_RECONCILE, OAE_PHASE_LIVE,
+     "RECONCILE record and both sides applied / settle, LINK_UP"},
+    {OAE_PHASE_RECONCILE, OAE_PHASE_DISCOVER, "dead_ns with nothing accepted"},
+    {OAE_PHASE_LIVE, OAE_PHASE_LIVE, "TOKEN beat / settle registers, answer with one beat"},
+    {OAE_PHASE_LIVE, OAE_PHASE_RECONCILE,
+     "HELLO of a new peer session or of a peer back in discovery / LINK_DOWN, new round"},
+    {OAE_PHASE_LIVE, OAE_PHASE_DISCOVER,
+     "dead_ns with nothing accepted / LINK_DOWN, open transfers INDEFINITE"},
+};
+
+size_t oae_link_transitions(const oae_link_transition **table)
+{
+    *table = TRANSITIONS;
+    return sizeof TRANSITIONS / sizeof TRANSITIONS[0];
+}
+
 /* ---- helpers ---------------------------------------------------------------------- */
 
 static int valid_config(const oae_link_config *c)

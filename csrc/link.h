@@ -111,6 +111,13 @@ typedef struct oae_link_stats {
     uint32_t peer_nonce;
 } oae_link_stats;
 
+/* One row of the link-phase transition table (docs/protocol.md section 7.2 is generated
+ * from it, and the tests check that the engine never changes phase outside it). */
+typedef struct oae_link_transition {
+    uint8_t from, to;       /* OAE_PHASE_* */
+    const char *trigger;
+} oae_link_transition;
+
 typedef struct oae_link oae_link;
 
 /* Size of the machine for a config (window decides the rings); 0 if the config is invalid. */
@@ -148,6 +155,8 @@ void oae_link_persisted(oae_link *l);
 /* AIT state (OAE_ST_*) of outgoing transfer tid as this end sees it (IDLE: unknown/settled
  * long ago); incoming = 1 asks about the peer's transfer tid. */
 int oae_link_transfer_state(const oae_link *l, int incoming, uint32_t tid);
+/* The phase transition table; returns the number of rows. */
+size_t oae_link_transitions(const oae_link_transition **table);
 /* cdef-end */
 
 #endif

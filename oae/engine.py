@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from enum import IntEnum
 
 from oae._link import ffi, lib
-from oae.wire import BEAT_SIZES, ETHERTYPE, FRAME_LEN, KEY_LEN, PAYLOAD_MAX, State
+from oae.wire import BEAT_SIZES, ETHERTYPE, FRAME_LEN, KEY_LEN, PAYLOAD_MAX, Phase, State
 
 NEVER = 2**64 - 1
 
@@ -365,3 +365,21 @@ def simulate(
             {d: r.stats[w].drops[d] for d in Drop if d != Drop.NONE} for w in (0, 1)
         ),
     )
+
+
+def transitions() -> list[tuple[Phase, Phase, str]]:
+    """The engine's own link-phase transition table (from, to, trigger / action)."""
+    table = ffi.new("oae_link_transition **")
+    n = lib.oae_link_transitions(table)
+    return [
+        (Phase(getattr(t, "from")), Phase(t.to), ffi.string(t.trigger).decode())
+        for t in (table[0][i] for i in range(n))
+    ]
+
+
+def state_diagram() -> str:
+    """A mermaid state diagram of `transitions()` (docs/protocol.md embeds it)."""
+    lines = ["stateDiagram-v2", "    [*] --> DISCOVER"]
+    for a, b, trigger in transitions():
+        lines.append(f"    {a.name} --> {b.name}: {trigger.replace(';', ',')}")
+    return "\n".join(lines)
