@@ -213,16 +213,17 @@ def _check(args: argparse.Namespace) -> int:
 def _impair(args: argparse.Namespace) -> int:
     rep = manager.impair(args.name, args.link, args.settings)
     shown = Impairment.from_json(rep["impair"]).describe()
-    ab, ba = rep["a_to_b"], rep["b_to_a"]
-    _print(
-        args,
-        rep,
-        f"{rep['link']}: {shown}\n"
-        f"  a->b received {ab['received']} sent {ab['sent']} lost {ab['lost']} "
-        f"partitioned {ab['partitioned']}\n"
-        f"  b->a received {ba['received']} sent {ba['sent']} lost {ba['lost']} "
-        f"partitioned {ba['partitioned']}",
-    )
+    lines = [f"{rep['link']}: {shown}"]
+    if rep.get("impairer") == "netem":
+        lines.append("  (tc netem: no counters)")
+    else:
+        for key, label in (("a_to_b", "a->b"), ("b_to_a", "b->a")):
+            c = rep[key]
+            lines.append(
+                f"  {label} received {c['received']} sent {c['sent']} lost {c['lost']} "
+                f"partitioned {c['partitioned']}"
+            )
+    _print(args, rep, "\n".join(lines))
     return 0
 
 

@@ -26,7 +26,7 @@ from typing import Any
 from pyroute2 import IPRoute
 
 from oae.errors import UsageError
-from oae.testbed import kernel
+from oae.testbed import kernel, netem
 from oae.testbed.impair import Impairment, apply_settings
 from oae.testbed.topology import NAME_RE, Topology
 
@@ -125,14 +125,15 @@ def up(
     tb_dir = state_dir() / name
     if (tb_dir / "state.json").exists():
         raise UsageError(f"testbed {name!r} is already up (`oae testbed down {name}` first)")
-    tb_dir.mkdir(parents=True, exist_ok=True)
     control = str(tb_dir / "control.sock")
     if len(control) > UNIX_PATH_MAX:
         raise UsageError(f"{STATE_DIR_ENV}: path too long for a Unix socket: {control}")
     hosts = topo.shape == "hosts"
     if start_nodes and hosts:
         raise UsageError("--start-nodes: on real NICs run `oae node` on each host yourself")
-    bridged = [lk for lk in topo.links if lk.impair is not None]
+    use_netem = _netem_links(topo)
+    bridged = [lk for lk in topo.links if lk.impair is not None and lk.name not in use_netem]
+    tb_dir.mkdir(parents=True, exist_ok=True)
     state: dict[str, Any] = {
         "name": name,
         "prefix": prefix,
@@ -157,7 +158,7 @@ def up(
         else:
             for ns in tb.namespaces():
                 kernel.create_netns(ns)
-            state["links"] = _wire(topo, state)
+            state["links"] = _wire(topo, state, use_netem)
         _write_state(tb_dir / "state.json", state)
         if bridged:
             state["bridge_pid"] = _start_bridge(tb, tb_dir)
@@ -205,8 +206,31 @@ def _up_hosts(topo: Topology, state: dict[str, Any]) -> None:
     ]
 
 
-def _wire(topo: Topology, state: dict[str, Any]) -> list[dict[str, Any]]:
-    """Create every link's veth(s) and bring all interfaces up; returns the link records."""
+def _netem_links(topo: Topology) -> set[str]:
+    """Names of the impaired links that get netem instead of the bridge (see
+    oae.testbed.netem): all with impairer "netem" (an error without kernel netem), those
+    netem can express with "auto" on a kernel that has it, none with "bridge"."""
+    impaired = {lk.name: lk.impair for lk in topo.links if lk.impair is not None}
+    if not impaired or topo.impairer == "bridge":
+        return set()
+    have = netem.available()
+    if topo.impairer == "auto":
+        return {name for name, spec in impaired.items() if have and netem.expressible(spec)}
+    if not have:
+        raise UsageError(
+            'impairer = "netem": this kernel has no tc netem (sch_netem); use "bridge" or "auto"'
+        )
+    for name, spec in impaired.items():
+        try:
+            netem.netem_options(spec)
+        except UsageError as exc:
+            raise UsageError(f"link {name}: {exc}") from None
+    return set(impaired)
+
+
+def _wire(topo: Topology, state: dict[str, Any], use_netem: set[str]) -> list[dict[str, Any]]:
+    """Create every link's veth(s), bring all interfaces up and install netem qdiscs;
+    returns the link records."""
     nodes, mid = state["nodes"], state["bridge_ns"]
     records: list[dict[str, Any]] = []
     up_in: dict[str, list[str]] = {}
@@ -221,15 +245,19 @@ def _wire(topo: Topology, state: dict[str, Any]) -> list[dict[str, Any]]:
             "if_b": if_b,
             "bridge": None,
             "impair": None,
+            "impairer": None,
             "seed": lk.seed,
         }
-        if lk.impair is None:
+        if lk.impair is None or lk.name in use_netem:
             kernel.add_veth(ns_a, if_a, ns_b, if_b)
+            if lk.impair is not None:
+                rec["impairer"], rec["impair"] = "netem", lk.impair.to_json()
         else:
             br = {"ns": mid, "if_a": f"l{i}a", "if_b": f"l{i}b"}
             kernel.add_veth(ns_a, if_a, mid, br["if_a"])
             kernel.add_veth(mid, br["if_b"], ns_b, if_b)
             rec["bridge"], rec["impair"] = br, lk.impair.to_json()
+            rec["impairer"] = "bridge"
             up_in.setdefault(mid, []).extend([br["if_a"], br["if_b"]])
         up_in.setdefault(ns_a, []).append(if_a)
         up_in.setdefault(ns_b, []).append(if_b)
@@ -240,6 +268,11 @@ def _wire(topo: Topology, state: dict[str, Any]) -> list[dict[str, Any]]:
             for end in ("a", "b"):
                 if nodes[rec[end]]["ns"] == ns and rec[f"if_{end}"] in macs:
                     rec[f"mac_{end}"] = macs[rec[f"if_{end}"]]
+    for rec in records:
+        if rec["impairer"] == "netem":
+            for end in ("a", "b"):  # each end's egress is one direction
+                netem.apply(nodes[rec[end]]["ns"], rec[f"if_{end}"],
+                            Impairment.from_json(rec["impair"]))  # fmt: skip
     return records
 
 
@@ -494,6 +527,8 @@ def impair(name: str, link: str, settings: list[str]) -> dict[str, Any]:
     the link's counters."""
     tb = load(name)
     rec = tb.link(link)
+    if rec.get("impairer") == "netem":
+        return _impair_netem(tb, rec, settings)
     if not rec["bridge"]:
         raise UsageError(
             f"link {rec['name']!r} is a direct veth; give it an impair table in the file "
@@ -511,7 +546,18 @@ def impair(name: str, link: str, settings: list[str]) -> dict[str, Any]:
     if not reply.get("ok"):
         raise UsageError(f"testbed {name!r}: bridge: {reply.get('error')}")
     reply.pop("ok")
-    return {"link": rec["name"], **reply}
+    return {"link": rec["name"], "impairer": "bridge", **reply}
+
+
+def _impair_netem(tb: Testbed, rec: dict[str, Any], settings: list[str]) -> dict[str, Any]:
+    """Run-time change of a netem link: replace the qdisc on both ends, record the spec."""
+    spec = apply_settings(Impairment.from_json(rec["impair"]), settings)
+    if settings:
+        for end in ("a", "b"):
+            netem.apply(tb.state["nodes"][rec[end]]["ns"], rec[f"if_{end}"], spec)
+        rec["impair"] = spec.to_json()
+        _write_state(state_dir() / tb.name / "state.json", tb.state)
+    return {"link": rec["name"], "impairer": "netem", "impair": spec.to_json()}
 
 
 @contextlib.contextmanager

@@ -25,7 +25,8 @@ MAX_NODES = 512
 # Node names end up in interface names ("to-" + peer <= 15 chars) and namespace names.
 NODE_RE = re.compile(r"^[A-Za-z0-9_]{1,12}$")
 NAME_RE = re.compile(r"^[A-Za-z0-9_]{1,24}$")
-_TOP_KEYS = {"name", "shape", "nodes", "seed", "arity", "columns", "bridge"}
+_TOP_KEYS = {"name", "shape", "nodes", "seed", "arity", "columns", "bridge", "impairer"}
+IMPAIRERS = ("bridge", "netem", "auto")
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,7 @@ class Topology:
     links: tuple[Link, ...]
     seed: int
     interfaces: Mapping[str, str]  # hosts shape only: node -> real interface name
+    impairer: str = "bridge"  # for impaired links: bridge, netem or auto (oae.testbed.netem)
 
     def ifname(self, node: str, link: Link) -> str:
         """The interface of `node` on `link`, named after the peer (`to-PEER`)."""
@@ -204,6 +206,15 @@ def loads(text: str, path: str = "<topology>", nodes: int | None = None) -> Topo
             f"{shape!r}: one of {', '.join(SHAPES)}", "topology", None, "shape", "topology.shape"
         )
     seed = _int(src, top, "seed", 1, 0)
+    impairer = top.get("impairer", "bridge")
+    if impairer not in IMPAIRERS:
+        raise src.error(
+            f"{impairer!r}: one of {', '.join(IMPAIRERS)}",
+            "topology",
+            None,
+            "impairer",
+            "topology.impairer",
+        )
     bridge = top.get("bridge", "impaired")
     if bridge not in ("impaired", "all"):
         raise src.error(
@@ -352,7 +363,7 @@ def loads(text: str, path: str = "<topology>", nodes: int | None = None) -> Topo
         if impair is None and bridge == "all" and shape != "hosts":
             impair = Impairment()
         links.append(Link(lname, a, b, impair, link_seed(seed, lname)))
-    return Topology(name, shape, node_names, tuple(links), seed, interfaces)
+    return Topology(name, shape, node_names, tuple(links), seed, interfaces, impairer)
 
 
 def load(path: str | Path, nodes: int | None = None) -> Topology:
