@@ -268,7 +268,8 @@ def test_capture_of_a_real_engine_run(veth_pair: VethPair, tmp_path: Path) -> No
     """Two real links (oae.runtime) exchange payloads both ways while `oae capture` records
     b's end and a raw socket injects a corrupt and a truncated frame. The capture holds
     every frame each engine sent (per-sender seq 1..n without gaps or repeats), the OFFERs
-    carry the payloads the applications sent under tids 1..n, every transfer is seen
+    carry the payloads the applications sent under tids 1..n (in order; a repeated OFFER
+    carries the same payload), every transfer is seen
     offered, held, committed and delivered, and the injected frames are shown as bad —
     while b's engine dropped them for the same reasons."""
     if shutil.which("tshark") is None:
@@ -289,10 +290,12 @@ def test_capture_of_a_real_engine_run(veth_pair: VethPair, tmp_path: Path) -> No
         mine = [r for r in valid if r["eth.src"] == macs[side]]
         assert all(r["oae.check.status"] == "good" for r in mine)
         assert [int(r["oae.seq"]) for r in mine] == list(range(1, len(mine) + 1))
-        offers = [r for r in mine if r["oae.transition"] == "1"]
-        assert [(int(r["oae.tid"]), bytes.fromhex(r["oae.payload"])) for r in offers] == list(
-            enumerate(sent_by_app, start=1)
-        )
+        offers = [(int(r["oae.tid"]), bytes.fromhex(r["oae.payload"])) for r in mine
+                  if r["oae.transition"] == "1"]  # fmt: skip
+        # an OFFER may be repeated (retransmission timer under load), never changed
+        assert sorted(set(offers)) == list(enumerate(sent_by_app, start=1))
+        first_offers = list(dict.fromkeys(t for t, _ in offers))
+        assert first_offers == sorted(first_offers)  # first offered in tid order
     # the stats were read just before the links closed; a frame or two may follow them
     stats_out = {"a": run.stats_a["frames_out"], "b": run.stats_b["frames_out"]}
     for side in ("a", "b"):
