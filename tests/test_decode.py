@@ -9,7 +9,8 @@ import json
 import shutil
 import struct
 import subprocess
-import sys
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -23,6 +24,7 @@ from oae.capture import (
     pcapng_packet,
     read_capture,
 )
+from oae.cli import main
 from oae.wire import ETHERTYPE, Frame, Record, State, Transition, encode_frame
 
 A, B = bytes.fromhex("020000000a01"), bytes.fromhex("020000000b02")
@@ -40,10 +42,26 @@ def _frames() -> list[bytes]:
     return [good, ipv4, bytes(corrupt), good[:40], keyed, b"\x01\x02"]
 
 
-def _oae(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "oae.cli", *args], capture_output=True, text=True, timeout=30
-    )
+@dataclass
+class Result:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+@pytest.fixture
+def oae(capsys: pytest.CaptureFixture[str]) -> Callable[..., Result]:
+    """Run the `oae` CLI in-process (argparse exits become return codes)."""
+
+    def run(*args: str) -> Result:
+        try:
+            code = main(list(args))
+        except SystemExit as exc:
+            code = int(exc.code or 0)
+        out = capsys.readouterr()
+        return Result(code, out.out, out.err)
+
+    return run
 
 
 @pytest.mark.parametrize("fmt", ["pcapng", "pcap"])
@@ -108,7 +126,7 @@ def test_reader_rejects_damage_with_offsets() -> None:
     assert len(got) == 1  # the frame before the damage was read
 
 
-def test_decode_cli_human_and_json(tmp_path: Path) -> None:
+def test_decode_cli_human_and_json(tmp_path: Path, oae: Callable[..., Result]) -> None:
     path = tmp_path / "mixed.pcapng"
     frames = _frames()
     with path.open("wb") as f:
@@ -116,7 +134,7 @@ def test_decode_cli_human_and_json(tmp_path: Path) -> None:
         for i, data in enumerate(frames):
             w.write(T0 + i * 1000, data, len(data))
         w.close()
-    res = _oae("decode", str(path), "--json")
+    res = oae("decode", str(path), "--json")
     assert res.returncode == 0, res.stderr
     doc = json.loads(res.stdout)
     assert doc["counts"] == {"ok": 1, "bad": 4, "snapped": 0, "other": 1}
@@ -140,45 +158,47 @@ def test_decode_cli_human_and_json(tmp_path: Path) -> None:
         "message": doc["frames"][3]["error"]["message"],
     }
     # with the key the keyed frame is valid; --oae-only hides the IPv4 frame
-    res = _oae("decode", str(path), "--key", KEY.hex(), "--oae-only")
+    res = oae("decode", str(path), "--key", KEY.hex(), "--oae-only")
     assert res.returncode == 0
     lines = res.stdout.splitlines()
     assert len(lines) == 5
     assert "TOKEN LIVE tid=4 OFFER→ TENTATIVE" in lines[3]  # keyed frame, verified
     assert "CHECK" in lines[0]  # unkeyed frame on a keyed link
     assert "6 frames: 1 valid oae, 4 rejected, 1 other" in res.stderr
-    plain = _oae("decode", str(path))
+    plain = oae("decode", str(path))
     assert "pass --key" in plain.stdout.splitlines()[4]
 
 
-def test_decode_cli_damaged_and_missing_files(tmp_path: Path) -> None:
+def test_decode_cli_damaged_and_missing_files(tmp_path: Path, oae: Callable[..., Result]) -> None:
     path = tmp_path / "cut.pcapng"
     good = encode_frame(Frame(B, A, ETHERTYPE, Record()))
     path.write_bytes(pcapng_header("eth0") + pcapng_packet(T0, good) + b"\x06\x00\x00")
-    res = _oae("decode", str(path))
+    res = oae("decode", str(path))
     assert res.returncode == 1
     assert len(res.stdout.splitlines()) == 1  # the frame before the damage
     assert res.stderr.strip().splitlines()[-1].startswith("oae decode: error:")
-    res = _oae("decode", str(path), "--json")
+    res = oae("decode", str(path), "--json")
     doc = json.loads(res.stdout)
     assert res.returncode == 1 and doc["file_error"] and len(doc["frames"]) == 1
-    res = _oae("decode", str(tmp_path / "missing.pcap"))
+    res = oae("decode", str(tmp_path / "missing.pcap"))
     assert res.returncode == 2
     assert res.stderr.strip() == (
         f"oae decode: error: cannot read '{tmp_path / 'missing.pcap'}': No such file or directory"
     )
-    res = _oae("decode", str(path), "--key", "abcd")
+    res = oae("decode", str(path), "--key", "abcd")
     assert res.returncode == 2 and "16 bytes" in res.stderr
 
 
-def test_decode_snapped_frames_are_not_called_truncated(tmp_path: Path) -> None:
+def test_decode_snapped_frames_are_not_called_truncated(
+    tmp_path: Path, oae: Callable[..., Result]
+) -> None:
     """A frame the capture kept only part of (snap length) was not truncated on the wire."""
     good = _frames()[0]
     path = tmp_path / "snap.pcapng"
     path.write_bytes(
         pcapng_header("eth0") + pcapng_packet(T0, good[:40], 78) + pcapng_packet(T0, good[:40])
     )
-    res = _oae("decode", str(path), "--json")
+    res = oae("decode", str(path), "--json")
     doc = json.loads(res.stdout)
     assert [f["status"] for f in doc["frames"]] == ["snapped", "bad"]
     assert doc["frames"][1]["error"]["code"] == "TRUNCATED"
