@@ -47,9 +47,9 @@ def start_node(iface: str, netns: str, control: Path, state: Path, *extra: str) 
     raise AssertionError("oae node did not open its control socket within 15 s")
 
 
-def stop_node(proc: subprocess.Popen) -> str:
+def stop_node(proc: subprocess.Popen, how: signal.Signals = signal.SIGTERM) -> str:
     if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
+        proc.send_signal(how)
     out, err = proc.communicate(timeout=15)
     assert proc.returncode in (0, -signal.SIGKILL), err
     return out
@@ -88,11 +88,11 @@ def test_two_node_processes_exchange_data_through_the_control_socket(veth_pair, 
         assert bad.returncode == 2 and "at most 16 bytes" in bad.stderr
         assert len(bad.stderr.strip().splitlines()) == 1
     finally:
-        out_a, out_b = stop_node(na), stop_node(nb)
+        out_a, out_b = stop_node(na, signal.SIGINT), stop_node(nb)  # Ctrl-C, systemd stop
     events = [json.loads(line)["event"] for line in out_b.splitlines()]
     assert events[0] == "started" and "link-up" in events and events[-1] == "stopping"
     assert not ca.exists() and not cb.exists()  # control sockets removed on exit
-    assert "link-up" in out_a
+    assert "link-up" in out_a and '"signal": "SIGINT"' in out_a
 
 
 def test_killed_and_restarted_peer_settles_every_transfer_the_same_way(veth_pair, tmp_path) -> None:

@@ -193,3 +193,20 @@ async def test_configured_peer_refuses_any_other_mac(veth_pair) -> None:
         await trio.sleep(0.5)
         assert not a.up
         assert a.stats()["drops"].get("foreign", 0) > 0
+
+
+async def test_interface_removed_under_a_running_link_raises_link_error(veth_pair) -> None:
+    from pyroute2 import IPRoute
+
+    from oae.runtime.link import LinkError
+    from oae.testbed.kernel import in_netns
+
+    fds_before = set(os.listdir("/proc/self/fd"))
+    with pytest.raises(LinkError, match="stopped"):
+        async with open_link(veth_pair.if_a, veth_pair.ns_a) as a:
+            with in_netns(veth_pair.ns_a), IPRoute() as ipr:
+                ipr.link("del", index=ipr.link_lookup(ifname=veth_pair.if_a)[0])
+            with trio.fail_after(5):
+                async for _ in a.received():
+                    pass
+    assert set(os.listdir("/proc/self/fd")) <= fds_before

@@ -19,8 +19,8 @@ import fcntl
 import os
 import secrets
 from collections import deque
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -376,6 +376,19 @@ class Link:
             self._fail(ev.info)
 
 
+@contextmanager
+def unwrap_single() -> Iterator[None]:
+    """Let an exception from the body of `async with open_link(...)` (or a node) come out
+    as itself rather than wrapped in the ExceptionGroup of the link's internal nursery,
+    whose own tasks do not raise."""
+    try:
+        yield
+    except BaseExceptionGroup as group:
+        if len(group.exceptions) == 1:
+            raise group.exceptions[0] from None
+        raise
+
+
 def _key_bytes(key: bytes | None) -> bytes | None:
     if key is not None and len(key) != KEY_LEN:
         raise UsageError(f"link key of {len(key)} bytes: must be exactly {KEY_LEN} bytes")
@@ -466,16 +479,17 @@ async def open_link(
                 raise OSError(err, f"starting the link engine on {iface!r}: {os.strerror(err)}")
             try:
                 link = Link(sock, pump, opts)
-                async with trio.open_nursery() as nursery:
-                    nursery.start_soon(link._stopper)
-                    nursery.start_soon(link._run_pump)
-                    nursery.start_soon(link._dispatch)
-                    try:
-                        yield link
-                    finally:
-                        link._closed = True
-                        link._inbox_event.set()
-                        nursery.cancel_scope.cancel()
+                with unwrap_single():
+                    async with trio.open_nursery() as nursery:
+                        nursery.start_soon(link._stopper)
+                        nursery.start_soon(link._run_pump)
+                        nursery.start_soon(link._dispatch)
+                        try:
+                            yield link
+                        finally:
+                            link._closed = True
+                            link._inbox_event.set()
+                            nursery.cancel_scope.cancel()
             finally:
                 lib.oae_pump_free(pump)
         finally:

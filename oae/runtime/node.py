@@ -21,7 +21,7 @@ import trio
 
 from oae.errors import UsageError
 from oae.runtime.control import serve_control
-from oae.runtime.link import Link, LinkOptions, Message, open_link
+from oae.runtime.link import Link, LinkOptions, Message, open_link, unwrap_single
 
 INBOX_MAX = 100_000  # messages kept per link for `recv` before the oldest are dropped
 
@@ -110,13 +110,14 @@ async def open_node(specs: Sequence[LinkSpec], control: str | None = None) -> As
             node._inbox[spec.iface] = deque(maxlen=INBOX_MAX)
             node._arrived[spec.iface] = trio.Event()
             node.dropped[spec.iface] = 0
-        async with trio.open_nursery() as nursery:
-            for link in node.links.values():
-                nursery.start_soon(node._collect, link)
-            if control is not None:
-                node.control = str(Path(control))
-                await nursery.start(serve_control, node, control)
-            try:
-                yield node
-            finally:
-                nursery.cancel_scope.cancel()
+        with unwrap_single():
+            async with trio.open_nursery() as nursery:
+                for link in node.links.values():
+                    nursery.start_soon(node._collect, link)
+                if control is not None:
+                    node.control = str(Path(control))
+                    await nursery.start(serve_control, node, control)
+                try:
+                    yield node
+                finally:
+                    nursery.cancel_scope.cancel()
