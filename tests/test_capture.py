@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 
 from oae.capture import CaptureFormatError, read_capture
+from oae.cli import main
 from oae.testbed.kernel import VethPair
 from oae.wireshark import tshark_fields
 
@@ -229,7 +230,10 @@ def test_capture_interrupted_leaves_complete_pcap(veth_pair: VethPair, tmp_path:
     assert [p.data for p in packets] == [f.data for f in frames if f.side == "a"]
 
 
-def test_capture_bad_arguments_give_one_line_errors(veth_pair: VethPair, tmp_path: Path) -> None:
+def test_capture_bad_arguments_give_one_line_errors(
+    veth_pair: VethPair, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Checked in-process (the errors come before any capturing starts)."""
     out = tmp_path / "x.pcapng"
     cases = [
         (["--iface", "oaenope0", "--netns", veth_pair.ns_b], "interface 'oaenope0'"),
@@ -238,10 +242,10 @@ def test_capture_bad_arguments_give_one_line_errors(veth_pair: VethPair, tmp_pat
         (["--iface", veth_pair.if_b, "--netns", veth_pair.ns_b, "--duration", "-1"], "--duration"),
     ]
     for args, needle in cases:
-        res = _oae("capture", *args, "-w", str(out), "-q")
-        assert res.returncode == 2
-        lines = res.stderr.strip().splitlines()
-        assert len(lines) == 1 and needle in lines[0], res.stderr
+        assert main(["capture", *args, "-w", str(out), "-q"]) == 2
+        err = capsys.readouterr().err
+        lines = err.strip().splitlines()
+        assert len(lines) == 1 and needle in lines[0], err
 
 
 def test_capture_duration_stops_with_valid_empty_file(veth_pair: VethPair, tmp_path: Path) -> None:

@@ -23,6 +23,7 @@ from oae.capture import (
     LINKTYPE_LINUX_SLL2,
     CaptureWriter,
 )
+from oae.cli import main
 from oae.decode import decode_file, summary
 from oae.wire import ETHERTYPE, Direction, Flag, Frame, Record, State, Transition, encode_frame
 from oae.wireshark import dissector_path, tshark_fields
@@ -225,32 +226,30 @@ def test_keyed_records_unverified_without_key_checked_with_key(tmp_path: Path) -
     assert [r["oae.error"] for r in rows] == ["", "CHECK", "CHECK"]  # unkeyed on a keyed link
 
 
-def test_wireshark_path_and_install(tmp_path: Path) -> None:
-    def oae(*args: str, home: Path) -> subprocess.CompletedProcess[str]:
-        env = {**os.environ, "HOME": str(home)}
-        return subprocess.run(
-            [sys.executable, "-m", "oae.cli", "wireshark", *args],
-            capture_output=True,
-            text=True,
-            env=env,
-            timeout=30,
-        )
+def test_wireshark_path_and_install(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path))
 
-    res = oae("path", home=tmp_path)
-    assert res.returncode == 0, res.stderr
-    assert Path(res.stdout.strip()) == dissector_path()
-    res = oae("install", home=tmp_path)
+    def oae(*args: str) -> tuple[int, str, str]:
+        code = main(["wireshark", *args])
+        out = capsys.readouterr()
+        return code, out.out, out.err
+
+    code, out, err = oae("path")
+    assert code == 0, err
+    assert Path(out.strip()) == dissector_path()
+    code, out, err = oae("install")
     dest = tmp_path / ".local" / "lib" / "wireshark" / "plugins" / "oae.lua"
-    assert res.returncode == 0, res.stderr
-    assert res.stdout.strip() == str(dest)
+    assert code == 0, err
+    assert out.strip() == str(dest)
     assert dest.read_bytes() == dissector_path().read_bytes()
-    again = oae("install", home=tmp_path)
-    assert "already up to date" in again.stdout, again.stderr
+    assert "already up to date" in oae("install")[1]
     blocked = tmp_path / "file"
     blocked.write_text("")
-    res = oae("install", "--dir", str(blocked / "sub"), home=tmp_path)
-    assert res.returncode == 2 and len(res.stderr.strip().splitlines()) == 1, res.stderr
-    assert "cannot install" in res.stderr
+    code, out, err = oae("install", "--dir", str(blocked / "sub"))
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "cannot install" in err
     if shutil.which("tshark") is None:
         return
     # tshark, with that HOME, loads the installed dissector by itself (no -X)
