@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import trio
 
+from oae.errors import UsageError
 from oae.runtime.control import request
 from oae.runtime.link import LinkOptions, open_link, read_log
 
@@ -144,3 +145,70 @@ def test_killed_and_restarted_peer_settles_every_transfer_the_same_way(veth_pair
     assert dict(delivered) == committed, "receiver's delivered log != sender's commits"
     assert not aborted & set(tids)
     assert len(committed) >= n // 5
+
+
+def test_killed_and_restarted_sender_settles_every_transfer_the_same_way(
+    veth_pair, tmp_path
+) -> None:
+    n = 2000
+    control, state = tmp_path / "a.sock", tmp_path / "state-a"
+    items = [f"s{i}".encode() for i in range(n)]
+    node = start_node(veth_pair.if_a, veth_pair.ns_a, control, state, "--dead", "0.2")
+    restarted: list[subprocess.Popen] = []
+    got: list[tuple[int, bytes]] = []
+
+    def bulk_send() -> None:
+        try:
+            request(str(control), {"op": "send", "items": [i.hex() for i in items]}, 120)
+        except UsageError:
+            pass  # the node was killed under the request: expected
+
+    async def receiver() -> None:
+        opts = LinkOptions(dead=0.2)
+        async with open_link(veth_pair.if_b, veth_pair.ns_b, options=opts) as b:
+            with trio.fail_after(15):
+                await b.wait_up()
+            async with trio.open_nursery() as nursery:
+
+                async def collect() -> None:
+                    async for msg in b.received():
+                        got.append((msg.tid, msg.payload))
+
+                nursery.start_soon(collect)
+                nursery.start_soon(trio.to_thread.run_sync, bulk_send)
+                with trio.fail_after(60):
+                    while len(got) < n // 5:
+                        await trio.sleep(0.005)
+                node.kill()
+                await trio.to_thread.run_sync(node.wait)
+                await trio.sleep(0.3)
+                restarted.append(await trio.to_thread.run_sync(
+                    lambda: start_node(veth_pair.if_a, veth_pair.ns_a, control, state,
+                                       "--dead", "0.2")))  # fmt: skip
+                with trio.fail_after(60):  # the restarted sender settles what was in flight
+                    while True:
+                        st = request(str(control), {"op": "status"})["status"]["links"][0]
+                        if st["phase"] == "LIVE" and st["out_settled"] == st["out_hi"] > 0:
+                            break
+                        await trio.sleep(0.05)
+                await trio.sleep(0.2)  # last deliveries reach `collect`
+                nursery.cancel_scope.cancel()
+            assert b.counters["links_down"] >= 1, "the kill was not noticed mid-stream"
+        return st["out_hi"]
+
+    try:
+        out_hi = trio.run(receiver)
+    finally:
+        for proc in [node, *restarted]:
+            stop_node(proc)
+    outcome: dict[int, str] = {}
+    for kind, tid, _, _ in read_log(state):
+        if kind in ("committed", "aborted"):
+            # a record logged just before the kill may be settled again after the restart:
+            # it must say the same
+            assert outcome.setdefault(tid, kind) == kind, f"tid {tid} settled both ways"
+    assert sorted(outcome) == list(range(1, out_hi + 1)), "a transfer was never settled"
+    tids = [tid for tid, _ in got]
+    assert len(tids) == len(set(tids)), "a transfer was delivered twice"
+    assert set(tids) == {t for t, k in outcome.items() if k == "committed"}
+    assert all(payload == items[tid - 1] for tid, payload in got)

@@ -6,6 +6,8 @@ Each request is one JSON object on one line, each answer one JSON object on one 
         -> {"ok": true, "status": {"pid": ..., "links": [{...stats...}]}}
     {"op": "send", "data": "text" | "hex": "0a0b", "link": "eth1"?, "timeout": 10}
         -> {"ok": true, "tid": 7, "outcome": "committed"}
+    {"op": "send", "items": ["0a0b", "0c"], "link": "eth1"?}     (in order, no timeout)
+        -> {"ok": true, "outcomes": [[7, "committed"], [8, "aborted"]]}
     {"op": "recv", "max": 100, "timeout": 1.0, "link": "eth1"?}
         -> {"ok": true, "messages": [{"tid": 7, "hex": "...", "text": "...", "control": false}]}
 
@@ -70,6 +72,16 @@ async def _handle(node: Node, req: Any) -> dict[str, Any]:
         raise UsageError('"link" must be an interface name')
     if op == "status":
         return {"ok": True, "status": node.status()}
+    if op == "send" and "items" in req:
+        items = req["items"]
+        if not isinstance(items, list) or not all(isinstance(i, str) for i in items):
+            raise UsageError('"items" must be a list of hex strings')
+        try:
+            payloads = [bytes.fromhex(i) for i in items]
+        except ValueError:
+            raise UsageError('"items" holds a string that is not hex') from None
+        outcomes = await node.link(link_name).send_many(payloads)
+        return {"ok": True, "outcomes": [[o.tid, o.status] for o in outcomes]}
     if op == "send":
         if "hex" in req:
             try:
