@@ -50,7 +50,16 @@ int oae_flood_send(int fd, const uint8_t *src, const uint8_t *dst, uint16_t ethe
 /* Counting receiver for the flood (recvmmsg), until STOP or `max_ns`. */
 int oae_flood_recv(int fd, uint16_t ethertype, uint32_t run, uint64_t max_ns, oae_bench_result *out);
 
-/* ---- the pump: one link engine on one socket, run by one thread ---- */
+/* ---- the pump: one link engine on one socket, run by one thread ----
+ *
+ * The thread receives (recv/recvmmsg), feeds the engine, fires its timers, offers queued
+ * transfers, moves events out (log + durable registers first, when a state dir is set),
+ * and sends (send/sendmmsg), all under one mutex that the application-side calls below
+ * also take.  Waiting: busy-poll spins on a non-blocking recv (sched_yield between tries);
+ * blocking mode sleeps in ppoll() when an engine timer is due within 8 ms, else in a
+ * blocking recv() bounded by SO_RCVTIMEO (jiffy resolution, at most ~16 ms).  Submissions,
+ * releases and stop are seen at the next frame or wake-up; a LIVE link exchanges frames at
+ * least every idle_ns, so they are not delayed by more than that. */
 
 /* Event types the pump adds to the engine's OAE_EV_*. */
 enum {
@@ -75,7 +84,7 @@ typedef struct oae_pump_stats {
 typedef struct oae_pump oae_pump;
 
 /* Flags of oae_pump_new. */
-#define OAE_PUMP_BUSY 1  /* spin (with sched_yield) instead of sleeping in poll() */
+#define OAE_PUMP_BUSY 1  /* spin (with sched_yield) instead of sleeping */
 #define OAE_PUMP_SINK 2  /* consume DELIVERED events in the pump and release them at once */
 #define OAE_PUMP_QUIET 4 /* do not hand COMMITTED events to the app (count them only) */
 
@@ -90,7 +99,7 @@ void oae_pump_free(oae_pump *p);
 /* The loop; call from a dedicated thread.  Returns 0 after oae_pump_stop, or -errno on a
  * socket error that ends the link (the interface disappeared). */
 int oae_pump_run(oae_pump *p);
-/* Ask the loop to return (thread-safe, async-signal-safe). */
+/* Ask the loop to return (thread-safe, async-signal-safe); it does within one wake-up. */
 void oae_pump_stop(oae_pump *p);
 /* Readable (eventfd) while events are waiting for oae_pump_events. */
 int oae_pump_event_fd(const oae_pump *p);
