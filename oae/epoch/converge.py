@@ -253,6 +253,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--initiator", type=int, help="initiating node (default: random each time)")
     p.add_argument("--seed", type=int, default=1)
+    p.add_argument(
+        "--testbed",
+        action="store_true",
+        help="TOPOLOGY names a running testbed (`oae testbed up`): run bilateral on its real "
+        "links, one EpochNode per node (the fault and link flags above do not apply)",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON document")
     p.set_defaults(func=_cli)
 
@@ -270,6 +276,8 @@ def _cli(args: argparse.Namespace) -> int:
         raise UsageError("--loss must be < 1 and --refuse-rate <= 1")
     if args.rtt_us <= 0 or args.persist_us <= 0 or args.app_period_us < 0 or args.probes < 0:
         raise UsageError("--rtt-us and --persist-us must be > 0, --app-period-us and --probes >= 0")
+    if args.testbed:
+        return _cli_testbed(args, names)
     topo = make_topology(args.topology, args.nodes)
     params = NetParams(
         rtt_us=args.rtt_us,
@@ -284,7 +292,7 @@ def _cli(args: argparse.Namespace) -> int:
     def progress(msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)
 
-    results = {}
+    results: dict[str, dict[str, object]] = {}
     for name in names:
         results[name] = run(
             name,
@@ -298,8 +306,37 @@ def _cli(args: argparse.Namespace) -> int:
             args.initiator,
             progress=progress if args.epochs >= 10 else None,
         )
+    header = (
+        f"network: simulated, topology {topo.name} ({topo.n} nodes, {len(topo.edges)} links),"
+        f" {args.epochs} transitions, seed {args.seed}"
+    )
+    return _print(args, "simulated", header, names, results)
+
+
+def _cli_testbed(args: argparse.Namespace, names: list[str]) -> int:
+    from oae.epoch.testbed_run import run_sync
+    from oae.testbed import manager
+
+    if names != ["bilateral"]:
+        raise UsageError("--testbed runs only --algorithm bilateral (baselines are simulated)")
+    tb = manager.load(args.topology)
+    r = run_sync(tb, args.epochs, args.seed, args.initiator)
+    header = (
+        f"network: testbed {tb.name} ({r['nodes']} nodes, {r['links']} links, real frames),"
+        f" {args.epochs} transitions, seed {args.seed}"
+    )
+    return _print(args, "testbed", header, names, {"bilateral": r})
+
+
+def _print(
+    args: argparse.Namespace,
+    network: str,
+    header: str,
+    names: list[str],
+    results: dict[str, dict[str, object]],
+) -> int:
     if args.json:
-        json.dump({"network": "simulated", "results": results}, sys.stdout, indent=2)
+        json.dump({"network": network, "results": results}, sys.stdout, indent=2)
         print()
         return 0
     keys = [
@@ -316,15 +353,12 @@ def _cli(args: argparse.Namespace) -> int:
         "inconsistent_states",
         "probes",
     ]
-    print(
-        f"network: simulated, topology {topo.name} ({topo.n} nodes, {len(topo.edges)} links),"
-        f" {args.epochs} transitions, seed {args.seed}"
-    )
+    print(header)
     print(f"{'':<26}" + "".join(f"{n:>15}" for n in names))
     for k in keys:
         cells = []
         for n in names:
-            v = results[n][k]
+            v = results[n].get(k)
             cells.append(
                 f"{'-' if v is None else (f'{v:,.1f}' if isinstance(v, float) else v):>15}"
             )

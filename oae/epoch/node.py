@@ -1,11 +1,12 @@
 """The epoch machine on real links: `EpochNode` plugs an EpochMachine onto runtime links
 (oae.runtime.link.Link), the same way the simulator's adapter plugs it onto model links.
 
-Per link, one sender task sends CONTROL messages and application frames strictly in
-order (each awaited to its outcome, so the FIFO order the switch rule relies on holds),
-and applies link epoch switches (`Link.set_epoch`, so records carry the epoch both ends
-committed) in that same order. One receiver task feeds CONTROL deliveries to the machine
-and application deliveries to `received()`. A watcher turns the link's LIVE/down state
+Per link, one sender task submits CONTROL messages and application frames strictly in
+order (the pump keeps submission order: the FIFO order the switch rule relies on; an
+application frame is awaited to its outcome), and applies link epoch switches
+(`Link.set_epoch`, so records carry the epoch both ends committed) in that same order.
+One receiver task feeds CONTROL deliveries to the machine and application deliveries to
+`received()`. A watcher turns the link's LIVE/down state
 into link_up/link_down. The durable record lives in `state_dir/epoch.json` (FileStore:
 temp, fsync, rename); the checkpoint of e+1 is written by the `checkpoint` callback.
 """
@@ -57,6 +58,7 @@ class EpochNode:
         self.checkpoint = checkpoint
         self.poll = poll
         self.decided: dict[Wave, bool] = {}
+        self.transfer_s: list[float] = []  # CONTROL transfer latencies (send -> outcome)
         self.converged: set[Wave] = set()
         self._changed = trio.Event()
         self._out = {n: trio.open_memory_channel[tuple[str, Any, Any]](math.inf) for n in links}
@@ -130,13 +132,23 @@ class EpochNode:
         async for kind, item, reply in self._out[n][1]:
             if kind == "epoch":
                 link.set_epoch(item)
-                continue
-            outcome = await link.send(item, control=kind == "control")
-            if kind == "control" and not outcome.committed:
-                self._do(self.machine.transfer_aborted(n, item))
-            if reply is not None:
-                reply[0].append(outcome)
+            elif kind == "control":
+                # Submitted in order now (the pump keeps that order); outcome awaited aside.
+                batch = link.submit([item], control=True)
+                assert self._nursery is not None and batch is not None
+                self._nursery.start_soon(self._control_outcome, n, item, batch)
+            else:
+                reply[0].append(await link.send(item))
                 reply[1].set()
+
+    async def _control_outcome(self, n: int, payload: bytes, batch: Any) -> None:
+        t0 = trio.current_time()
+        while batch.remaining:
+            await batch.done.wait()
+        self.transfer_s.append(trio.current_time() - t0)
+        outcome = batch.results[0]
+        if outcome is not None and not outcome.committed:
+            self._do(self.machine.transfer_aborted(n, payload))
 
     async def _receiver(self, n: int) -> None:
         async for msg in self.links[n].received():
