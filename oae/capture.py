@@ -33,6 +33,7 @@ LINKTYPE_ETHERNET = 1
 LINKTYPE_LINUX_SLL = 113
 LINKTYPE_LINUX_SLL2 = 276
 SNAPLEN = 262144
+DRAIN_MAX = 256  # frames taken per wake-up before the loop looks at the clock again
 FORMATS = ("pcapng", "pcap")
 
 ETH_P_ALL = 0x0003
@@ -292,18 +293,24 @@ class CaptureStats:
 
 
 @contextmanager
-def _stop_on_sigterm() -> Iterator[None]:
-    """Turn SIGTERM into KeyboardInterrupt for the duration, so `kill` also ends a capture
-    with a complete file (only possible from the main thread)."""
+def _stop_signals(stop: list[bool]) -> Iterator[None]:
+    """While capturing, SIGINT and SIGTERM only set stop[0]: the loop then ends between two
+    complete blocks, never in the middle of writing one (only possible in the main thread;
+    elsewhere Ctrl-C cannot reach the loop anyway)."""
+
+    def handler(signum: int, frame: object) -> None:
+        stop[0] = True
+
     try:
-        old = signal.signal(signal.SIGTERM, signal.default_int_handler)
+        old = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
     except ValueError:  # not the main thread
         yield
         return
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, old)
+        for sig, previous in old.items():
+            signal.signal(sig, previous)
 
 
 def open_packet_socket(iface: str, netns: str | None) -> socket.socket:
@@ -352,8 +359,10 @@ def capture(
         raise UsageError("--duration must be > 0 seconds")
     if fmt not in FORMATS:
         raise UsageError(f"--format {fmt!r}: choose pcapng or pcap")
-    sock = open_packet_socket(iface, netns)
+    stop = [False]
     with ExitStack() as stack:
+        stack.enter_context(_stop_signals(stop))  # from here on, Ctrl-C ends with a full file
+        sock = open_packet_socket(iface, netns)
         stack.callback(sock.close)
         try:
             out = stack.enter_context(open(path, "wb"))
@@ -373,32 +382,33 @@ def capture(
         ancbufsize = socket.CMSG_SPACE(16)
         if ready:
             ready()
-        try:
-            with _stop_on_sigterm():
-                while True:
-                    now = time.monotonic()
-                    if deadline is not None and now >= deadline:
-                        stopped_by = "duration"
-                        break
-                    if now >= next_progress:  # readers of a growing file see frames soon
-                        writer.flush()
-                        if progress:
-                            progress(writer.packets, writer.bytes, now - start)
-                        next_progress = now + 0.5
-                    wait = 0.5 if deadline is None else min(0.5, deadline - now)
-                    if not select.select([sock], [], [], max(wait, 0))[0]:
-                        continue
-                    data, anc, _flags, addr = sock.recvmsg(SNAPLEN, ancbufsize)
-                    if ethertype is not None and (
-                        len(data) < 14 or int.from_bytes(data[12:14], "big") != ethertype
-                    ):
-                        continue
-                    writer.write(_timestamp(anc), data, len(data), pkttype=addr[2])
-                    if count is not None and writer.packets >= count:
-                        stopped_by = "count"
-                        break
-        except KeyboardInterrupt:
-            stopped_by = "interrupt"
+        while not stop[0]:
+            now = time.monotonic()
+            if deadline is not None and now >= deadline:
+                stopped_by = "duration"
+                break
+            if now >= next_progress:  # readers of a growing file see frames soon
+                writer.flush()
+                if progress:
+                    progress(writer.packets, writer.bytes, now - start)
+                next_progress = now + 0.5
+            wait = 0.2 if deadline is None else min(0.2, deadline - now)
+            if not select.select([sock], [], [], max(wait, 0))[0]:
+                continue
+            for _ in range(DRAIN_MAX):  # what is queued, without a select per frame
+                try:
+                    data, anc, _flags, addr = sock.recvmsg(SNAPLEN, ancbufsize, socket.MSG_DONTWAIT)
+                except BlockingIOError:
+                    break
+                if ethertype is not None and (
+                    len(data) < 14 or int.from_bytes(data[12:14], "big") != ethertype
+                ):
+                    continue
+                writer.write(_timestamp(anc), data, len(data), pkttype=addr[2])
+                if count is not None and writer.packets >= count:
+                    stopped_by = "count"
+                    stop[0] = True
+                    break
         drops = _kernel_drops(sock)
         return CaptureStats(
             writer.packets, writer.bytes, time.monotonic() - start, drops, stopped_by
