@@ -115,6 +115,7 @@ struct oae_pump {
     volatile int stop;
     int notified;
     int backed_up; /* the app ring filled up: events wait in the engine */
+    int persist_pending; /* the engine asked for its registers to be stored */
     /* application events: a ring, guarded by mu */
     oae_pump_event *app;
     uint32_t app_head, app_tail;
@@ -456,11 +457,18 @@ int oae_pump_transfer_state(oae_pump *p, int incoming, uint32_t tid)
 
 /* ---- the loop ---- */
 
+static int log_write(oae_pump *p, size_t nrec)
+{
+    size_t len = nrec * OAE_LOG_REC_LEN;
+    ssize_t w = write(p->logfd, p->logbuf, len);
+    return w == (ssize_t)len ? 0 : (w < 0 ? -errno : -EIO);
+}
+
 /* Move engine events to the log, the app ring or the sink; returns -errno if the state
  * files could not be written (mu held). */
 static int drain_events(oae_pump *p)
 {
-    int persist = 0, rc = 0;
+    int rc = 0;
     size_t nlog = 0;
     for (;;) {
         uint32_t room = APP_RING - (p->app_tail - p->app_head);
@@ -476,7 +484,7 @@ static int drain_events(oae_pump *p)
             uint64_t cookie = 0;
             switch (e->type) {
             case OAE_EV_PERSIST:
-                persist = 1;
+                p->persist_pending = 1;
                 continue;
             case OAE_EV_COMMITTED:
             case OAE_EV_ABORTED:
@@ -486,8 +494,7 @@ static int drain_events(oae_pump *p)
             case OAE_EV_DELIVERED:
                 if (p->logfd >= 0) {
                     if (nlog == EV_BATCH) {
-                        if (write(p->logfd, p->logbuf, nlog * OAE_LOG_REC_LEN) < 0)
-                            rc = -errno;
+                        rc = rc ? rc : log_write(p, nlog);
                         nlog = 0;
                     }
                     log_encode(p->logbuf + nlog++ * OAE_LOG_REC_LEN, e);
@@ -511,10 +518,12 @@ static int drain_events(oae_pump *p)
             p->st.app_events++;
         }
     }
-    if (nlog && write(p->logfd, p->logbuf, nlog * OAE_LOG_REC_LEN) < 0)
-        rc = -errno;
-    /* the log must be stable before the registers that count what it holds */
-    if (persist && p->durable_path && !rc) {
+    if (nlog)
+        rc = rc ? rc : log_write(p, nlog);
+    /* the log must be stable before the registers that count what it holds, and it must
+     * hold every event the engine has produced: while the app ring is full (events still
+     * in the engine) the registers wait, and so does the engine's sending */
+    if (p->persist_pending && p->durable_path && !rc && !p->backed_up) {
         oae_link_durable d;
         if (p->logfd >= 0 && fdatasync(p->logfd) < 0)
             rc = -errno;
@@ -523,6 +532,7 @@ static int drain_events(oae_pump *p)
             rc = oae_durable_store(p->durable_path, &d);
         if (!rc) {
             oae_link_persisted(p->link);
+            p->persist_pending = 0;
             p->st.persists++;
         }
     }
