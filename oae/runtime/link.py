@@ -162,7 +162,6 @@ class Link:
         self._pump = pump
         self._up = False
         self._up_event = trio.Event()
-        self._down_count = 0
         self._error: LinkError | None = None
         self._closed = False
         self._next_cookie = 1
@@ -196,7 +195,9 @@ class Link:
 
     async def send_many(self, payloads: Sequence[bytes], control: bool = False) -> list[Outcome]:
         """Transfer several payloads in this order and return their outcomes in the same
-        order (the pump keeps the window full; one Python wake per event batch)."""
+        order (the pump keeps the window full; one Python wake per event batch).
+        Cancelling the wait does not withdraw the transfers (a transfer is never silently
+        dropped): they settle anyway, and their outcomes go to `unclaimed_outcomes`."""
         batch = self.submit(payloads, control)
         if batch is None:
             return []
