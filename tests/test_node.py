@@ -212,3 +212,27 @@ def test_killed_and_restarted_sender_settles_every_transfer_the_same_way(
     assert len(tids) == len(set(tids)), "a transfer was delivered twice"
     assert set(tids) == {t for t, k in outcome.items() if k == "committed"}
     assert all(payload == items[tid - 1] for tid, payload in got)
+
+
+async def test_node_owns_several_links_and_serves_them_by_name(veth_pair, tmp_path) -> None:
+    from oae.runtime.node import LinkSpec, open_node
+
+    specs = [LinkSpec(veth_pair.if_a, veth_pair.ns_a), LinkSpec(veth_pair.if_b, veth_pair.ns_b)]
+    sock = tmp_path / "n.sock"
+    async with open_node(specs, control=str(sock)) as node:
+        with trio.fail_after(10):
+            for link in node.links.values():
+                await link.wait_up()
+        assert (await node.link(veth_pair.if_a).send(b"a->b")).committed
+        assert (await node.link(veth_pair.if_b).send(b"b->a")).committed
+        got_b = await node.recv(veth_pair.if_b, 10, timeout=5)
+        got_a = await node.recv(veth_pair.if_a, 10, timeout=5)
+        assert [m.payload for m in got_b] == [b"a->b"] and [m.payload for m in got_a] == [b"b->a"]
+        with pytest.raises(UsageError, match="node has 2 links"):
+            node.link()
+        status = await trio.to_thread.run_sync(request, str(sock), {"op": "status"})
+        assert {ln["iface"] for ln in status["status"]["links"]} == {veth_pair.if_a,
+                                                                    veth_pair.if_b}  # fmt: skip
+        with pytest.raises(UsageError, match="unknown op"):
+            await trio.to_thread.run_sync(request, str(sock), {"op": "nope"})
+    assert not sock.exists()
