@@ -3,11 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
-import signal
 import time
-from collections.abc import Iterator
 from typing import Any
 
 from oae.errors import UsageError
@@ -119,18 +116,6 @@ def _print(args: argparse.Namespace, doc: Any, text: str) -> None:
     print(json.dumps(doc, indent=1) if args.json else text)
 
 
-@contextlib.contextmanager
-def _sigterm_as_interrupt() -> Iterator[None]:
-    def interrupt(signum: int, frame: object) -> None:
-        raise KeyboardInterrupt
-
-    old = signal.signal(signal.SIGTERM, interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, old)
-
-
 def _up(args: argparse.Namespace) -> int:
     if args.nodes is not None and args.nodes < 1:
         raise UsageError(f"--nodes {args.nodes}: must be at least 1")
@@ -138,8 +123,7 @@ def _up(args: argparse.Namespace) -> int:
     t0 = time.monotonic()
     if args.node_arg and not args.start_nodes:
         raise UsageError("--node-arg needs --start-nodes")
-    with _sigterm_as_interrupt():  # `up` rolls back on KeyboardInterrupt
-        tb = manager.up(topo, args.name, args.start_nodes, tuple(args.node_arg))
+    tb = manager.up(topo, args.name, args.start_nodes, tuple(args.node_arg))
     took = time.monotonic() - t0
     st = tb.state
     bridged = sum(1 for lk in st["links"] if lk["bridge"])

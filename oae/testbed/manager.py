@@ -17,8 +17,9 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -152,29 +153,62 @@ def up(
     taken = [ns for ns in tb.namespaces() if kernel.netns_exists(ns)]
     if taken:
         raise UsageError(f"network namespace {taken[0]!r} already exists")
-    try:
-        if hosts:
-            _up_hosts(topo, state)
-        else:
+    with _Interrupts() as guard:
+        try:
+            if hosts:
+                _up_hosts(topo, state)
+            else:
+                for ns in tb.namespaces():
+                    guard.check()
+                    kernel.create_netns(ns)
+                state["links"] = _wire(topo, state, use_netem, guard.check)
+            _write_state(tb_dir / "state.json", state)
+            if bridged:
+                state["bridge_pid"] = _start_bridge(tb, tb_dir, guard.check)
+                _write_state(tb_dir / "state.json", state)
+            if start_nodes:
+                _start_nodes(tb, tb_dir, node_args, guard.check)
+                _write_state(tb_dir / "state.json", state)
+            guard.check()
+        except BaseException:
+            # By name, not by bookkeeping: a failure can come between creating a namespace
+            # or starting a process and recording it. (Signals stay deferred meanwhile.)
+            _stop_processes(state)
             for ns in tb.namespaces():
-                kernel.create_netns(ns)
-            state["links"] = _wire(topo, state, use_netem)
-        _write_state(tb_dir / "state.json", state)
-        if bridged:
-            state["bridge_pid"] = _start_bridge(tb, tb_dir)
-            _write_state(tb_dir / "state.json", state)
-        if start_nodes:
-            _start_nodes(tb, tb_dir, node_args)
-            _write_state(tb_dir / "state.json", state)
-    except BaseException:
-        # By name, not by bookkeeping: a Ctrl-C can land between creating a namespace or
-        # starting a process and recording it.
-        _stop_processes(state)
-        for ns in tb.namespaces():
-            kernel.remove_netns(ns)
-        shutil.rmtree(tb_dir, ignore_errors=True)
-        raise
+                kernel.remove_netns(ns)
+            shutil.rmtree(tb_dir, ignore_errors=True)
+            raise
     return tb
+
+
+class _Interrupts:
+    """Defers SIGINT and SIGTERM during `up` (main thread only) to checkpoints between
+    kernel operations, where `check()` raises KeyboardInterrupt, so that `up` rolls back
+    cleanly and a signal never lands inside pyroute2's event loop. A signal that comes
+    after the last checkpoint is delivered again once the handlers are restored."""
+
+    def __init__(self) -> None:
+        self.pending: int | None = None
+        self.old: dict[int, Any] = {}
+
+    def __enter__(self) -> _Interrupts:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self.old[sig] = signal.signal(sig, self._note)
+        return self
+
+    def _note(self, signum: int, frame: object) -> None:
+        self.pending = signum
+
+    def check(self) -> None:
+        if self.pending is not None:
+            raise KeyboardInterrupt
+
+    def __exit__(self, *exc: object) -> None:
+        for sig, handler in self.old.items():
+            signal.signal(sig, handler)
+        if self.pending is not None and exc[0] is None:
+            signal.raise_signal(self.pending)
 
 
 def _up_hosts(topo: Topology, state: dict[str, Any]) -> None:
@@ -228,9 +262,11 @@ def _netem_links(topo: Topology) -> set[str]:
     return set(impaired)
 
 
-def _wire(topo: Topology, state: dict[str, Any], use_netem: set[str]) -> list[dict[str, Any]]:
+def _wire(
+    topo: Topology, state: dict[str, Any], use_netem: set[str], check: Callable[[], None]
+) -> list[dict[str, Any]]:
     """Create every link's veth(s), bring all interfaces up and install netem qdiscs;
-    returns the link records."""
+    returns the link records. `check()` runs between kernel operations."""
     nodes, mid = state["nodes"], state["bridge_ns"]
     records: list[dict[str, Any]] = []
     up_in: dict[str, list[str]] = {}
@@ -248,6 +284,7 @@ def _wire(topo: Topology, state: dict[str, Any], use_netem: set[str]) -> list[di
             "impairer": None,
             "seed": lk.seed,
         }
+        check()
         if lk.impair is None or lk.name in use_netem:
             kernel.add_veth(ns_a, if_a, ns_b, if_b)
             if lk.impair is not None:
@@ -263,6 +300,7 @@ def _wire(topo: Topology, state: dict[str, Any], use_netem: set[str]) -> list[di
         up_in.setdefault(ns_b, []).append(if_b)
         records.append(rec)
     for ns, ifnames in up_in.items():
+        check()
         macs = kernel.links_up(ns, ifnames)
         for rec in records:
             for end in ("a", "b"):
@@ -276,7 +314,7 @@ def _wire(topo: Topology, state: dict[str, Any], use_netem: set[str]) -> list[di
     return records
 
 
-def _start_bridge(tb: Testbed, tb_dir: Path) -> int:
+def _start_bridge(tb: Testbed, tb_dir: Path, check: Callable[[], None]) -> int:
     """Start the bridge detached (own session, survives our exit) and wait until its
     control socket answers."""
     log = open(tb_dir / "bridge.log", "ab")
@@ -299,6 +337,7 @@ def _start_bridge(tb: Testbed, tb_dir: Path) -> int:
         )
     deadline = time.monotonic() + BRIDGE_START_TIMEOUT
     while time.monotonic() < deadline:
+        check()
         if proc.poll() is not None:
             tail = (tb_dir / "bridge.log").read_text(errors="replace").strip().splitlines()
             raise UsageError(f"impairing bridge exited at start: {tail[-1] if tail else '?'}")
@@ -310,7 +349,9 @@ def _start_bridge(tb: Testbed, tb_dir: Path) -> int:
     raise UsageError(f"impairing bridge did not answer within {BRIDGE_START_TIMEOUT:.0f} s")
 
 
-def _start_nodes(tb: Testbed, tb_dir: Path, node_args: tuple[str, ...]) -> None:
+def _start_nodes(
+    tb: Testbed, tb_dir: Path, node_args: tuple[str, ...], check: Callable[[], None]
+) -> None:
     """`oae node` on all interfaces of each node namespace, detached, logging JSON lines to
     nodes/NODE.log, control socket nodes/NODE.sock, no durable state (the testbed's
     lifetime is the node's). Waits until every node's control socket exists; fails if a
@@ -331,9 +372,11 @@ def _start_nodes(tb: Testbed, tb_dir: Path, node_args: tuple[str, ...]) -> None:
                 start_new_session=True, env={**os.environ, "PYTHONPATH": _pythonpath()},
             )  # fmt: skip
         tb.state["node_pids"][node] = procs[node].pid
+        check()
     deadline = time.monotonic() + NODE_START_TIMEOUT
     waiting = dict(procs)
     while waiting:
+        check()
         for node, proc in list(waiting.items()):
             if proc.poll() is not None:
                 log = (nodes_dir / f"{node}.log").read_text(errors="replace").strip()
