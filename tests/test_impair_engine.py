@@ -4,6 +4,8 @@ effect happens at the rate it claims, and nothing else happens."""
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from oae.errors import UsageError
 from oae.testbed.impair import (
@@ -223,3 +225,52 @@ def test_json_round_trip_and_describe() -> None:
     text = spec.describe()
     assert "loss=5%" in text and "delay=10ms" in text and "jitter=200us" in text
     assert "rate=100mbit" in text and "partition=on" in text
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    loss=st.floats(0, 1),
+    duplicate=st.floats(0, 1),
+    reorder=st.floats(0, 0.5),
+    corrupt=st.floats(0, 1),
+    delay=st.floats(0, 0.01),
+    jitter=st.floats(0, 0.01),
+    rate=st.sampled_from([0.0, 1e5, 1e7]),
+    limit=st.integers(1, 50),
+    gaps=st.lists(st.floats(0, 0.005), min_size=1, max_size=300),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_engine_invariants(loss: float, duplicate: float, reorder: float, corrupt: float,
+                           delay: float, jitter: float, rate: float, limit: int,
+                           gaps: list[float], seed: int) -> None:  # fmt: skip
+    """Whatever the settings and arrival times: every frame is accounted for exactly once
+    (sent, lost, dropped, or a counted duplicate), nothing is invented (each output is an
+    input or a one-bit corruption of one), and without reorder the order is kept."""
+    spec = Impairment(loss=loss, duplicate=duplicate, reorder=reorder, corrupt=corrupt,
+                      delay=delay, jitter=jitter, rate=rate, limit=limit)  # fmt: skip
+    li = LinkImpairer(spec, seed, 0.0)
+    out: list[bytes] = []
+    now = 0.0
+    for i, gap in enumerate(gaps):
+        now += gap
+        while (d := li.next_deadline()) is not None and d <= now:
+            out += li.poll(0, d)
+        li.submit(0, _frame(i), now)
+    while (d := li.next_deadline()) is not None:
+        out += li.poll(0, d)
+    s = li.stats(0)
+    assert s.received == len(gaps) and s.sent == len(out)
+    assert s.sent == s.received - s.lost - s.partitioned - s.queue_dropped + s.duplicated
+    seqs = []
+    for f in out:
+        i = _seq(f)
+        orig = _frame(i) if i < len(gaps) else None
+        if orig is None or orig != f:  # a corrupted frame: one bit away from some input
+            assert any(
+                sum(bin(a ^ b).count("1") for a, b in zip(f, _frame(j), strict=True)) == 1
+                for j in range(len(gaps))
+            )
+        else:
+            seqs.append(i)
+    if not reorder:
+        assert seqs == sorted(seqs)
