@@ -2,8 +2,9 @@
 impaired links, with the impairments decided by `oae.testbed.impair.LinkImpairer`.
 
 Wiring of an impaired link A-B: node A's interface is a veth whose peer `l<i>a` lives in
-the testbed's bridge namespace, node B's likewise with `l<i>b`. The bridge holds an
-AF_PACKET socket on each of those and copies frames across, through the impairer.
+the testbed's bridge namespace, node B's likewise with `l<i>b`. The bridge holds one
+AF_PACKET socket in that namespace, sees which interface each frame came in on, and sends
+it out of the link's other one, through the impairer.
 
 Control channel: a Unix stream socket; one JSON request line per connection, one JSON
 reply line: {"cmd": "ping"}, {"cmd": "get", "link": L}, {"cmd": "set", "link": L,
@@ -82,7 +83,7 @@ class _Link:
 
 
 class Bridge:
-    """The bridge's event loop over packet sockets and the control socket."""
+    """The bridge's event loop over its packet socket and the control socket."""
 
     def __init__(self, ns: str, state: dict[str, Any]) -> None:
         self.ns = ns
