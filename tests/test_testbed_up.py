@@ -309,3 +309,39 @@ def test_interrupted_cli_up_leaves_nothing(
         if proc.poll() is None:
             proc.kill()
         manager.clean(prefix)
+
+
+def test_interrupted_pytest_session_leaves_nothing(run_prefix: str, tmp_path: Path) -> None:
+    """A test session using the `testbed` fixture gets Ctrl-C in the middle of a test:
+    fixture teardown and the plugin's session check leave nothing of its prefix."""
+    prefix = kernel.check_prefix(run_prefix[:3] + "p" + run_prefix[3:6])
+    (tmp_path / "conftest.py").write_text('pytest_plugins = ["oae.testbed.pytest_plugin"]\n')
+    (tmp_path / "test_sleepy.py").write_text(
+        "import time\n"
+        f"def test_sleepy(testbed):\n"
+        f"    testbed({str(NETNS / 'lossy-chain.toml')!r}, nodes=5)\n"
+        "    print('testbed up', flush=True)\n"
+        "    time.sleep(60)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT), kernel.RUN_PREFIX_ENV: prefix}
+    env.pop(manager.STATE_DIR_ENV, None)  # the inner session makes its own
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pytest", "-s", "-q", "-p", "no:cacheprovider", str(tmp_path)],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=tmp_path,
+    )  # fmt: skip
+    try:
+        assert proc.stdout is not None
+        deadline = time.monotonic() + 60
+        for line in proc.stdout:
+            if "testbed up" in line:
+                break
+            assert time.monotonic() < deadline
+        assert len(kernel.list_netns(prefix)) == 6  # 5 nodes + bridge
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=60)
+        assert "KeyboardInterrupt" in out
+        assert kernel.list_netns(prefix) == [] and manager.process_pids(prefix) == []
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        manager.clean(prefix)
