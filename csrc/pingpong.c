@@ -24,6 +24,13 @@ uint64_t oae_now_ns(void)
     return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
 }
 
+uint64_t oae_thread_cpu_ns(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_THREAD_CPUTIME_ID, &ts);
+    return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
 static void pp_build(uint8_t *f, const uint8_t *src, const uint8_t *dst, uint16_t ethertype,
                      uint32_t run, uint8_t kind, uint64_t seq)
 {
@@ -98,7 +105,7 @@ int oae_pingpong_initiate(int fd, const uint8_t *src, const uint8_t *dst, uint16
     uint8_t tx[OAE_FRAME_LEN], rx[2048];
     uint64_t seq, got;
     memset(out, 0, sizeof *out);
-    uint64_t t0 = oae_now_ns(), deadline = t0 + max_ns;
+    uint64_t c0 = oae_thread_cpu_ns(), t0 = oae_now_ns(), deadline = t0 + max_ns;
     int rc = 0;
     for (seq = 1; seq <= count; seq++) {
         pp_build(tx, src, dst, ethertype, run, PP_PING, seq);
@@ -127,6 +134,7 @@ int oae_pingpong_initiate(int fd, const uint8_t *src, const uint8_t *dst, uint16
     }
 done:
     out->elapsed_ns = oae_now_ns() - t0;
+    out->cpu_ns = oae_thread_cpu_ns() - c0;
     pp_build(tx, src, dst, ethertype, run, PP_STOP, 0);
     for (int i = 0; i < 3; i++)
         pp_send(fd, tx);
@@ -140,7 +148,7 @@ int oae_pingpong_respond(int fd, uint16_t ethertype, uint32_t run, uint64_t max_
     uint8_t rx[2048], tx[OAE_FRAME_LEN];
     uint64_t seq;
     memset(out, 0, sizeof *out);
-    uint64_t t0 = oae_now_ns(), deadline = t0 + max_ns;
+    uint64_t c0 = oae_thread_cpu_ns(), t0 = oae_now_ns(), deadline = t0 + max_ns;
     int rc = 0;
     while (oae_now_ns() < deadline) {
         ssize_t n = pp_recv(fd, rx, sizeof rx, busy, deadline);
@@ -161,6 +169,7 @@ int oae_pingpong_respond(int fd, uint16_t ethertype, uint32_t run, uint64_t max_
         out->sent++;
     }
     out->elapsed_ns = oae_now_ns() - t0;
+    out->cpu_ns = oae_thread_cpu_ns() - c0;
     out->err = rc < 0 ? -rc : 0;
     return rc;
 }
@@ -179,7 +188,7 @@ int oae_flood_send(int fd, const uint8_t *src, const uint8_t *dst, uint16_t ethe
         msgs[i].msg_hdr.msg_iov = &iov[i];
         msgs[i].msg_hdr.msg_iovlen = 1;
     }
-    uint64_t t0 = oae_now_ns(), deadline = t0 + max_ns, seq = 1;
+    uint64_t c0 = oae_thread_cpu_ns(), t0 = oae_now_ns(), deadline = t0 + max_ns, seq = 1;
     int rc = 0;
     while (out->sent < count && oae_now_ns() < deadline) {
         unsigned n = (unsigned)((count - out->sent) < PP_BATCH ? count - out->sent : PP_BATCH);
@@ -196,6 +205,7 @@ int oae_flood_send(int fd, const uint8_t *src, const uint8_t *dst, uint16_t ethe
         seq += (uint64_t)k;
     }
     out->elapsed_ns = oae_now_ns() - t0;
+    out->cpu_ns = oae_thread_cpu_ns() - c0;
     out->count = out->sent;
     uint8_t stop[OAE_FRAME_LEN];
     pp_build(stop, src, dst, ethertype, run, PP_STOP, 0);
@@ -218,7 +228,7 @@ int oae_flood_recv(int fd, uint16_t ethertype, uint32_t run, uint64_t max_ns, oa
         msgs[i].msg_hdr.msg_iov = &iov[i];
         msgs[i].msg_hdr.msg_iovlen = 1;
     }
-    uint64_t t0 = oae_now_ns(), deadline = t0 + max_ns, first = 0, last = 0;
+    uint64_t c0 = oae_thread_cpu_ns(), t0 = oae_now_ns(), deadline = t0 + max_ns, first = 0, last = 0;
     int rc = 0, stop = 0;
     while (!stop && oae_now_ns() < deadline) {
         /* blocking with the socket's SO_RCVTIMEO, then drain what is queued */
@@ -246,6 +256,7 @@ int oae_flood_recv(int fd, uint16_t ethertype, uint32_t run, uint64_t max_ns, oa
         }
     }
     out->elapsed_ns = last > first ? last - first : 0;
+    out->cpu_ns = oae_thread_cpu_ns() - c0;
     out->err = rc < 0 ? -rc : 0;
     return rc;
 }

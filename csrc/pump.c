@@ -116,6 +116,9 @@ struct oae_pump {
     int notified;
     int backed_up; /* the app ring filled up: events wait in the engine */
     int persist_pending; /* the engine asked for its registers to be stored */
+    int running;         /* the loop runs: cpuclock is valid */
+    clockid_t cpuclock;  /* CPU clock of the pump thread */
+    uint64_t cpu_done;   /* CPU time of finished runs */
     /* application events: a ring, guarded by mu */
     oae_pump_event *app;
     uint32_t app_head, app_tail;
@@ -442,8 +445,13 @@ void oae_pump_stats_get(oae_pump *p, oae_link_stats *ls, oae_pump_stats *ps)
     pthread_mutex_lock(&p->mu);
     if (ls)
         oae_link_stats_get(p->link, ls);
-    if (ps)
+    if (ps) {
         *ps = p->st;
+        ps->cpu_ns = p->cpu_done;
+        struct timespec ts;
+        if (p->running && clock_gettime(p->cpuclock, &ts) == 0)
+            ps->cpu_ns += (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+    }
     pthread_mutex_unlock(&p->mu);
 }
 
@@ -587,6 +595,12 @@ int oae_pump_run(oae_pump *p)
     int batch_rx = p->beat > 1; /* beats arrive as bursts: take the rest of one at once */
     int rc = 0, dontwait = 1, near = 0;
     uint64_t next = UINT64_MAX;
+    pthread_mutex_lock(&p->mu);
+    /* thread CPU clocks count from thread start: keep what this thread had before */
+    uint64_t cpu0 = oae_thread_cpu_ns();
+    p->running = pthread_getcpuclockid(pthread_self(), &p->cpuclock) == 0;
+    p->cpu_done -= cpu0;
+    pthread_mutex_unlock(&p->mu);
     while (!p->stop) {
         /* 1. receive: busy-poll and "more may be queued" look without waiting; a timer due
          * soon is waited for with ppoll (precise, hrtimer); otherwise block in recv() like
@@ -687,6 +701,10 @@ int oae_pump_run(oae_pump *p)
         }
     }
 out:
+    pthread_mutex_lock(&p->mu);
+    p->running = 0;
+    p->cpu_done += oae_thread_cpu_ns();
+    pthread_mutex_unlock(&p->mu);
     if (rc)
         add_error_event(p, -rc);
     return rc;

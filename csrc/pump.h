@@ -24,6 +24,8 @@ int oae_sock_set_rcvtimeo(int fd, uint64_t ns);
 int oae_sock_close(int fd);
 /* CLOCK_MONOTONIC in nanoseconds: the `now` handed to the engine. */
 uint64_t oae_now_ns(void);
+/* CPU time of the calling thread, in nanoseconds. */
+uint64_t oae_thread_cpu_ns(void);
 
 /* Result of a baseline run.  Every run has a 32-bit id carried in its frames, so frames
  * left over from an earlier run are ignored. */
@@ -33,6 +35,7 @@ typedef struct oae_bench_result {
     uint64_t retries;    /* pings re-sent after a lost frame */
     uint64_t ignored;    /* frames received that were not expected */
     uint64_t elapsed_ns; /* initiator/sender: whole run; flood receiver: first to last */
+    uint64_t cpu_ns;     /* CPU time (user + system) of the calling thread over the run */
     int err;             /* 0 or an errno */
 } oae_bench_result;
 
@@ -78,6 +81,7 @@ typedef struct oae_pump_stats {
     uint64_t wakeups, persists, log_records;
     uint64_t queued, submitted; /* transfers queued by the app / offered to the engine */
     uint64_t app_events, sunk;  /* events handed to the app / consumed by the pump (sink) */
+    uint64_t cpu_ns;            /* CPU time used by the pump thread so far */
     uint8_t peer_mac[6];        /* source of the last accepted frame (all zero: none yet) */
 } oae_pump_stats;
 

@@ -26,17 +26,19 @@ from oae.testbed.kernel import VethPair, require_root, veth_pair
 MODES = {"blocking": False, "busy_poll": True}
 
 
-def measure_baseline(pair: VethPair, seconds: float, busy: bool) -> float:
+def measure_baseline(pair: VethPair, seconds: float, busy: bool) -> tuple[float, float]:
+    """(round trips/s, CPU seconds of both ends per round trip)"""
     a = open_socket(pair.if_a, pair.ns_a)
     b = open_socket(pair.if_b, pair.ns_b)
     try:
-        return baseline.pingpong(a, b, seconds, busy).rate
+        r = baseline.pingpong(a, b, seconds, busy)
+        return r.rate, r.cpu_s / max(r.count, 1)
     finally:
         a.close()
         b.close()
 
 
-async def _engine(pair: VethPair, seconds: float, busy: bool) -> float:
+async def _engine(pair: VethPair, seconds: float, busy: bool) -> tuple[float, float]:
     opts = LinkOptions(idle=0.0, busy=busy)
     async with (
         open_link(pair.if_a, pair.ns_a, options=opts) as a,
@@ -46,13 +48,17 @@ async def _engine(pair: VethPair, seconds: float, busy: bool) -> float:
             await a.wait_up()
             await b.wait_up()
         await trio.sleep(min(0.2, seconds / 5))  # past reconciliation, into the steady state
-        f0, t0 = a.stats()["frames_in"], time.perf_counter()
+        sa0, sb0, t0 = a.stats(), b.stats(), time.perf_counter()
         await trio.sleep(seconds)
-        f1, t1 = a.stats()["frames_in"], time.perf_counter()
-        return (f1 - f0) / (t1 - t0)
+        sa1, sb1, t1 = a.stats(), b.stats(), time.perf_counter()
+        rts = sa1["frames_in"] - sa0["frames_in"]
+        cpu = sum(
+            s1["pump"]["cpu_ns"] - s0["pump"]["cpu_ns"] for s0, s1 in ((sa0, sa1), (sb0, sb1))
+        )
+        return rts / (t1 - t0), cpu / 1e9 / max(rts, 1)
 
 
-def measure_engine(pair: VethPair, seconds: float, busy: bool) -> float:
+def measure_engine(pair: VethPair, seconds: float, busy: bool) -> tuple[float, float]:
     return trio.run(_engine, pair, seconds, busy)
 
 
@@ -63,9 +69,15 @@ def run(opts: BenchOptions) -> dict:
         for mode, busy in MODES.items():
             base: list[float] = []
             eng: list[float] = []
+            base_cpu: list[float] = []
+            eng_cpu: list[float] = []
             for i in range(opts.repeats):
-                base.append(measure_baseline(pair, opts.seconds, busy))
-                eng.append(measure_engine(pair, opts.seconds, busy))
+                rate, cpu = measure_baseline(pair, opts.seconds, busy)
+                base.append(rate)
+                base_cpu.append(cpu)
+                rate, cpu = measure_engine(pair, opts.seconds, busy)
+                eng.append(rate)
+                eng_cpu.append(cpu)
                 if opts.progress:
                     print(f"[bench] exchange {mode} {i + 1}/{opts.repeats}: baseline "
                           f"{base[-1]:,.0f} rt/s, engine {eng[-1]:,.0f} rt/s",
@@ -74,6 +86,8 @@ def run(opts: BenchOptions) -> dict:
                 "baseline_rt_per_s": statistics.median(base),
                 "engine_rt_per_s": statistics.median(eng),
                 "ratio": statistics.median(e / b for e, b in zip(eng, base, strict=True)),
+                "baseline_cpu_us_per_rt": statistics.median(base_cpu) * 1e6,
+                "engine_cpu_us_per_rt": statistics.median(eng_cpu) * 1e6,
                 "repeats": opts.repeats,
             }
     out["units"] = {
@@ -81,5 +95,8 @@ def run(opts: BenchOptions) -> dict:
         "engine_rt_per_s": "round trips/s, link token exchange (median)",
         "ratio": "engine/baseline, median of per-repeat ratios (targets: blocking >= 0.9,"
         " busy_poll >= 0.8)",
+        "baseline_cpu_us_per_rt": "CPU us of both ends' threads per round trip (median);"
+        " less sensitive to other load on the machine than the rates",
+        "engine_cpu_us_per_rt": "CPU us of both pump threads per round trip (median)",
     }
     return out

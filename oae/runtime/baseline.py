@@ -11,6 +11,7 @@ import secrets
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from oae._pump import ffi, lib
 from oae.runtime.sock import PacketSocket
@@ -18,27 +19,26 @@ from oae.runtime.sock import PacketSocket
 
 @dataclass(frozen=True)
 class BaselineResult:
+    """Counts of one run; cpu_s is the CPU time of both ends' threads together."""
+
     count: int
     sent: int
     retries: int
     ignored: int
     elapsed_s: float
+    cpu_s: float
 
     @property
     def rate(self) -> float:
         return self.count / self.elapsed_s if self.elapsed_s > 0 else 0.0
 
 
-def _result(r: object) -> BaselineResult:
-    if r.err:  # type: ignore[attr-defined]
-        raise OSError(r.err, f"baseline: {os.strerror(r.err)}")  # type: ignore[attr-defined]
-    return BaselineResult(
-        r.count,
-        r.sent,
-        r.retries,
-        r.ignored,  # type: ignore[attr-defined]
-        r.elapsed_ns / 1e9,
-    )  # type: ignore[attr-defined]
+def _result(main: Any, peer: Any) -> BaselineResult:
+    for r in (main, peer):
+        if r.err:
+            raise OSError(r.err, f"baseline: {os.strerror(r.err)}")
+    return BaselineResult(main.count, main.sent, main.retries, main.ignored,
+                          main.elapsed_ns / 1e9, (main.cpu_ns + peer.cpu_ns) / 1e9)  # fmt: skip
 
 
 def _pair(first: Callable[[], None], second: Callable[[], None]) -> None:
@@ -79,8 +79,7 @@ def pingpong(
             a.fd, a.mac, b.mac, a.ethertype, run, count, max_ns, int(busy), out_a
         ),
     )
-    _result(out_b)
-    return _result(out_a)
+    return _result(out_a, out_b)
 
 
 def flood(a: PacketSocket, b: PacketSocket, seconds: float) -> BaselineResult:
@@ -94,5 +93,4 @@ def flood(a: PacketSocket, b: PacketSocket, seconds: float) -> BaselineResult:
         lambda: lib.oae_flood_recv(b.fd, b.ethertype, run, max_ns + 2_000_000_000, out_b),
         lambda: lib.oae_flood_send(a.fd, a.mac, b.mac, a.ethertype, run, 1 << 40, max_ns, out_a),
     )
-    _result(out_a)
-    return _result(out_b)
+    return _result(out_b, out_a)

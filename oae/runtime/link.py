@@ -293,7 +293,8 @@ class Link:
             "unclaimed_outcomes": len(self.unclaimed_outcomes),
             "pump": {name: getattr(ps, name) for name in (
                 "rx_calls", "rx_frames", "tx_calls", "tx_frames", "tx_errors", "wakeups",
-                "persists", "log_records", "queued", "submitted", "app_events", "sunk")},
+                "persists", "log_records", "queued", "submitted", "app_events", "sunk",
+                "cpu_ns")},
         }  # fmt: skip
 
     def backlog(self) -> int:
