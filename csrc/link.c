@@ -595,9 +595,11 @@ int oae_link_on_frame(oae_link *l, const uint8_t *frame, size_t len, uint64_t no
 
 uint64_t oae_link_next_timeout(const oae_link *l)
 {
-    uint64_t t = l->t_answer;
+    /* frames wait for oae_link_persisted(), which is the caller's own wake-up */
+    int held = l->cfg.persist && l->dirty;
+    uint64_t t = held ? NEVER : l->t_answer;
     if (l->phase == OAE_PHASE_DISCOVER) {
-        if (l->t_hello < t)
+        if (!held && l->t_hello < t)
             t = l->t_hello;
     } else {
         if (l->t_rto < t)

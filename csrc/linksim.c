@@ -23,8 +23,14 @@ typedef struct side {
     uint64_t down_until;    /* crashed: frames to it are lost until then */
     uint32_t offered;       /* my tids 1..offered were assigned */
     uint8_t *outcome;       /* per my tid: 0 open, 1 committed, 2 aborted */
-    uint8_t *got;           /* per peer tid: times delivered */
+    uint8_t *got;           /* per peer tid: times delivered (durably, with the registers) */
     uint32_t last_delivered;
+    uint32_t *pend;         /* delivered peer tids not yet covered by a finished write */
+    size_t npend;
+    uint32_t durable_last;  /* highest peer tid durably delivered */
+    oae_link_durable snap;  /* the snapshot being written */
+    int writing;
+    uint64_t write_done;
     uint32_t unreleased;
     uint64_t next_release;
     uint32_t restarts;
@@ -176,6 +182,30 @@ static void settle_out(sim *m, int who, const oae_event *e, uint8_t outcome)
     }
 }
 
+/* The snapshot is on stable storage: the application's deliveries up to its in_delivered
+ * become durable with it (the application stores both in one write). */
+static void write_done(sim *m, int who)
+{
+    side *s = &m->s[who];
+    s->dur = s->snap;
+    s->has_dur = 1;
+    s->writing = 0;
+    size_t keep = 0;
+    for (size_t i = 0; i < s->npend; i++) {
+        uint32_t t = s->pend[i];
+        if (t <= s->dur.in_delivered) {
+            if (s->got[t]++)
+                violation(m, "delivered twice", who, t);
+            s->durable_last = t;
+            m->res->delivered[!who]++;
+        } else {
+            s->pend[keep++] = t;
+        }
+    }
+    s->npend = keep;
+    oae_link_persisted(s->l);
+}
+
 static void handle_events(sim *m, int who)
 {
     side *s = &m->s[who];
@@ -186,9 +216,13 @@ static void handle_events(sim *m, int who)
             const oae_event *e = &ev[i];
             switch (e->type) {
             case OAE_EV_PERSIST:
-                oae_link_durable_get(s->l, &s->dur);
-                s->has_dur = 1;
-                oae_link_persisted(s->l);
+                if (!s->writing) {
+                    oae_link_durable_get(s->l, &s->snap);
+                    s->writing = 1;
+                    s->write_done = m->now + m->cfg->persist_ns;
+                    if (m->cfg->persist_ns == 0)
+                        write_done(m, who);
+                }
                 break;
             case OAE_EV_LINK_UP:
                 m->res->links_up++;
@@ -198,11 +232,11 @@ static void handle_events(sim *m, int who)
                 payload_of(!who, e->tid, want);
                 if (e->length != 9 || memcmp(e->payload, want, 9) != 0)
                     violation(m, "delivered payload is not the transfer's", who, e->tid);
-                else if (e->tid <= s->last_delivered || s->got[e->tid]++)
+                else if (e->tid <= s->last_delivered || s->got[e->tid])
                     violation(m, "delivered twice or out of order", who, e->tid);
                 s->last_delivered = e->tid;
+                s->pend[s->npend++] = e->tid;
                 s->unreleased++;
-                m->res->delivered[!who]++;
                 break;
             }
             case OAE_EV_COMMITTED:
@@ -233,6 +267,19 @@ static void crash(sim *m, int who)
     oae_link_free(s->l);
     s->l = NULL;
     s->unreleased = 0;
+    /* what was not yet written dies with the process: unfinished writes, deliveries they
+     * would have covered, and offers whose tid was never stored (so never sent) */
+    s->writing = 0;
+    s->npend = 0;
+    s->last_delivered = s->durable_last;
+    uint32_t stored = s->has_dur ? s->dur.out_hi : 0;
+    for (uint32_t t = stored + 1; t <= s->offered; t++)
+        if (s->outcome[t])
+            violation(m, "outcome for a tid that was never stored", who, t);
+    if (s->offered > stored) {
+        m->res->offered[who] -= s->offered - stored;
+        s->offered = stored;
+    }
     s->down_until = m->now + 4 * m->cfg->latency_ns + 1;
     m->res->crashes++;
 }
@@ -295,6 +342,8 @@ static uint64_t next_time(sim *m)
             t = u;
         if (s->l && s->unreleased && m->cfg->release_ns && s->next_release < t)
             t = s->next_release;
+        if (s->l && s->writing && s->write_done < t)
+            t = s->write_done;
     }
     return t < m->now ? m->now : t;
 }
@@ -333,8 +382,10 @@ int oae_sim_run(const oae_sim_config *c, oae_sim_result *res)
         k->persist = 1;
         s->outcome = calloc((size_t)c->transfers + 2, 1);
         s->got = calloc((size_t)c->transfers + 2, 1);
+        s->pend = calloc((size_t)c->transfers + 2, sizeof *s->pend);
     }
-    int ok = m.heap && out && m.s[0].outcome && m.s[1].outcome && m.s[0].got && m.s[1].got;
+    int ok = m.heap && out && m.s[0].outcome && m.s[1].outcome && m.s[0].got && m.s[1].got &&
+             m.s[0].pend && m.s[1].pend;
     if (ok) {
         start(&m, 0);
         start(&m, 1);
@@ -372,6 +423,8 @@ int oae_sim_run(const oae_sim_config *c, oae_sim_result *res)
                 if (!s->l)
                     continue;
             }
+            if (s->writing && m.now >= s->write_done)
+                write_done(&m, w);
             if (oae_link_next_timeout(s->l) <= m.now)
                 oae_link_on_timeout(s->l, m.now);
             handle_events(&m, w);
@@ -408,6 +461,7 @@ int oae_sim_run(const oae_sim_config *c, oae_sim_result *res)
         oae_link_free(m.s[w].l);
         free(m.s[w].outcome);
         free(m.s[w].got);
+        free(m.s[w].pend);
     }
     free(m.heap);
     free(out);

@@ -20,6 +20,7 @@ typedef struct oae_sim_config {
     uint64_t crash_every_ns;   /* 0: no crashes; else one end (alternately) restarts from its
                                   durable registers this often */
     uint64_t release_ns;       /* 0: deliveries consumed at once; else one per this period */
+    uint64_t persist_ns;       /* how long storing the durable registers takes (0: at once) */
     uint32_t window, beat, rx_capacity;
     uint64_t rto_ns, dead_ns, hello_ns;
     int has_key;

@@ -317,6 +317,7 @@ def simulate(
     flap_ns: int = 0,
     crash_every_ns: int = 0,
     release_ns: int = 0,
+    persist_ns: int = 0,
     window: int = 64,
     beat: int = 16,
     rx_capacity: int = 128,
@@ -334,7 +335,7 @@ def simulate(
     c.loss_ppm, c.dup_ppm = round(loss * 1e6), round(dup * 1e6)
     c.reorder_ppm, c.corrupt_ppm = round(reorder * 1e6), round(corrupt * 1e6)
     c.latency_ns, c.flap_every_ns, c.flap_ns = latency_ns, flap_every_ns, flap_ns
-    c.crash_every_ns, c.release_ns = crash_every_ns, release_ns
+    c.crash_every_ns, c.release_ns, c.persist_ns = crash_every_ns, release_ns, persist_ns
     c.window, c.beat, c.rx_capacity = window, beat, rx_capacity
     c.rto_ns, c.dead_ns, c.hello_ns = rto_ns, dead_ns, hello_ns
     c.has_key, c.max_virtual_ns = keyed, max_virtual_ns

@@ -55,6 +55,29 @@ def test_crash_restart_from_durable_registers() -> None:
     assert r.crashes >= 20
 
 
+def test_crash_restart_with_slow_storage() -> None:
+    """Storing the registers takes 20 us (longer than a round trip): the engine holds its
+    frames meanwhile, and a crash loses the unfinished write, the deliveries it covered and
+    the offers whose tid it held; still every transfer ends the same on both ends."""
+    r = simulate(N, seed=8, crash_every_ns=3_000_000, persist_ns=20_000, **IMPAIRED)
+    _agree(r)
+    assert r.crashes >= 20 and r.renotified > 0  # outcomes reported again after restarts
+
+
+def test_flaps_and_crashes_together() -> None:
+    r = simulate(
+        N,
+        seed=9,
+        flap_every_ns=4_000_000,
+        flap_ns=1_500_000,
+        crash_every_ns=2_500_000,
+        persist_ns=10_000,
+        **IMPAIRED,
+    )
+    _agree(r)
+    assert r.flaps >= 20 and r.crashes >= 20
+
+
 def test_keyed_link_under_impairment() -> None:
     r = simulate(N, seed=5, keyed=True, **IMPAIRED)
     _agree(r)

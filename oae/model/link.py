@@ -455,9 +455,11 @@ class LinkModel:
     # ---- timers ------------------------------------------------------------------------
 
     def next_timeout(self) -> int:
-        t = self.t_answer
+        held = self.config.persist and self.dirty
+        t = NEVER if held else self.t_answer
         if self.phase == Phase.DISCOVER:
-            t = min(t, self.t_hello)
+            if not held:
+                t = min(t, self.t_hello)
         else:
             t = min(t, self.t_rto, self.t_dead)
         return t
