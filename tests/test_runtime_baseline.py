@@ -21,6 +21,7 @@ def test_pingpong_counts_round_trips(veth_pair, busy: bool) -> None:
         r = baseline.pingpong(a, b, seconds=5.0, busy=busy, count=2000)
         assert r.count == 2000  # bounded by count, well before the time limit
         assert r.sent == r.count + r.retries
+        assert 0 < r.cpu_s < 2 * r.elapsed_s + 0.1  # two threads at most
         again = baseline.pingpong(a, b, seconds=5.0, busy=busy, count=500)
         assert again.count == 500  # the previous run's STOP frames did not end this one
     finally:

@@ -68,6 +68,8 @@ async def test_100k_transfers_commit_exactly_once_in_order(veth_pair) -> None:
         sa, sb = a.stats(), b.stats()
         assert sa["committed"] == sb["delivered"] == n
         assert sa["aborted"] == 0 and sa["out_settled"] == n and sb["in_delivered"] == n
+        # one record per frame: every payload rode in a frame of its own, sent from C
+        assert sa["pump"]["cpu_ns"] > 0 and sa["pump"]["tx_frames"] >= n
 
 
 def _garbage_frames(dst: bytes, src: bytes) -> list[bytes]:
