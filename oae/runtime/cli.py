@@ -145,7 +145,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         c = sub.add_parser(name, help=helptext, description=desc)
         _client_args(c)
         if name == "send":
-            c.add_argument("data", nargs="+", metavar="DATA")
+            c.add_argument("data", nargs="+", metavar="DATA",
+                           help="a payload of at most 16 bytes; one transfer each")  # fmt: skip
             c.add_argument("--hex", action="store_true", help="DATA are hex strings")
             c.add_argument(
                 "--timeout",
