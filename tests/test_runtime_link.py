@@ -212,3 +212,23 @@ async def test_interface_removed_under_a_running_link_raises_link_error(veth_pai
                 async for _ in a.received():
                     pass
     assert set(os.listdir("/proc/self/fd")) <= fds_before
+
+
+@pytest.mark.parametrize("mode", ["busy", "bypass"])
+async def test_busy_poll_and_qdisc_bypass_links_work(veth_pair, mode: str) -> None:
+    opts = LinkOptions(busy=mode == "busy", bypass=mode == "bypass")
+    async with (
+        open_link(veth_pair.if_a, veth_pair.ns_a, options=opts) as a,
+        open_link(veth_pair.if_b, veth_pair.ns_b, options=opts) as b,
+    ):
+        with trio.fail_after(10):
+            await a.wait_up()
+        outcomes = await a.send_many([b"%d" % i for i in range(1000)])
+        assert all(o.committed for o in outcomes)
+        got = []
+        async for msg in b.received():
+            got.append(msg.payload)
+            if len(got) == 1000:
+                break
+        assert got == [b"%d" % i for i in range(1000)]
+        assert (a.stats()["pump"]["wakeups"] == 0) == (mode == "busy")  # busy never sleeps
