@@ -120,7 +120,7 @@ typedef struct oae_link_transition {
 
 typedef struct oae_link oae_link;
 
-/* Size of the machine for a config (window decides the rings); 0 if the config is invalid. */
+/* Bytes oae_link_new allocates for a config (the window sizes the rings); 0 if invalid. */
 size_t oae_link_size(const oae_link_config *cfg);
 /* A new machine in DISCOVER; restored = NULL for a fresh link, or the last durable registers
  * after a crash.  NULL on an invalid config or restored record, or out of memory. */

@@ -106,6 +106,27 @@ def test_discovery_binds_and_goes_live(cls: type) -> None:
     assert decode_frame(last_b).record.sack == 0xFF
 
 
+def test_every_record_reflects_the_last_accepted_peer_half(cls: type) -> None:
+    """PIF: after accepting a record, the next records sent carry its bytes 0-3."""
+    p = Pair(cls)
+    p.up()
+    for _ in range(5):
+        p.ends[0].offer(b"z")
+        frames = p.ends[0].poll_tx(p.now) or p.ends[1].poll_tx(p.now)
+        sender = 0 if frames and decode_frame(frames[0]).src == A_MAC else 1
+        receiver = p.ends[1 - sender]
+        for f in frames:
+            assert receiver.on_frame(f, p.now) == Drop.NONE
+        answer = receiver.poll_tx(p.now)
+        assert answer
+        for f in answer:
+            assert decode_frame(f).record.peer_half == frames[-1][14:18]
+            assert p.ends[sender].on_frame(f, p.now) == Drop.NONE
+        p.ends[0].poll_events()
+        p.ends[1].poll_events()
+        p.now += 10
+
+
 def test_transfer_commits_after_three_signals(cls: type) -> None:
     p = Pair(cls)
     p.up()

@@ -78,6 +78,13 @@ def test_flaps_and_crashes_together() -> None:
     assert r.flaps >= 20 and r.crashes >= 20
 
 
+@pytest.mark.parametrize("beat", [1, 4, 64])
+def test_every_beat_size_under_impairment(beat: int) -> None:
+    r = simulate(20_000, seed=10 + beat, beat=beat, **IMPAIRED)
+    assert r.ok, r.violation
+    assert r.committed == (20_000, 20_000) and r.delivered == r.committed
+
+
 def test_keyed_link_under_impairment() -> None:
     r = simulate(N, seed=5, keyed=True, **IMPAIRED)
     _agree(r)
