@@ -16,6 +16,7 @@ from oae.errors import OaeError
 
 # Subcommand modules, in the order `oae --help` lists them.
 SUBCOMMANDS: list[str] = [
+    "oae.demo",
     "oae.bench.cli",
     "oae.runtime.cli",
     "oae.testbed.cli",

@@ -1,0 +1,466 @@
+"""`oae demo`: what oae is for, on real frames, in about a minute.
+
+1. A ring testbed comes up (namespaces, veths) with loss and reordering on every link,
+   done by the project's impairing bridge.
+2. AIT traffic over every link, both ways, through the runtime (C pump, real frames):
+   the senders count transfers attempted, committed and aborted; the receivers count
+   what they were handed. duplicated = delivered more than once; lost = committed at the
+   sender and never delivered; disagreed = delivered although the sender saw it aborted.
+3. N epoch transitions with the bilateral protocol on the same links (one EpochNode per
+   node, oae.epoch.testbed_run); the median CONTROL transfer latency measured there is
+   the link round trip of the next step.
+4. The testbed goes down. The same number of transitions with `bilateral` and with the
+   clock-based `snap-t` baseline on the simulated network (oae.epoch.sim: snap-t has no
+   real-link implementation), with the loss and link round trip measured in step 3, and
+   probes of the state the cluster would recover after a crash at random instants.
+
+Everything created in the kernel carries the run prefix and is removed on exit, on Ctrl-C
+and on errors (oae.testbed.manager.running).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import struct
+import sys
+import time
+from collections.abc import Callable
+from contextlib import AsyncExitStack
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import trio
+
+from oae.epoch.converge import run as simulate
+from oae.epoch.sim import NetParams, make_topology
+from oae.epoch.testbed_run import run_on_testbed
+from oae.errors import UsageError
+from oae.runtime.link import Link, LinkOptions, open_link
+from oae.testbed import kernel, manager, topology
+from oae.testbed.impair import parse_fraction
+from oae.testbed.manager import Testbed
+
+# Traffic links: discover quickly, declare a link failed after 1 s of silence.
+LINK = LinkOptions(hello=0.02, dead=1.0)
+UP_TIMEOUT = 20.0
+SETTLE_TIMEOUT = 5.0  # after the last outcome, how long receivers may lag behind
+PAYLOAD = struct.Struct(">HBI")  # link index, direction (0: a->b, 1: b->a), sequence
+PROBES = 4  # recovered-state probes per simulated transition
+QUICK = {"nodes": 4, "transfers": 300, "epochs": 5}
+DEFAULTS = {"nodes": 8, "transfers": 2000, "epochs": 20}
+DEFAULT_REPORT = "oae-demo-report.json"
+
+
+@dataclass(frozen=True)
+class DemoConfig:
+    """What the demo runs; every count here is an input, every figure it prints is measured."""
+
+    nodes: int
+    transfers: int
+    epochs: int
+    loss: float
+    reorder: float
+    seed: int
+
+    def check(self) -> None:
+        if not 3 <= self.nodes <= 64:
+            raise UsageError(f"--nodes {self.nodes}: the demo ring has 3..64 nodes")
+        if not 1 <= self.transfers <= 1_000_000:
+            raise UsageError(f"--transfers {self.transfers}: must be 1..1000000 per direction")
+        if not 1 <= self.epochs <= 1000:
+            raise UsageError(f"--epochs {self.epochs}: must be 1..1000")
+        if self.loss >= 0.5:
+            raise UsageError("--loss: at most 50% (the demo wants links that stay up)")
+
+
+def ring_topology(cfg: DemoConfig, name: str) -> topology.Topology:
+    """A ring whose every link goes through the impairing bridge with loss and reordering."""
+    text = (
+        f'[topology]\nname = "{name}"\nshape = "ring"\nnodes = {cfg.nodes}\nseed = {cfg.seed}\n'
+        f'impairer = "bridge"\n[defaults.impair]\nloss = {cfg.loss!r}\nreorder = {cfg.reorder!r}\n'
+    )
+    return topology.loads(text, f"<oae demo {name}>")
+
+
+# --------------------------------------------------------------------------- traffic
+class _Direction:
+    """One direction of one link: what the sender saw and what the receiver was handed."""
+
+    def __init__(self, link: str, src: str, dst: str, transfers: int) -> None:
+        self.link, self.src, self.dst = link, src, dst
+        self.outcome = bytearray(transfers)  # 0 unsettled, 1 committed, 2 aborted
+        self.seen = bytearray(transfers)  # deliveries per sequence number (saturates)
+        self.foreign = 0
+
+    def deliver(self, seq: int) -> None:
+        if seq >= len(self.seen):
+            self.foreign += 1
+        elif self.seen[seq] < 255:
+            self.seen[seq] += 1
+
+    def missing(self) -> int:
+        return sum(1 for o, s in zip(self.outcome, self.seen, strict=True) if o == 1 and not s)
+
+    def summary(self) -> dict[str, Any]:
+        committed = self.outcome.count(1)
+        aborted = self.outcome.count(2)
+        pairs = list(zip(self.outcome, self.seen, strict=True))
+        return {
+            "link": self.link,
+            "from": self.src,
+            "to": self.dst,
+            "attempted": len(self.outcome),
+            "committed": committed,
+            "aborted": aborted,
+            "unsettled": len(self.outcome) - committed - aborted,
+            "delivered": sum(1 for s in self.seen if s),
+            "duplicated": sum(s - 1 for s in self.seen if s > 1),
+            "lost": sum(1 for o, s in pairs if o == 1 and not s),
+            "disagreed": sum(1 for o, s in pairs if o != 1 and s),
+            "foreign": self.foreign,
+        }
+
+
+async def _send(link: Link, d: _Direction, index: int, direction: int, timeout: float) -> None:
+    payloads = [PAYLOAD.pack(index, direction, i) for i in range(len(d.outcome))]
+    batch = link.submit(payloads)
+    assert batch is not None
+    with trio.move_on_after(timeout):
+        while batch.remaining:
+            await batch.done.wait()
+    for i, r in enumerate(batch.results):
+        if r is not None:
+            d.outcome[i] = 1 if r.committed else 2
+
+
+async def _receive(link: Link, dirs: dict[tuple[int, int], _Direction], mine: _Direction) -> None:
+    """Count deliveries; `mine` is the direction this end receives (foreign ones go there)."""
+    async for msg in link.received():
+        try:
+            index, direction, seq = PAYLOAD.unpack(msg.payload)
+            d = dirs[(index, direction)]
+        except (struct.error, KeyError):
+            mine.foreign += 1
+            continue
+        if d is not mine:
+            mine.foreign += 1
+            continue
+        d.deliver(seq)
+
+
+async def run_traffic(
+    tb: Testbed, transfers: int, progress: Callable[[str], None]
+) -> dict[str, Any]:
+    """`transfers` AITs each way over every link of `tb`, at the same time; the counts."""
+    links = tb.state["links"]
+    dirs: dict[tuple[int, int], _Direction] = {}
+    for i, lk in enumerate(links):
+        dirs[(i, 0)] = _Direction(lk["name"], lk["a"], lk["b"], transfers)
+        dirs[(i, 1)] = _Direction(lk["name"], lk["b"], lk["a"], transfers)
+    # Generous for a shared machine: every transfer's three signals at 1 ms per frame.
+    timeout = 30.0 + transfers * 3e-3
+    async with AsyncExitStack() as stack:
+        ends: dict[tuple[int, str], Link] = {}
+        for i, lk in enumerate(links):
+            for end in ("a", "b"):
+                ends[(i, end)] = await stack.enter_async_context(
+                    open_link(lk[f"if_{end}"], tb.ns(lk[end]), options=LINK)
+                )
+        t_up = time.perf_counter()
+        with trio.fail_after(UP_TIMEOUT):
+            for link in ends.values():
+                await link.wait_up()
+        progress(f"[demo] {len(ends)} link ends LIVE in {time.perf_counter() - t_up:.2f} s")
+        total = 2 * transfers * len(links)
+        async with trio.open_nursery() as nursery:
+            for i in range(len(links)):
+                nursery.start_soon(_receive, ends[(i, "a")], dirs, dirs[(i, 1)])
+                nursery.start_soon(_receive, ends[(i, "b")], dirs, dirs[(i, 0)])
+
+            async def report() -> None:
+                while True:
+                    await trio.sleep(1.0)
+                    done = sum(e.counters["committed"] + e.counters["aborted"]
+                               for e in ends.values())  # fmt: skip
+                    progress(f"[demo] traffic: {done:,}/{total:,} transfers settled")
+
+            nursery.start_soon(report)
+            t0 = time.perf_counter()
+            async with trio.open_nursery() as senders:
+                for i in range(len(links)):
+                    senders.start_soon(_send, ends[(i, "a")], dirs[(i, 0)], i, 0, timeout)
+                    senders.start_soon(_send, ends[(i, "b")], dirs[(i, 1)], i, 1, timeout)
+            elapsed = time.perf_counter() - t0
+            # A committed transfer was delivered before the sender learned it; the event
+            # may still be on its way to Python. Wait (bounded) for the receivers.
+            with trio.move_on_after(SETTLE_TIMEOUT):
+                while any(d.missing() for d in dirs.values()):
+                    await trio.sleep(0.02)
+            nursery.cancel_scope.cancel()
+        stats = {f"{links[i]['name']}/{end}": e.stats() for (i, end), e in ends.items()}
+    per_dir = [d.summary() for d in dirs.values()]
+    keys = ("attempted", "committed", "aborted", "unsettled", "delivered", "duplicated",
+            "lost", "disagreed", "foreign")  # fmt: skip
+    totals = {k: sum(s[k] for s in per_dir) for k in keys}
+    return {
+        **totals,
+        "seconds": elapsed,
+        "committed_per_s": totals["committed"] / elapsed if elapsed > 0 else None,
+        "frames_out": sum(s["frames_out"] for s in stats.values()),
+        "frames_dropped_by_engine": sum(s["dropped"] for s in stats.values()),
+        "rto_timeouts": sum(s["timeouts_rto"] for s in stats.values()),
+        "reconciles": sum(s["reconciles"] for s in stats.values()),
+        "per_direction": per_dir,
+    }
+
+
+def bridge_totals(tb: Testbed) -> dict[str, int]:
+    """What the impairing bridge did to the frames, summed over links and directions."""
+    reply = manager.control(tb, {"cmd": "stats"})
+    out: dict[str, int] = {}
+    for rep in reply.get("links", {}).values():
+        for key in ("a_to_b", "b_to_a"):
+            for name, value in rep[key].items():
+                out[name] = out.get(name, 0) + int(value)
+    return out
+
+
+# --------------------------------------------------------------------------- the run
+def _progress(quiet: bool) -> Callable[[str], None]:
+    def say(msg: str) -> None:
+        if not quiet:
+            print(msg, file=sys.stderr, flush=True)
+
+    return say
+
+
+def run_demo(cfg: DemoConfig, progress: Callable[[str], None]) -> dict[str, Any]:
+    """The whole demo; returns the report (see the module docstring for what is measured)."""
+    cfg.check()
+    kernel.require_root("oae demo")
+    started = time.time()
+    name = f"demo{os.getpid()}"
+    topo = ring_topology(cfg, name)
+    progress(f"[demo] bringing up a {cfg.nodes}-node ring, every link through the impairing "
+             f"bridge: loss {cfg.loss:.1%}, reorder {cfg.reorder:.1%}")  # fmt: skip
+    t0 = time.perf_counter()
+    with manager.running(topo, name) as tb:
+        namespaces = tb.namespaces()
+        progress(f"[demo] testbed {name} up in {time.perf_counter() - t0:.1f} s "
+                 f"(prefix {tb.prefix}, {len(namespaces)} namespaces)")  # fmt: skip
+        progress(f"[demo] AIT traffic: {cfg.transfers} transfers each way on "
+                 f"{len(tb.state['links'])} links")  # fmt: skip
+        traffic = trio.run(run_traffic, tb, cfg.transfers, progress)
+        bridge_traffic = bridge_totals(tb)
+        progress(f"[demo] bilateral: {cfg.epochs} epoch transitions on the testbed's links")
+        bilateral = trio.run(run_on_testbed, tb, cfg.epochs, cfg.seed, None, progress)
+        bridge_all = bridge_totals(tb)
+        testbed_info = {"name": tb.name, "prefix": tb.prefix, "namespaces": namespaces}
+    progress(f"[demo] testbed {name} down")
+    rtt = bilateral.get("median_link_rtt_us")
+    if not isinstance(rtt, float) or rtt <= 0:
+        raise UsageError("no CONTROL transfer completed on the testbed; nothing to simulate with")
+    params = NetParams(
+        rtt_us=rtt,
+        loss=cfg.loss,
+        rto_us=3 * rtt,
+        app_period_us=rtt / 4,
+        downtime_us=(2.5 * rtt, 25 * rtt),
+    )
+    sim_topo = make_topology("ring", cfg.nodes)
+    simulated = {}
+    for algo in ("bilateral", "snap-t"):
+        progress(f"[demo] {algo}: {cfg.epochs} transitions on the simulated network "
+                 f"(link round trip {rtt:,.0f} µs as measured)")  # fmt: skip
+        simulated[algo] = simulate(algo, sim_topo, cfg.epochs, cfg.seed, params, probes=PROBES)
+    return {
+        "config": asdict(cfg),
+        "machine": {"cpus": os.cpu_count(), "kernel": os.uname().release},
+        "started": started,
+        "seconds": time.time() - started,
+        "testbed": testbed_info,
+        "traffic": traffic,
+        "bridge": {"during_traffic": bridge_traffic, "total": bridge_all},
+        "convergence": {
+            "bilateral (testbed)": bilateral,
+            "bilateral (simulated)": simulated["bilateral"],
+            "snap-t (simulated)": simulated["snap-t"],
+        },
+        "simulated_params": asdict(params),
+    }
+
+
+# --------------------------------------------------------------------------- output
+def _fmt(v: object) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:,.1f}"
+    if isinstance(v, int):
+        return f"{v:,}"
+    return str(v)
+
+
+def format_table(report: dict[str, Any]) -> str:
+    """The results as text tables: transfers, then convergence per algorithm."""
+    t, br, cfg = report["traffic"], report["bridge"]["during_traffic"], report["config"]
+    lines = [
+        f"oae demo: {cfg['nodes']}-node ring, loss {cfg['loss']:.1%} and reorder "
+        f"{cfg['reorder']:.1%} per link and direction (impairing bridge), seed {cfg['seed']}",
+        "",
+        f"AIT transfers (real frames, {len(t['per_direction'])} link directions, "
+        f"{cfg['transfers']:,} each):",
+    ]
+    for key in ("attempted", "committed", "aborted", "unsettled", "duplicated", "lost",
+                "disagreed"):  # fmt: skip
+        lines.append(f"  {key:<12}{_fmt(t[key]):>12}")
+    lines.append(
+        f"  {t['committed_per_s'] or 0:,.0f} commits/s over {t['seconds']:.1f} s; the bridge "
+        f"dropped {br.get('lost', 0):,} and reordered {br.get('reordered', 0):,} of "
+        f"{br.get('received', 0):,} frames"
+    )
+    conv = report["convergence"]
+    names = list(conv)
+    rows = [
+        ("network", lambda r: r["network"]),
+        ("transitions committed", lambda r: r["committed"]),
+        ("aborted", lambda r: r["aborted"]),
+        ("stuck", lambda r: r["stuck"]),
+        ("convergence median µs", lambda r: r["median_convergence_us"]),
+        ("convergence p99 µs", lambda r: r["p99_convergence_us"]),
+        ("link round trip µs", lambda r: r["median_link_rtt_us"]),
+        ("mixed-epoch frames", lambda r: r["mixed_epoch_frames"]),
+        ("mixed-epoch states", _mixed_states),
+        ("inconsistent states", _inconsistent_states),
+    ]
+    width = max(len(n) for n in names) + 2
+    lines += ["", f"Epoch transitions ({cfg['epochs']} per algorithm):",
+              f"  {'':<24}" + "".join(f"{n:>{width}}" for n in names)]  # fmt: skip
+    for label, get in rows:
+        lines.append(f"  {label:<24}" + "".join(f"{_fmt(get(conv[n])):>{width}}" for n in names))
+    lines += [
+        "",
+        "  mixed-epoch states: testbed = transitions after which the nodes' durable epochs",
+        "  disagree; simulated = recovered states (crash at a random instant) that mix epochs.",
+        "  inconsistent states: single-epoch recovered states whose checkpoints are no",
+        "  consistent cut (a message counted as sent but not as received, or the reverse).",
+        "  snap-t convergence is its clock schedule: it ends when every node has written,",
+        "  with no one knowing it. The simulated runs use the testbed's measured round trip.",
+    ]
+    return "\n".join(lines)
+
+
+def _inconsistent_states(r: dict[str, Any]) -> str:
+    if r["network"] == "testbed":
+        return "-"  # not probed on real links
+    return f"{r['inconsistent_states']}/{r['probes']}"
+
+
+def _mixed_states(r: dict[str, Any]) -> str:
+    if r["network"] == "testbed":
+        return f"{r['mixed_epoch_states']}/{r['committed'] + r['aborted']}"
+    return f"{r['mixed_epoch_states']}/{r['probes']}"
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "demo",
+        help="the main job: a ring testbed with faults, exactly-once transfers, bilateral "
+        "vs snap-t epoch convergence (needs root)",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--nodes", type=int, help=f"ring size (default {DEFAULTS['nodes']})")
+    p.add_argument(
+        "--transfers",
+        type=int,
+        help=f"AITs per link and direction (default {DEFAULTS['transfers']})",
+    )
+    p.add_argument(
+        "--epochs", type=int, help=f"transitions per algorithm (default {DEFAULTS['epochs']})"
+    )
+    p.add_argument("--loss", default="2%", help="frame loss per link direction (default 2%%)")
+    p.add_argument(
+        "--reorder",
+        default="2%",
+        help="frames reordered per link direction, at most 50%% (default 2%%)",
+    )
+    p.add_argument("--seed", type=int, default=1, help="seed of impairments and runs (default 1)")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help=f"short run: {QUICK['nodes']} nodes, {QUICK['transfers']} transfers, "
+        f"{QUICK['epochs']} epochs (flags given explicitly still win)",
+    )
+    p.add_argument(
+        "--report", default=DEFAULT_REPORT, help=f"JSON report file (default ./{DEFAULT_REPORT})"
+    )
+    p.add_argument(
+        "--plot",
+        metavar="DIR",
+        help="PNG plots go to DIR (default: the report's directory; needs matplotlib)",
+    )
+    p.add_argument(
+        "--json", action="store_true", help="print the report on stdout instead of the tables"
+    )
+    p.set_defaults(func=_cli)
+
+
+def _fraction(flag: str, value: str) -> float:
+    try:
+        return parse_fraction(float(value) if value.replace(".", "", 1).isdigit() else value)
+    except ValueError as exc:
+        raise UsageError(f"{flag}: {exc}") from None
+
+
+def config_from_args(args: argparse.Namespace) -> DemoConfig:
+    base = QUICK if args.quick else DEFAULTS
+    reorder = _fraction("--reorder", args.reorder)
+    if reorder > 0.5:
+        raise UsageError("--reorder: at most 50% (each reordered frame is overtaken by one)")
+    cfg = DemoConfig(
+        nodes=args.nodes if args.nodes is not None else base["nodes"],
+        transfers=args.transfers if args.transfers is not None else base["transfers"],
+        epochs=args.epochs if args.epochs is not None else base["epochs"],
+        loss=_fraction("--loss", args.loss),
+        reorder=reorder,
+        seed=args.seed,
+    )
+    cfg.check()
+    return cfg
+
+
+def _cli(args: argparse.Namespace) -> int:
+    cfg = config_from_args(args)
+    kernel.require_root("oae demo")  # up front, before anything is written
+    report_path = Path(args.report)
+    plot_dir = Path(args.plot) if args.plot else report_path.resolve().parent
+    try:
+        report_path.parent.mkdir(parents=True, exist_ok=True)
+        plot_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"cannot create {exc.filename}: {exc.strerror}") from None
+    say = _progress(False)
+    report = run_demo(cfg, say)
+    from oae.bench import plots
+
+    report["plots"] = [str(p) for p in plots.demo_plots(report, plot_dir)]
+    try:
+        report_path.write_text(json.dumps(report, indent=1) + "\n")
+    except OSError as exc:
+        raise UsageError(f"--report {report_path}: {exc.strerror}") from None
+    if args.json:
+        json.dump(report, sys.stdout, indent=1)
+        print()
+    else:
+        print(format_table(report))
+        print(f"\nreport: {report_path.resolve()}")
+        for p in report["plots"]:
+            print(f"plot:   {p}")
+        if not report["plots"]:
+            print("plots:  none (matplotlib is not installed)")
+    say(f"[demo] done in {report['seconds']:.1f} s")
+    return 0
