@@ -55,7 +55,7 @@ def test_no_impairment_is_transparent() -> None:
     assert [f for _, f in out] == [_frame(i) for i in range(1000)]
 
 
-@pytest.mark.parametrize("seed", [1, 99])
+@pytest.mark.parametrize("seed", [1, 99])  # two seeds: the bound is not one lucky draw
 def test_loss_10_percent_within_1_point(seed: int) -> None:
     li, out = _run(Impairment(loss=0.10), seed=seed)
     measured = 1 - len(out) / N
