@@ -28,6 +28,7 @@ struct oae_link {
     oae_link_config cfg;
     uint8_t phase;
     int bound, up;
+    int confirmed;                /* the bound peer completed a round with me (or was stored) */
     uint8_t peer_mac[6];
     uint32_t peer_nonce;
     uint32_t seq;                 /* last seq I sent */
@@ -191,7 +192,7 @@ oae_link *oae_link_new(const oae_link_config *cfg, const oae_link_durable *resto
     }
     if (restored) {
         if (restored->has_peer) {
-            l->bound = 1;
+            l->bound = l->confirmed = 1;
             memcpy(l->peer_mac, restored->peer_mac, 6);
         }
         l->out_hi = l->out_commit = l->out_peer_held = restored->out_hi;
@@ -235,10 +236,12 @@ static void new_round(oae_link *l, const oae_frame_hdr *h, const oae_record *r, 
         link_down(l, OAE_DOWN_PEER_RESTART);
     else
         link_down(l, OAE_DOWN_PEER_LOST);
-    if (!l->bound || memcmp(l->peer_mac, h->src, 6) != 0) {
+    if (!l->bound) {
+        /* the Ethernet header is not covered by the check: a corrupted source MAC must not
+         * capture the link, so the binding only becomes durable once a round completes */
         l->bound = 1;
+        l->confirmed = 0;
         memcpy(l->peer_mac, h->src, 6);
-        durable_changed(l);
     }
     if (r->nonce != l->peer_nonce) {
         l->peer_nonce = r->nonce;
@@ -329,6 +332,10 @@ static void go_live(oae_link *l, const oae_record *r, uint64_t now)
 {
     l->phase = OAE_PHASE_LIVE;
     l->up = 1;
+    if (!l->confirmed) {
+        l->confirmed = 1;
+        durable_changed(l);
+    }
     l->st.links_up++;
     push(l, OAE_EV_LINK_UP, 0)->info = l->peer_nonce;
     /* a peer still reconciling needs my APPLIED record; a LIVE peer waits for my token */
@@ -617,6 +624,10 @@ void oae_link_on_timeout(oae_link *l, uint64_t now)
     if (now >= l->t_dead) {
         /* timers declare failure, never success: every open transfer is now INDEFINITE */
         link_down(l, OAE_DOWN_DEAD);
+        if (!l->confirmed) {
+            l->bound = 0; /* never reconciled with it: maybe a corrupted address */
+            l->peer_nonce = 0;
+        }
         l->phase = OAE_PHASE_DISCOVER;
         l->t_hello = now;
         l->t_rto = l->t_dead = l->t_answer = NEVER;
@@ -802,7 +813,7 @@ void oae_link_durable_get(const oae_link *l, oae_link_durable *d)
 {
     memset(d, 0, sizeof *d);
     d->version = OAE_LINK_DURABLE_VERSION;
-    d->has_peer = (uint8_t)l->bound;
+    d->has_peer = (uint8_t)(l->bound && l->confirmed);
     memcpy(d->peer_mac, l->peer_mac, 6);
     d->out_hi = l->out_hi;
     d->out_settled = l->out_settled;

@@ -249,14 +249,36 @@ def test_crash_restart_from_durable_registers(cls: type) -> None:
 
 
 def test_persist_gates_frames(cls: type) -> None:
-    a = cls(config(A_MAC, 1, persist=True))
-    b = cls(config(B_MAC, 2, persist=True))
-    b.on_frame(a.poll_tx(0)[0], 0)  # binding the peer changes a durable register
-    assert Persist() in b.poll_events()
-    assert b.poll_tx(0) == []
-    b.durable()
-    b.persisted()
-    assert len(b.poll_tx(0)) == 2  # HELLO answer + RECONCILE
+    p = Pair(cls, persist=True)
+    p.up()
+    a = p.ends[0]  # it has just accepted B's beat and owes the answer
+    assert a.offer(b"x") == 1
+    assert a.poll_events() == [Persist()]
+    assert a.poll_tx(p.now) == []  # the new tid must be stored before any frame leaves
+    assert a.next_timeout() > p.now  # and no busy loop meanwhile
+    a.durable()
+    assert a.offer(b"y") == 2  # changed after the snapshot: that snapshot is not enough
+    a.persisted()
+    assert a.poll_events() == [Persist()] and a.poll_tx(p.now) == []
+    assert a.durable().out_hi == 2
+    a.persisted()
+    frames = a.poll_tx(p.now)
+    assert [decode_frame(f).record.tid for f in frames] == [1, 2]
+
+
+def test_corrupted_source_address_cannot_capture_the_link(cls: type) -> None:
+    """The Ethernet header is not covered by the check: a HELLO whose source MAC was
+    corrupted binds a phantom peer only until that round dies; the binding is not stored
+    and the real peer is bound next."""
+    p = Pair(cls, persist=True)
+    hello = p.ends[1].poll_tx(0)[0]
+    phantom = hello[:6] + bytes.fromhex("02000000000e") + hello[12:]
+    assert p.ends[0].on_frame(phantom, 0) == Drop.NONE
+    assert p.ends[0].durable().peer_mac is None
+    p.run(400)  # A talks to the phantom, its round dies, it unbinds and finds B
+    assert [e.stats()["phase"] for e in p.ends] == [Phase.LIVE, Phase.LIVE]
+    assert p.ends[0].stats()["drops"][Drop.FOREIGN] > 0
+    assert p.ends[0].durable().peer_mac == B_MAC
 
 
 def _live(cls: type, **kw: object) -> Pair:

@@ -77,6 +77,7 @@ class LinkModel:
         self.cfg_epoch = config.epoch
         self.phase = Phase.DISCOVER
         self.bound = False
+        self.confirmed = False
         self.up = False
         self.peer_mac = config.peer_mac or bytes(6)
         self.peer_nonce = 0
@@ -108,7 +109,7 @@ class LinkModel:
         self.st = _Stats()
         if restored is not None:
             if restored.peer_mac is not None:
-                self.bound = True
+                self.bound = self.confirmed = True
                 self.peer_mac = restored.peer_mac
             self.out_hi = self.out_commit = self.out_peer_held = restored.out_hi
             self.out_settled = restored.out_settled
@@ -162,10 +163,10 @@ class LinkModel:
             self._link_down(DownReason.PEER_RESTART)
         else:
             self._link_down(DownReason.PEER_LOST)
-        if not self.bound or self.peer_mac != src:
+        if not self.bound:  # durable only once a round completes (the header is unchecked)
             self.bound = True
+            self.confirmed = False
             self.peer_mac = src
-            self._durable_changed()
         if r.nonce != self.peer_nonce:
             self.peer_nonce = r.nonce
             self.rx_max = r.seq
@@ -235,6 +236,9 @@ class LinkModel:
     def _go_live(self, r: Record, now: int) -> None:
         self.phase = Phase.LIVE
         self.up = True
+        if not self.confirmed:
+            self.confirmed = True
+            self._durable_changed()
         self._count("links_up")
         self.events.append(LinkUp(self.peer_nonce))
         self.owe_reconcile = r.phase == Phase.RECONCILE
@@ -469,6 +473,9 @@ class LinkModel:
             return
         if now >= self.t_dead:
             self._link_down(DownReason.DEAD)
+            if not self.confirmed:
+                self.bound = False
+                self.peer_nonce = 0
             self.phase = Phase.DISCOVER
             self.t_hello = now
             self.t_rto = self.t_dead = self.t_answer = NEVER
@@ -632,7 +639,7 @@ class LinkModel:
     def durable(self) -> Durable:
         self.snap_gen = self.gen
         return Durable(
-            peer_mac=self.peer_mac if self.bound else None,
+            peer_mac=self.peer_mac if self.bound and self.confirmed else None,
             out_hi=self.out_hi,
             out_settled=self.out_settled,
             abort_lo=self.abort_lo,
