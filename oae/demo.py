@@ -229,6 +229,26 @@ def bridge_totals(tb: Testbed) -> dict[str, int]:
 
 
 # --------------------------------------------------------------------------- the run
+def _leaves(exc: BaseException) -> list[BaseException]:
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for e in exc.exceptions for leaf in _leaves(e)]
+    return [exc]
+
+
+def _run(fn: Callable[..., Any], *args: Any) -> Any:
+    """trio.run, with Ctrl-C coming out as KeyboardInterrupt and a lone error as itself
+    (not wrapped in the ExceptionGroups of our nurseries), so the CLI can say it in a line."""
+    try:
+        return trio.run(fn, *args)
+    except BaseExceptionGroup as group:
+        leaves = _leaves(group)
+        if any(isinstance(e, KeyboardInterrupt) for e in leaves):
+            raise KeyboardInterrupt from None
+        if len(leaves) == 1:
+            raise leaves[0] from None
+        raise
+
+
 def _progress(quiet: bool) -> Callable[[str], None]:
     def say(msg: str) -> None:
         if not quiet:
@@ -253,10 +273,10 @@ def run_demo(cfg: DemoConfig, progress: Callable[[str], None]) -> dict[str, Any]
                  f"(prefix {tb.prefix}, {len(namespaces)} namespaces)")  # fmt: skip
         progress(f"[demo] AIT traffic: {cfg.transfers} transfers each way on "
                  f"{len(tb.state['links'])} links")  # fmt: skip
-        traffic = trio.run(run_traffic, tb, cfg.transfers, progress)
+        traffic = _run(run_traffic, tb, cfg.transfers, progress)
         bridge_traffic = bridge_totals(tb)
         progress(f"[demo] bilateral: {cfg.epochs} epoch transitions on the testbed's links")
-        bilateral = trio.run(run_on_testbed, tb, cfg.epochs, cfg.seed, None, progress)
+        bilateral = _run(run_on_testbed, tb, cfg.epochs, cfg.seed, None, progress)
         bridge_all = bridge_totals(tb)
         testbed_info = {"name": tb.name, "prefix": tb.prefix, "namespaces": namespaces}
     progress(f"[demo] testbed {name} down")
