@@ -4,6 +4,8 @@ where the packaged copy is (for `tshark -X lua_script:$(oae wireshark path)`).""
 from __future__ import annotations
 
 import argparse
+import os
+import sys
 from pathlib import Path
 
 from oae.wireshark import dissector_path, install, personal_plugin_dir
@@ -42,6 +44,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run_install(args: argparse.Namespace) -> int:
     dest, changed = install(args.dir)
     print(f"{dest}" + ("" if changed else " (already up to date)"))
+    sudo_user = os.environ.get("SUDO_USER")
+    if args.dir is None and os.geteuid() == 0 and sudo_user and sudo_user != "root":
+        print(f"oae wireshark: note: installed for root; run it without sudo to install it "
+              f"for {sudo_user}", file=sys.stderr)  # fmt: skip
     return 0
 
 
