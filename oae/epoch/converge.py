@@ -257,7 +257,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--testbed",
         action="store_true",
         help="TOPOLOGY names a running testbed (`oae testbed up`): run bilateral on its real "
-        "links, one EpochNode per node (the fault and link flags above do not apply)",
+        "links, one EpochNode per node; --crash-rate applies (a crash closes a node's links "
+        "and epoch layer, restarted from disk 0.6-1 s later), the testbed's own links set "
+        "loss and delay, the other simulation flags do not apply",
     )
     p.add_argument("--json", action="store_true", help="print one JSON document")
     p.set_defaults(func=_cli)
@@ -320,7 +322,7 @@ def _cli_testbed(args: argparse.Namespace, names: list[str]) -> int:
     if names != ["bilateral"]:
         raise UsageError("--testbed runs only --algorithm bilateral (baselines are simulated)")
     tb = manager.load(args.topology)
-    r = run_sync(tb, args.epochs, args.seed, args.initiator)
+    r = run_sync(tb, args.epochs, args.seed, args.initiator, args.crash_rate)
     header = (
         f"network: testbed {tb.name} ({r['nodes']} nodes, {r['links']} links, real frames),"
         f" {args.epochs} transitions, seed {args.seed}"
@@ -347,6 +349,7 @@ def _print(
         "p99_convergence_us",
         "critical_path_exchanges",
         "convergence_ratio",
+        "median_link_rtt_us",
         "mixed_epoch_frames",
         "uncommitted_tag_frames",
         "mixed_epoch_states",

@@ -188,8 +188,11 @@ class EpochMachine:
         return w, self._finish(out)
 
     def link_up(self, link: int) -> list[Action]:
+        """The link is LIVE (again). `heard` survives: the peer's status may have been
+        delivered before the driver noticed the link, and a committed epoch it proved
+        stays committed (link_down already cleared the previous session's)."""
         ls = self.links[link]
-        ls.up, ls.told, ls.heard = True, self.rec.epoch, None
+        ls.up, ls.told = True, self.rec.epoch
         out: list[Action] = [Send(link, Message(Kind.COMMIT, self.rec.committed).encode())]
         if self.rec.prepared is not None:
             out.append(Send(link, Message(Kind.PREPARED, self.rec.prepared).encode()))

@@ -159,11 +159,18 @@ class EpochNode:
                 self._inbox_send.send_nowait((n, msg.payload))
 
     async def _watch(self, n: int) -> None:
-        link, up = self.links[n], False
+        """Turn the link's state into link_up/link_down; a reconnection that happened
+        between two polls (the link's up counter moved) is a down and an up."""
+        link, up, ups = self.links[n], False, -1
         while True:
+            count = link.counters["links_up"]
+            if up and count != ups and link.up:
+                self._do(self.machine.link_down(n))
+                up = False
             if link.up != up:
                 up = link.up
                 self._do(self.machine.link_up(n) if up else self.machine.link_down(n))
+            ups = count
             await trio.sleep(self.poll)
 
 

@@ -18,15 +18,16 @@ import tempfile
 from collections.abc import Callable
 from contextlib import AsyncExitStack
 from pathlib import Path
-from typing import Any
 
 import trio
 
 from oae.epoch.converge import quantile
+from oae.epoch.durable import FileStore
+from oae.epoch.messages import Wave
 from oae.epoch.node import EpochNode, open_epoch_node
 from oae.epoch.sim import Topology
 from oae.errors import UsageError
-from oae.runtime.link import LinkOptions, open_link
+from oae.runtime.link import LinkError, LinkOptions, open_link
 from oae.testbed.manager import Testbed
 
 TRANSITION_TIMEOUT = 30.0
@@ -40,13 +41,90 @@ def testbed_topology(tb: Testbed) -> tuple[list[str], Topology]:
     return names, Topology(tb.name, len(names), edges)
 
 
+class _Host:
+    """One node of the testbed in this process: its link ends and its EpochNode, which a
+    crash tears down together (as a process crash would) and a restart reopens from the
+    same state dirs."""
+
+    def __init__(self, i: int, name: str, ns: str, ends: dict[int, tuple[str, str]], work: Path):
+        self.i, self.name, self.ns, self.ends, self.work = i, name, ns, ends, work
+        self.node: EpochNode | None = None
+        self.scope: trio.CancelScope | None = None
+        self.converged: set[Wave] = set()
+        self.aborted: set[Wave] = set()
+        self.mixed_frames = self.bad_messages = 0
+        self.transfer_s: list[float] = []
+
+    async def serve(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        with trio.CancelScope() as scope:
+            self.scope = scope
+            async with AsyncExitStack() as stack:
+                links = {}
+                for peer, (iface, lname) in self.ends.items():
+                    links[peer] = await stack.enter_async_context(
+                        open_link(
+                            iface, self.ns, state_dir=self.work / f"link-{lname}", options=LINK
+                        )
+                    )
+                self.node = await stack.enter_async_context(
+                    open_epoch_node(self.i, links, self.work)
+                )
+                task_status.started()
+                await trio.sleep_forever()
+
+    def harvest(self) -> None:
+        """Keep what the current incarnation learned and counted."""
+        node = self.node
+        if node is not None:
+            self.converged |= node.converged
+            self.aborted |= {w for w, ok in node.decided.items() if not ok}
+            self.mixed_frames += node.machine.mixed_frames
+            self.bad_messages += node.machine.bad_messages
+            self.transfer_s += node.transfer_s
+            node.transfer_s = []
+
+    def crash(self) -> None:
+        self.harvest()
+        self.node = None
+        assert self.scope is not None
+        self.scope.cancel()
+
+    def outcome(self, wave: Wave) -> bool | None:
+        node = self.node
+        if wave in self.converged or (node is not None and wave in node.converged):
+            return True
+        if wave in self.aborted or (node is not None and node.decided.get(wave) is False):
+            return False
+        return None
+
+
+LINK = LinkOptions(dead=0.3, hello=0.02)
+
+
+def _not_ready(hosts: list[_Host], names: list[str]) -> str:
+    """Which link ends are not LIVE or have not heard their peer's epoch."""
+    out = []
+    for h in hosts:
+        if h.node is None:
+            out.append(f"{h.name} down")
+            continue
+        for peer, ls in h.node.machine.links.items():
+            if not (ls.up and ls.heard is not None):
+                live = h.node.links[peer].up
+                out.append(f"{h.name}->{names[peer]} (live {live}, up {ls.up}, heard {ls.heard})")
+    return ", ".join(out)
+
+
 async def run_on_testbed(
     tb: Testbed,
     epochs: int,
     seed: int = 1,
     initiator: int | None = None,
     progress: Callable[[str], None] | None = None,
+    crash_rate: float = 0.0,
 ) -> dict[str, object]:
+    """Run `epochs` transitions; with `crash_rate`, each transition crashes a random node
+    with that probability at a random instant and restarts it 0.6-1 s later."""
     names, topo = testbed_topology(tb)
     if any(tb.ns(n) is None for n in names):
         raise UsageError(f"testbed {tb.name!r} has real-NIC nodes; run oae node on each host")
@@ -57,59 +135,79 @@ async def run_on_testbed(
     if epochs < 1:
         raise UsageError("--epochs must be >= 1")
     rng = random.Random(seed)
-    opts = LinkOptions(dead=0.5, hello=0.02)
     conv: list[float] = []
     paths: list[float] = []
-    counts = {"committed": 0, "aborted": 0, "stuck": 0}
+    counts = {"committed": 0, "aborted": 0, "stuck": 0, "crashes": 0}
     mixed_states = 0
     with tempfile.TemporaryDirectory(prefix="oae-converge-") as work:
-        async with AsyncExitStack() as stack:
-            links: dict[int, dict[int, Any]] = {i: {} for i in range(len(names))}
-            for lk in tb.state["links"]:
-                a, b = names.index(lk["a"]), names.index(lk["b"])
-                for me, peer, end in ((a, b, "a"), (b, a, "b")):
-                    sdir = Path(work) / names[me] / f"link-{lk['name']}"
-                    links[me][peer] = await stack.enter_async_context(
-                        open_link(lk[f"if_{end}"], tb.ns(names[me]), state_dir=sdir, options=opts)
-                    )
-            nodes: list[EpochNode] = []
-            for i in range(len(names)):
-                nodes.append(
-                    await stack.enter_async_context(
-                        open_epoch_node(i, links[i], Path(work) / names[i])
-                    )
-                )
-            with trio.fail_after(TRANSITION_TIMEOUT):
-                for node in nodes:
-                    await node.wait_ready()
+        ends: dict[int, dict[int, tuple[str, str]]] = {i: {} for i in range(len(names))}
+        for lk in tb.state["links"]:
+            a, b = names.index(lk["a"]), names.index(lk["b"])
+            ends[a][b] = (lk["if_a"], lk["name"])
+            ends[b][a] = (lk["if_b"], lk["name"])
+        hosts = [_Host(i, n, tb.ns(n) or "", ends[i], Path(work) / n) for i, n in enumerate(names)]
+        async with trio.open_nursery() as nursery:
+            for h in hosts:
+                await nursery.start(h.serve)
+
+            async def all_ready() -> None:
+                with trio.move_on_after(TRANSITION_TIMEOUT):
+                    while any(h.node is None for h in hosts):
+                        await trio.sleep(0.01)
+                    for h in hosts:
+                        assert h.node is not None
+                        await h.node.wait_ready()
+                    return
+                raise LinkError("links not reconciled in time: " + _not_ready(hosts, names))
+
+            async def crash(h: _Host, after: float) -> None:
+                await trio.sleep(after)
+                if h.node is None:
+                    return
+                counts["crashes"] += 1
+                h.crash()
+                await trio.sleep(rng.uniform(0.6, 1.0))
+                await nursery.start(h.serve)
+
             for k in range(epochs):
-                who = initiator if initiator is not None else rng.randrange(len(nodes))
-                node = nodes[who]
+                await all_ready()
+                who = initiator if initiator is not None else rng.randrange(len(hosts))
+                if rng.random() < crash_rate:
+                    nursery.start_soon(crash, hosts[rng.randrange(len(hosts))],
+                                       rng.uniform(0.0, 0.2))  # fmt: skip
+                host = hosts[who]
+                wave = None
+                with trio.move_on_after(TRANSITION_TIMEOUT):
+                    # The initiator may still be settling the previous wave (an ABORT
+                    # still spreading, a restart still waiting for a decision).
+                    while host.node is None or (wave := await host.node.propose()) is None:
+                        await trio.sleep(0.01)
+                if wave is None:
+                    raise LinkError(f"node {names[who]} stayed busy: " + _not_ready(hosts, names))
                 t0 = trio.current_time()
-                with trio.move_on_after(TRANSITION_TIMEOUT) as scope:
-                    await node.wait_ready()
-                    wave = await node.propose()
-                    if wave is None:
-                        raise UsageError(f"node {names[who]} is busy with another transition")
-                    committed = await node.wait_outcome(wave)
-                if scope.cancelled_caught:
+                result = None
+                with trio.move_on_after(TRANSITION_TIMEOUT):
+                    while (result := host.outcome(wave)) is None:
+                        await trio.sleep(0.002)
+                if result is None:
                     counts["stuck"] += 1
                     continue
-                if committed:
+                if result:
                     counts["committed"] += 1
                     conv.append((trio.current_time() - t0) * 1e6)
                     paths.append(2.0 * topo.eccentricity(who))
                 else:
                     counts["aborted"] += 1
-                epochs_now = {n.store.load().epoch for n in nodes}
-                if len(epochs_now) != 1:
+                if len({FileStore(h.work / "epoch.json").load().epoch for h in hosts}) != 1:
                     mixed_states += 1
                 if progress:
-                    kind = "committed" if committed else "aborted"
+                    kind = "committed" if result else "aborted"
                     progress(f"[converge] testbed {tb.name} transition {k + 1}/{epochs}: {kind}")
-            xfer = [t * 1e6 for n in nodes for t in n.transfer_s]
-            mixed_frames = sum(n.machine.mixed_frames for n in nodes)
-            bad = sum(n.machine.bad_messages for n in nodes)
+            await all_ready()
+            for h in hosts:
+                h.harvest()
+            nursery.cancel_scope.cancel()
+    xfer = [t * 1e6 for h in hosts for t in h.transfer_s]
     rtt = quantile(xfer, 0.5)
     median = quantile(conv, 0.5)
     path = quantile(paths, 0.5)
@@ -127,14 +225,16 @@ async def run_on_testbed(
         "critical_path_exchanges": path,
         "median_link_rtt_us": rtt,
         "convergence_ratio": None if not (median and path and rtt) else median / (path * rtt),
-        "mixed_epoch_frames": mixed_frames,
+        "mixed_epoch_frames": sum(h.mixed_frames for h in hosts),
         "mixed_epoch_states": mixed_states,
-        "bad_messages": bad,
+        "bad_messages": sum(h.bad_messages for h in hosts),
     }
 
 
-def run_sync(tb: Testbed, epochs: int, seed: int, initiator: int | None) -> dict[str, object]:
+def run_sync(
+    tb: Testbed, epochs: int, seed: int, initiator: int | None, crash_rate: float
+) -> dict[str, object]:
     def progress(msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)
 
-    return trio.run(run_on_testbed, tb, epochs, seed, initiator, progress)
+    return trio.run(run_on_testbed, tb, epochs, seed, initiator, progress, crash_rate)
