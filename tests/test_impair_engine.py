@@ -98,9 +98,9 @@ def test_corrupt_2_percent_flips_one_payload_bit() -> None:
     assert len(out) == N  # nothing lost or reordered: out[i] is frame i
     bad = 0
     for i, (_, f) in enumerate(out):
-        diff = bytes(a ^ b for a, b in zip(f, _frame(i), strict=True))
-        assert not any(diff[:ETH_HEADER])  # the Ethernet header is never touched
-        flipped = sum(bin(x).count("1") for x in diff)
+        diff = int.from_bytes(f, "big") ^ int.from_bytes(_frame(i), "big")
+        assert diff >> (8 * (len(f) - ETH_HEADER)) == 0  # the Ethernet header is never touched
+        flipped = diff.bit_count()
         assert flipped in (0, 1)
         bad += flipped
     assert abs(bad / N - 0.02) < 0.002 and bad == li.stats(0).corrupted
