@@ -15,8 +15,10 @@ import platform
 import sys
 import time
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
-from oae.errors import UsageError
+from oae.errors import NeedsRootError, UsageError
 
 # part name -> (module, one-line description)
 PARTS: dict[str, tuple[str, str]] = {
@@ -28,7 +30,9 @@ PARTS: dict[str, tuple[str, str]] = {
         "oae.bench.convergence",
         "epoch convergence vs critical-path bound, ring/tree/mesh to 64 nodes (simulated)",
     ),
+    "sweep": ("oae.bench.sweep", "commits/s and frames/s vs beat and vs window, vs C flood"),
 }
+QUICK_SECONDS, QUICK_REPEATS = 0.2, 1
 
 
 @dataclass(frozen=True)
@@ -38,6 +42,7 @@ class BenchOptions:
     seconds: float
     repeats: int
     progress: bool
+    quick: bool = False  # a short run: parts may measure fewer configurations
 
 
 def machine_info() -> dict[str, object]:
@@ -56,44 +61,80 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "bench",
         help="run benchmarks (all parts, or the ones named)",
-        description="Run oae's benchmarks. Parts:\n" + parts
+        description="Run oae's benchmarks. Parts:\n"
+        + parts
         + "\n\nFigures are medians over --repeats runs; ratios compare against a baseline"
         " measured in the same run.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("parts", nargs="*", metavar="PART", help="parts to run (default: all)")
     p.add_argument("--json", action="store_true", help="print one JSON document on stdout")
-    p.add_argument("--seconds", type=float, default=1.0,
-                   help="measuring time per figure and repeat (default 1.0)")
-    p.add_argument("--repeats", type=int, default=5,
-                   help="repeats per figure; the median is reported (default 5)")
+    p.add_argument(
+        "--seconds",
+        type=float,
+        help="measuring time per figure and repeat (default 1.0; --quick 0.2)",
+    )
+    p.add_argument(
+        "--repeats",
+        type=int,
+        help="repeats per figure; the median is reported (default 5; --quick 1)",
+    )
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="a short run: --seconds 0.2 --repeats 1, fewer configurations",
+    )
+    p.add_argument(
+        "--plot", metavar="DIR", help="write PNG plots of the figures to DIR (needs matplotlib)"
+    )
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from oae.bench import plots, suite
+
     names = args.parts or list(PARTS)
     unknown = [n for n in names if n not in PARTS]
     if unknown:
         raise UsageError(f"unknown bench part {unknown[0]!r}; choose from {', '.join(PARTS)}")
-    if args.seconds <= 0 or args.repeats < 1:
+    seconds = args.seconds if args.seconds is not None else QUICK_SECONDS if args.quick else 1.0
+    repeats = args.repeats if args.repeats is not None else QUICK_REPEATS if args.quick else 5
+    if seconds <= 0 or repeats < 1:
         raise UsageError("--seconds must be > 0 and --repeats >= 1")
-    opts = BenchOptions(seconds=args.seconds, repeats=args.repeats, progress=not args.json)
-    doc: dict[str, object] = {"machine": machine_info(), "started": time.time(), "parts": {}}
+    plot_dir = Path(args.plot) if args.plot else None
+    if plot_dir is not None:
+        try:
+            plot_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise UsageError(f"--plot {plot_dir}: {exc.strerror}") from None
+    opts = BenchOptions(seconds=seconds, repeats=repeats, progress=True, quick=args.quick)
+    doc: dict[str, Any] = {
+        "machine": machine_info(),
+        "started": time.time(),
+        "options": {"seconds": seconds, "repeats": repeats, "quick": args.quick},
+        "parts": {},
+        "skipped": {},
+    }
     for name in names:
         module = importlib.import_module(PARTS[name][0])
         if opts.progress:
             print(f"[bench] {name} ...", file=sys.stderr, flush=True)
-        result = module.run(opts)
-        doc["parts"][name] = result  # type: ignore[index]
-        if not args.json:
-            print(f"{name}:")
-            units = result.get("units", {})
-            for key, value in result.items():
-                if key == "units":
-                    continue
-                unit = units.get(key, "")
-                shown = f"{value:,.2f}" if isinstance(value, float) else str(value)
-                print(f"  {key:<24} {shown} {unit}")
+        try:
+            doc["parts"][name] = module.run(opts)
+        except NeedsRootError as exc:
+            if args.parts:  # asked for by name: an error
+                raise
+            doc["skipped"][name] = str(exc)
+            print(f"[bench] {name} skipped: {exc}", file=sys.stderr, flush=True)
+    suite.document(doc)
+    if plot_dir is not None:
+        doc["plots"] = [str(p) for p in plots.bench_plots(doc, plot_dir)]
+        if not plots.available():
+            print("[bench] --plot: matplotlib is not installed, no plots", file=sys.stderr)
+    if not args.json:
+        print(suite.format_figures(doc))
+        for path in doc.get("plots", []):
+            print(f"plot: {path}")
     if args.json:
         json.dump(doc, sys.stdout, indent=2)
         print()

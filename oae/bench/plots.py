@@ -125,10 +125,12 @@ def bench_plots(doc: dict[str, Any], out: Path) -> list[Path]:
             if m and isinstance(value, int | float):
                 series.setdefault((m.group(1), m.group(3)), []).append((int(m.group(2)), value))
         fig, ax = plt.subplots(figsize=(7, 4.5))
+        shapes = sorted({shape for shape, _ in series})
         for (shape, algo), pts in sorted(series.items()):
             pts.sort()
-            style = "-" if algo == "bilateral" else "--"
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], "o" + style, label=f"{shape} {algo}")
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o",
+                    linestyle="-" if algo == "bilateral" else "--",
+                    color=f"C{shapes.index(shape)}", label=f"{shape} {algo}")  # fmt: skip
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
         ax.set_xlabel("nodes")

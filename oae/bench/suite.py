@@ -1,0 +1,204 @@
+"""The suite layer of `oae bench`: one document in which every figure states its unit and
+the baseline it is compared with.
+
+Parts return nested dicts of figures with a `units` mapping (see oae.bench.cli). Here each
+numeric figure becomes one entry of `figures`:
+
+    {"part", "name", "value", "unit", "role", "baseline": {"figure", "value", "what"}}
+
+`role` says how the figure relates to a baseline: `measured` (compared with the baseline
+figure named, measured in the same run), `baseline` (it is the reference others are
+compared with), `ratio` (of the two), or `parameter` (a setting, compared with nothing).
+The rules below know each part's figures; a figure that no rule or no unit covers is
+listed under `missing`, so a part that adds a figure without saying what it is shows up
+(and the suite test fails) instead of slipping through.
+"""
+
+from __future__ import annotations
+
+import math
+import platform
+import re
+from dataclasses import dataclass
+from typing import Any
+
+# Units of figures that parts report as plain settings.
+PARAMETER_UNITS = {
+    "repeats": "runs (figures are medians over them)",
+    "window": "transfers in flight",
+    "beat": "records per exchange",
+}
+
+
+@dataclass(frozen=True)
+class Rule:
+    """Figures whose dotted name matches `pattern` have `role`; `ref` (a template over the
+    pattern's groups) names the baseline figure, `what` describes the baseline."""
+
+    pattern: str
+    role: str
+    what: str
+    ref: str | None = None
+
+
+_C_PINGPONG = "bare C ping-pong (csrc/pingpong.c) on the same veth pair, same run"
+_C_FLOOD = "one-way C sendmmsg flood (frames received) on the same veth pair, same run"
+_PY_CODEC = "pure-Python model codec (oae.model.wire), same run"
+_PY_MODEL = "pure-Python link model (oae.model.link), same workload, same run"
+_BOUND = "critical-path bound: critical-path link exchanges x median link round trip"
+_PARAM = Rule(r"(.*\.)?(repeats|window|beat|rtt_us)", "parameter", "a setting, not compared")
+
+RULES: dict[str, list[Rule]] = {
+    "codec": [
+        Rule(r"(keyed_)?c_(api|loop)_records_per_s", "measured", _PY_CODEC,
+             r"\1py_records_per_s"),
+        Rule(r"(keyed_)?py_records_per_s", "baseline", _PY_CODEC),
+        Rule(r"(keyed_)?ratio", "ratio", _PY_CODEC, r"\1py_records_per_s"),
+    ],
+    "engine": [
+        Rule(r"c|c_from_python", "measured", _PY_MODEL, "model"),
+        Rule(r"model", "baseline", _PY_MODEL),
+        Rule(r"ratio|ratio_from_python", "ratio", _PY_MODEL, "model"),
+    ],
+    "exchange": [
+        Rule(r"(\w+)\.engine_rt_per_s", "measured", _C_PINGPONG, r"\1.baseline_rt_per_s"),
+        Rule(r"(\w+)\.engine_cpu_us_per_rt", "measured", _C_PINGPONG,
+             r"\1.baseline_cpu_us_per_rt"),
+        Rule(r"(\w+)\.baseline_(rt_per_s|cpu_us_per_rt)", "baseline", _C_PINGPONG),
+        Rule(r"(\w+)\.ratio", "ratio", _C_PINGPONG, r"\1.baseline_rt_per_s"),
+        _PARAM,
+    ],
+    "ait": [
+        Rule(r"commits_per_s", "measured", _C_FLOOD, "baseline_pps"),
+        Rule(r"baseline_pps", "baseline", _C_FLOOD),
+        Rule(r"ratio", "ratio", _C_FLOOD, "baseline_pps"),
+        _PARAM,
+    ],
+    "sweep": [
+        Rule(r"by_\w+\.\w+\.(commits|exchanges)_per_s", "measured", _C_FLOOD, "baseline_pps"),
+        Rule(r"baseline_pps", "baseline", _C_FLOOD),
+        Rule(r"by_\w+\.\w+\.ratio", "ratio", _C_FLOOD, "baseline_pps"),
+        _PARAM,
+        Rule(r"by_\w+\.\w+\.(window|beat)", "parameter", "a setting, not compared"),
+    ],
+    "convergence": [
+        Rule(r"(\w+?\d+)_(bilateral|2pc)_us", "measured", _BOUND, r"\1_\2_bound_us"),
+        Rule(r"(\w+?\d+)_(bilateral|2pc)_ratio", "ratio", _BOUND, r"\1_\2_bound_us"),
+        Rule(r"(\w+?\d+)_2pc_over_bilateral", "ratio",
+             "bilateral's median convergence time, same topology, same run", r"\1_bilateral_us"),
+        _PARAM,
+    ],
+}  # fmt: skip
+
+
+def cpu_model() -> str:
+    """The CPU's model name (Linux /proc/cpuinfo), else what platform knows."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _flatten(value: Any, prefix: str = "") -> dict[str, Any]:
+    """Dotted names of a part's values; list items of dicts are named by their window
+    and beat (sweep points), or their index."""
+    out: dict[str, Any] = {}
+    if isinstance(value, dict):
+        for key, v in value.items():
+            if key != "units":
+                out.update(_flatten(v, f"{prefix}{key}."))
+    elif isinstance(value, list) and all(isinstance(v, dict) for v in value):
+        for i, v in enumerate(value):
+            tag = f"w{v['window']}_b{v['beat']}" if {"window", "beat"} <= set(v) else str(i)
+            out.update(_flatten(v, f"{prefix}{tag}."))
+    else:
+        out[prefix[:-1]] = value
+    return out
+
+
+def _derived(part: str, flat: dict[str, Any]) -> dict[str, float]:
+    """Baseline figures a part implies without naming them: the convergence bound is the
+    measured time divided by its ratio to the bound."""
+    out: dict[str, float] = {}
+    if part == "convergence":
+        for key, value in flat.items():
+            m = re.fullmatch(r"(\w+?\d+)_(bilateral|2pc)_ratio", key)
+            us = flat.get(f"{m.group(1)}_{m.group(2)}_us") if m else None
+            if m and isinstance(value, int | float) and value and isinstance(us, int | float):
+                out[f"{m.group(1)}_{m.group(2)}_bound_us"] = us / value
+    return out
+
+
+def _number(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool)
+
+
+def figures(part: str, result: dict[str, Any]) -> tuple[list[dict[str, Any]], list[str]]:
+    """The figures of one part's result, and what lacks a unit or a baseline."""
+    units = result.get("units", {})
+    flat = _flatten(result)
+    derived = _derived(part, flat)
+    out, missing = [], []
+    for name, value in flat.items():
+        if not _number(value):
+            continue  # context such as "network": "simulated"
+        leaf = name.rsplit(".", 1)[-1]
+        unit = units.get(name) or units.get(leaf) or PARAMETER_UNITS.get(leaf)
+        rule = next((r for r in RULES.get(part, []) if re.fullmatch(r.pattern, name)), None)
+        if unit is None:
+            missing.append(f"{part}.{name}: no unit")
+        if rule is None:
+            missing.append(f"{part}.{name}: no baseline rule in oae.bench.suite.RULES")
+            continue
+        base: dict[str, Any] = {"what": rule.what, "figure": None, "value": None}
+        if rule.ref is not None:
+            m = re.fullmatch(rule.pattern, name)
+            assert m is not None
+            ref = m.expand(rule.ref)
+            ref_value = flat.get(ref, derived.get(ref))
+            if not _number(ref_value):
+                missing.append(f"{part}.{name}: baseline figure {ref} not measured")
+            base.update(figure=ref, value=ref_value)
+        entry = {"part": part, "name": name, "value": value, "unit": unit, "role": rule.role}
+        entry["baseline"] = base
+        if isinstance(value, float) and not math.isfinite(value):
+            missing.append(f"{part}.{name}: not a finite number")
+        out.append(entry)
+    return out, missing
+
+
+def document(doc: dict[str, Any]) -> dict[str, Any]:
+    """Add `figures`, `missing` and the CPU model to a bench document (in place)."""
+    doc["machine"]["cpu"] = cpu_model()
+    all_figures: list[dict[str, Any]] = []
+    missing: list[str] = []
+    for part, result in doc["parts"].items():
+        f, m = figures(part, result)
+        all_figures += f
+        missing += m
+    doc["figures"] = all_figures
+    doc["missing"] = missing
+    return doc
+
+
+def format_figures(doc: dict[str, Any]) -> str:
+    """The figures as a text table: value, unit, and the baseline compared with."""
+    lines = []
+    for f in doc["figures"]:
+        v = f["value"]
+        shown = f"{v:,.2f}" if isinstance(v, float) else f"{v:,}"
+        base = f["baseline"]
+        if f["role"] == "measured" and _number(base["value"]):
+            against = f"vs {base['figure']} = {base['value']:,.2f}"
+        elif f["role"] == "ratio":
+            against = f"ratio against {base['figure']}"
+        else:
+            against = f["role"]
+        lines.append(f"{f['part']:<12} {f['name']:<34} {shown:>16}  {f['unit']}  [{against}]")
+    for m in doc["missing"]:
+        lines.append(f"MISSING {m}")
+    return "\n".join(lines)

@@ -1,0 +1,107 @@
+"""`oae bench --json --quick`: one document in which every figure states its unit and
+the baseline it is compared with; root-only parts are skipped (and said so) without root;
+`--plot` writes the PNGs; the suite layer flags figures nobody described."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+
+import pytest
+
+from oae.bench import plots, suite
+from oae.bench.cli import PARTS
+from oae.cli import main
+
+ROLES = {"measured", "baseline", "ratio", "parameter"}
+
+
+def test_quick_suite_document(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["bench", "--json", "--quick", "--plot", str(tmp_path)]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["options"] == {"seconds": 0.2, "repeats": 1, "quick": True}
+    assert doc["machine"]["cpus"] and doc["machine"]["kernel"] and doc["machine"]["cpu"]
+    assert set(doc["parts"]) | set(doc["skipped"]) == set(PARTS)
+    if os.geteuid() == 0:
+        assert doc["skipped"] == {}
+    else:
+        assert {"exchange", "ait", "sweep"} <= set(doc["skipped"])
+        assert all("needs root" in why for why in doc["skipped"].values())
+    assert doc["missing"] == []
+
+    figs = {(f["part"], f["name"]): f for f in doc["figures"]}
+    # every number of every part is a figure (nothing undescribed slips through)
+    for part, result in doc["parts"].items():
+        numbers = [k for k, v in suite._flatten(result).items() if suite._number(v)]
+        assert numbers and all((part, k) in figs for k in numbers), part
+    for f in doc["figures"]:
+        assert isinstance(f["unit"], str) and f["unit"], f
+        assert f["role"] in ROLES, f
+        assert f["baseline"]["what"], f
+        assert math.isfinite(f["value"]), f
+        if f["role"] in ("measured", "ratio"):
+            ref = f["baseline"]["figure"]
+            assert ref and f["baseline"]["value"] > 0, f
+    # with one repeat, each ratio is exactly measured / baseline
+    p = doc["parts"]
+    codec = p["codec"]
+    assert codec["ratio"] == pytest.approx(codec["c_api_records_per_s"] / codec["py_records_per_s"])
+    assert p["engine"]["ratio"] == pytest.approx(p["engine"]["c"] / p["engine"]["model"])
+    conv = p["convergence"]
+    measured = {k.removesuffix("_bilateral_us") for k in conv if k.endswith("_bilateral_us")}
+    assert measured == {f"{s}{n}" for s in ("ring", "tree", "mesh") for n in (8, 16)}
+    bound = figs[("convergence", "ring8_bilateral_us")]["baseline"]
+    assert bound["figure"] == "ring8_bilateral_bound_us"
+    assert bound["value"] == pytest.approx(
+        conv["ring8_bilateral_us"] / conv["ring8_bilateral_ratio"]
+    )
+    if "ait" in p:
+        assert p["ait"]["ratio"] == pytest.approx(
+            p["ait"]["commits_per_s"] / p["ait"]["baseline_pps"]
+        )
+        for mode in ("blocking", "busy_poll"):
+            ex = p["exchange"][mode]
+            assert ex["ratio"] == pytest.approx(ex["engine_rt_per_s"] / ex["baseline_rt_per_s"])
+        sweep = p["sweep"]
+        assert [pt["beat"] for pt in sweep["by_beat"]] == [1, 4, 16, 64]
+        assert [pt["window"] for pt in sweep["by_window"]] == [1, 4, 16, 64, 256, 1024]
+        assert all(pt["commits_per_s"] > 0 for pt in sweep["by_beat"] + sweep["by_window"])
+
+    if plots.available():
+        names = {Path(x).name for x in doc["plots"]}
+        assert "bench-convergence-vs-nodes.png" in names
+        if "sweep" in p:
+            assert {"bench-exchange-vs-beat.png", "bench-commits-vs-window.png"} <= names
+        assert all(Path(x).stat().st_size > 0 for x in doc["plots"])
+
+
+def test_undescribed_figures_are_flagged() -> None:
+    result = {
+        "commits_per_s": 10.0,
+        "baseline_pps": 20.0,
+        "ratio": 0.5,
+        "surprise": 3.0,
+        "units": {"commits_per_s": "transfers/s", "baseline_pps": "frames/s", "ratio": "x"},
+    }
+    figs, missing = suite.figures("ait", result)
+    assert [f["name"] for f in figs] == ["commits_per_s", "baseline_pps", "ratio"]
+    assert figs[0]["baseline"]["value"] == 20.0 and figs[0]["role"] == "measured"
+    assert sorted(missing) == [
+        "ait.surprise: no baseline rule in oae.bench.suite.RULES",
+        "ait.surprise: no unit",
+    ]
+    _, missing = suite.figures("ait", {"commits_per_s": 1.0, "units": {"commits_per_s": "x"}})
+    assert missing == ["ait.commits_per_s: baseline figure baseline_pps not measured"]
+
+
+def test_bench_errors(capsys: pytest.CaptureFixture[str]) -> None:
+    for argv, needle in (
+        (["nope"], "unknown bench part 'nope'"),
+        (["codec", "--seconds", "0"], "--seconds must be > 0"),
+        (["codec", "--plot", "/proc/oae-no-such-dir"], "--plot /proc/oae-no-such-dir"),
+    ):
+        assert main(["bench", *argv]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("oae bench: error:") and needle in err and "\n" not in err
