@@ -351,7 +351,7 @@ def format_table(report: dict[str, Any]) -> str:
         ("stuck", lambda r: r["stuck"]),
         ("convergence median µs", lambda r: r["median_convergence_us"]),
         ("convergence p99 µs", lambda r: r["p99_convergence_us"]),
-        ("link round trip µs", lambda r: r["median_link_rtt_us"]),
+        ("link exchange µs", lambda r: r["median_link_rtt_us"]),
         ("mixed-epoch frames", lambda r: r["mixed_epoch_frames"]),
         ("mixed-epoch states", _mixed_states),
         ("inconsistent states", _inconsistent_states),
@@ -367,8 +367,10 @@ def format_table(report: dict[str, Any]) -> str:
         "  disagree; simulated = recovered states (crash at a random instant) that mix epochs.",
         "  inconsistent states: single-epoch recovered states whose checkpoints are no",
         "  consistent cut (a message counted as sent but not as received, or the reverse).",
+        "  link exchange: on the testbed, the median CONTROL transfer latency (send to outcome,",
+        "  durable link state) measured in this run; the simulations use it as link round trip.",
         "  snap-t convergence is its clock schedule: it ends when every node has written,",
-        "  with no one knowing it. The simulated runs use the testbed's measured round trip.",
+        "  with no one knowing it.",
     ]
     return "\n".join(lines)
 

@@ -8,7 +8,8 @@ numeric figure becomes one entry of `figures`:
 
 `role` says how the figure relates to a baseline: `measured` (compared with the baseline
 figure named, measured in the same run), `baseline` (it is the reference others are
-compared with), `ratio` (of the two), or `parameter` (a setting, compared with nothing).
+compared with), `ratio` (of the two), `parameter` (a setting, compared with nothing) or
+`diagnostic` (what limits another figure; its baseline is described, not measured).
 The rules below know each part's figures; a figure that no rule or no unit covers is
 listed under `missing`, so a part that adds a figure without saying what it is shows up
 (and the suite test fails) instead of slipping through.
@@ -46,6 +47,10 @@ _C_FLOOD = "one-way C sendmmsg flood (frames received) on the same veth pair, sa
 _PY_CODEC = "pure-Python model codec (oae.model.wire), same run"
 _PY_MODEL = "pure-Python link model (oae.model.link), same workload, same run"
 _BOUND = "critical-path bound: critical-path link exchanges x median link round trip"
+_SYSCALLS = (
+    "what limits the rate; the bare C ping-pong makes one syscall per frame (a send or a"
+    " blocking recv, i.e. one wake-up), the flood 1/64 (sendmmsg/recvmmsg batches of 64)"
+)
 _PARAM = Rule(r"(.*\.)?(repeats|window|beat|rtt_us)", "parameter", "a setting, not compared")
 
 RULES: dict[str, list[Rule]] = {
@@ -78,6 +83,7 @@ RULES: dict[str, list[Rule]] = {
         Rule(r"by_\w+\.\w+\.(commits|exchanges)_per_s", "measured", _C_FLOOD, "baseline_pps"),
         Rule(r"baseline_pps", "baseline", _C_FLOOD),
         Rule(r"by_\w+\.\w+\.ratio", "ratio", _C_FLOOD, "baseline_pps"),
+        Rule(r"by_\w+\.\w+\.(syscalls|wakeups)_per_frame", "diagnostic", _SYSCALLS),
         _PARAM,
         Rule(r"by_\w+\.\w+\.(window|beat)", "parameter", "a setting, not compared"),
     ],

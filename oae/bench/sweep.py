@@ -26,8 +26,9 @@ FIXED_WINDOW = 1024  # while the beat varies
 FIXED_BEAT = 64  # while the window varies
 
 
-async def _point(pair: VethPair, seconds: float, window: int, beat: int) -> tuple[float, float]:
-    """(committed transfers/s, frames/s sent by the sender) in the steady state."""
+async def _point(pair: VethPair, seconds: float, window: int, beat: int) -> dict[str, float]:
+    """Committed transfers/s, frames/s sent, and the sender pump's syscalls and blocking
+    wake-ups per frame (sent + received), in the steady state."""
     tx = LinkOptions(window=window, beat=beat, idle=0.0, quiet=True)
     rx = LinkOptions(window=window, beat=beat, idle=0.0, sink=True)
     chunk = [PAYLOAD] * CHUNK
@@ -52,37 +53,39 @@ async def _point(pair: VethPair, seconds: float, window: int, beat: int) -> tupl
             s1, t1 = a.stats(), time.perf_counter()
             nursery.cancel_scope.cancel()
         dt = t1 - t0
-        return (s1["committed"] - s0["committed"]) / dt, (s1["frames_out"] - s0["frames_out"]) / dt
+        p0, p1 = s0["pump"], s1["pump"]
+        frames = sum(p1[k] - p0[k] for k in ("rx_frames", "tx_frames")) or 1
+        return {
+            "commits_per_s": (s1["committed"] - s0["committed"]) / dt,
+            "exchanges_per_s": (s1["frames_out"] - s0["frames_out"]) / dt,
+            "syscalls_per_frame": sum(p1[k] - p0[k] for k in ("rx_calls", "tx_calls")) / frames,
+            "wakeups_per_frame": (p1["wakeups"] - p0["wakeups"]) / frames,
+        }
 
 
 def run(opts: BenchOptions) -> dict:
     require_root("oae bench sweep")
     points = [(FIXED_WINDOW, b) for b in BEATS] + [(w, FIXED_BEAT) for w in WINDOWS]
     points = list(dict.fromkeys(points))  # (1024, 64) is on both axes
-    commits: dict[tuple[int, int], list[float]] = {p: [] for p in points}
-    frames: dict[tuple[int, int], list[float]] = {p: [] for p in points}
+    keys = ("commits_per_s", "exchanges_per_s", "syscalls_per_frame", "wakeups_per_frame")
+    runs: dict[tuple[int, int], dict[str, list[float]]] = {p: {k: [] for k in keys} for p in points}
     floods: list[float] = []
     with veth_pair() as pair:
         for i in range(opts.repeats):
             floods.append(measure_flood(pair, opts.seconds))
             for window, beat in points:
-                c, f = trio.run(_point, pair, opts.seconds, window, beat)
-                commits[(window, beat)].append(c)
-                frames[(window, beat)].append(f)
+                r = trio.run(_point, pair, opts.seconds, window, beat)
+                for k in keys:
+                    runs[(window, beat)][k].append(r[k])
                 if opts.progress:
+                    rate = r["commits_per_s"]
                     print(f"[bench] sweep {i + 1}/{opts.repeats} window {window} beat {beat}: "
-                          f"{c:,.0f} commits/s", file=sys.stderr, flush=True)  # fmt: skip
+                          f"{rate:,.0f} commits/s", file=sys.stderr, flush=True)  # fmt: skip
     flood = statistics.median(floods)
 
     def point(window: int, beat: int) -> dict[str, float]:
-        c = statistics.median(commits[(window, beat)])
-        return {
-            "window": window,
-            "beat": beat,
-            "commits_per_s": c,
-            "exchanges_per_s": statistics.median(frames[(window, beat)]),
-            "ratio": c / flood,
-        }
+        med = {k: statistics.median(v) for k, v in runs[(window, beat)].items()}
+        return {"window": window, "beat": beat, **med, "ratio": med["commits_per_s"] / flood}
 
     return {
         "baseline_pps": flood,
@@ -94,6 +97,9 @@ def run(opts: BenchOptions) -> dict:
             "commits_per_s": "committed transfers/s at the sender (median)",
             "exchanges_per_s": "frames/s sent by the sender, each an exchange (median)",
             "ratio": "commits/flood frames",
+            "syscalls_per_frame": "sender pump's send+receive syscalls per frame sent or"
+            " received (median)",
+            "wakeups_per_frame": "sender pump's blocking waits per frame sent or received (median)",
             "window": "transfers in flight (parameter)",
             "beat": "records per exchange (parameter)",
         },
