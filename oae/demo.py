@@ -1,4 +1,4 @@
-"""`oae demo`: what oae is for, on real frames, in about a minute.
+"""`oae demo`: what oae is for, on real frames, in about a minute (needs root).
 
 1. A ring testbed comes up (namespaces, veths) with loss and reordering on every link,
    done by the project's impairing bridge.
@@ -14,8 +14,10 @@
    real-link implementation), with the loss and link round trip measured in step 3, and
    probes of the state the cluster would recover after a crash at random instants.
 
-Everything created in the kernel carries the run prefix and is removed on exit, on Ctrl-C
-and on errors (oae.testbed.manager.running).
+Progress goes to stderr; the tables to stdout (or, with --json, the report); the report
+(every figure, per link direction, the bridge's counters) to --report; PNG plots when
+matplotlib is installed. Everything created in the kernel carries the run prefix and is
+removed on exit, on Ctrl-C and on errors (oae.testbed.manager.running).
 """
 
 from __future__ import annotations
@@ -404,7 +406,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--epochs", type=int, help=f"transitions per algorithm (default {DEFAULTS['epochs']})"
     )
-    p.add_argument("--loss", default="2%", help="frame loss per link direction (default 2%%)")
+    p.add_argument(
+        "--loss", default="2%", help="frame loss per link direction: 2%% or 0.02 (default 2%%)"
+    )
     p.add_argument(
         "--reorder",
         default="2%",

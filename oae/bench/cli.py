@@ -64,7 +64,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Run oae's benchmarks. Parts:\n"
         + parts
         + "\n\nFigures are medians over --repeats runs; ratios compare against a baseline"
-        " measured in the same run.",
+        " measured in the same run. The --json document's `figures` list gives every figure"
+        " with its unit, its role and the baseline it is compared with (oae.bench.suite);"
+        " parts that need root are skipped without it when no part is named.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("parts", nargs="*", metavar="PART", help="parts to run (default: all)")
