@@ -29,6 +29,8 @@ struct oae_link {
     uint8_t phase;
     int bound, up;
     int confirmed;                /* the bound peer completed a round with me (or was stored) */
+    int quiet;                    /* restarted: silent for dead_ns from the first `now` seen */
+    uint64_t quiet_until;         /* 0 until the first `now` is seen */
     uint8_t peer_mac[6];
     uint32_t peer_nonce;
     uint32_t seq;                 /* last seq I sent */
@@ -202,6 +204,7 @@ oae_link *oae_link_new(const oae_link_config *cfg, const oae_link_durable *resto
         l->out_known = restored->out_hi;
         l->in_held = l->in_delivered = l->in_commit = restored->in_delivered;
         l->cfg.epoch = restored->epoch;
+        l->quiet = 1;
     }
     l->sent_held = l->in_held;
     l->sent_delivered = l->in_delivered;
@@ -474,6 +477,21 @@ static int bogus(const oae_link *l, const oae_record *r)
            (r->transition == OAE_TR_OFFER && (r->tid == 0 || r->direction != 0));
 }
 
+/* A restarted engine stays silent for dead_ns, so that every frame of its previous life
+ * (and every frame the peer sent to it) has left the wire before it speaks again: a frame
+ * lives less than dead_ns (docs/protocol.md 7.8). */
+static int quiet(oae_link *l, uint64_t now)
+{
+    if (!l->quiet)
+        return 0;
+    if (l->quiet_until == 0)
+        l->quiet_until = now + l->cfg.dead_ns;
+    if (now < l->quiet_until)
+        return 1;
+    l->quiet = 0;
+    return 0;
+}
+
 static int drop(oae_link *l, int why)
 {
     l->st.drops[why]++;
@@ -485,6 +503,8 @@ int oae_link_on_frame(oae_link *l, const uint8_t *frame, size_t len, uint64_t no
     oae_frame_hdr h;
     oae_record r;
     l->st.frames_in++;
+    if (quiet(l, now))
+        return drop(l, OAE_DROP_STALE);
     int code = oae_frame_decode(frame, len, l->cfg.ethertype, l->cfg.has_key ? l->cfg.key : NULL,
                                 &h, &r, NULL);
     if (code != OAE_OK)
@@ -602,6 +622,8 @@ int oae_link_on_frame(oae_link *l, const uint8_t *frame, size_t len, uint64_t no
 
 uint64_t oae_link_next_timeout(const oae_link *l)
 {
+    if (l->quiet)
+        return l->quiet_until; /* 0 until the first `now` is seen: call on_timeout */
     /* frames wait for oae_link_persisted(), which is the caller's own wake-up */
     int held = l->cfg.persist && l->dirty;
     uint64_t t = held ? NEVER : l->t_answer;
@@ -619,7 +641,7 @@ uint64_t oae_link_next_timeout(const oae_link *l)
 
 void oae_link_on_timeout(oae_link *l, uint64_t now)
 {
-    if (l->phase == OAE_PHASE_DISCOVER)
+    if (quiet(l, now) || l->phase == OAE_PHASE_DISCOVER)
         return;
     if (now >= l->t_dead) {
         /* timers declare failure, never success: every open transfer is now INDEFINITE */
@@ -671,7 +693,7 @@ size_t oae_link_poll_tx(oae_link *l, uint8_t *out, size_t max, uint64_t now)
 {
     size_t n = 0;
     oae_record r;
-    if (l->cfg.persist && l->dirty)
+    if (quiet(l, now) || (l->cfg.persist && l->dirty))
         return 0;
     if (l->owe_hello && n < max) {
         base_record(&r, OAE_OP_HELLO);

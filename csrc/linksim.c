@@ -128,7 +128,8 @@ static void send_frame(sim *m, int from, const uint8_t *buf)
         p.to = !from;
         p.at = m->now + c->latency_ns;
         if (chance(m, c->reorder_ppm)) {
-            p.at += 1 + rnd(m) % (2 * c->latency_ns + 1);
+            uint64_t span = c->reorder_ns ? c->reorder_ns : 2 * c->latency_ns;
+            p.at += 1 + rnd(m) % (span + 1);
             m->res->frames_reordered++;
         }
         p.order = m->order++;
@@ -273,9 +274,15 @@ static void crash(sim *m, int who)
     s->npend = 0;
     s->last_delivered = s->durable_last;
     uint32_t stored = s->has_dur ? s->dur.out_hi : 0;
-    for (uint32_t t = stored + 1; t <= s->offered; t++)
-        if (s->outcome[t])
-            violation(m, "outcome for a tid that was never stored", who, t);
+    for (uint32_t t = stored + 1; t <= s->offered; t++) {
+        /* such a tid never left (frames wait for the write): it can only have been
+         * reversed locally, and its number will be used again */
+        if (s->outcome[t] == 1)
+            violation(m, "committed a tid that was never stored", who, t);
+        if (s->outcome[t] == 2)
+            m->res->aborted[who]--;
+        s->outcome[t] = 0;
+    }
     if (s->offered > stored) {
         m->res->offered[who] -= s->offered - stored;
         s->offered = stored;

@@ -50,8 +50,9 @@ class Pair:
         self.durable: list[object] = [None, None]
         self.sent: list[list[bytes]] = [[], []]
 
-    def step(self, deliver: bool = True) -> int:
-        """One round: timers, then each end sends what is due; returns frames moved."""
+    def step(self, deliver: bool = True, only: int | None = None) -> int:
+        """One round: timers, then each end sends what is due; returns frames moved.
+        `only`: deliver just the frames sent by that end (a one-way failure)."""
         moved = 0
         for w in (0, 1):
             e = self.ends[w]
@@ -62,7 +63,7 @@ class Pair:
             self.sent[w].extend(frames)
             for f in frames:
                 moved += 1
-                if deliver:
+                if deliver and only in (None, w):
                     self.ends[1 - w].on_frame(f, self.now)
             self._events(1 - w)
         return moved
@@ -239,7 +240,10 @@ def test_crash_restart_from_durable_registers(cls: type) -> None:
     p.cfg[1] = replace(p.cfg[1], nonce=303)
     p.ends[1] = cls(p.cfg[1], durable)
     p.events[1].clear()
-    p.run(100)
+    p.run(150)  # dead_ns = 2000: the restarted end is silent that long (and A fails)
+    assert p.ends[1].stats()["frames_out"] == 0
+    assert p.ends[1].stats()["drops"][Drop.STALE] > 0  # it heard A but took nothing
+    p.run(150)
     assert LinkDown in {type(e) for e in p.events[0]}
     assert p.of(0, LinkUp)[-1] == LinkUp(303)
     assert p.ends[0].offer(b"after") == 4

@@ -64,14 +64,22 @@ def test_engine_moves_only_along_the_table(cls: type) -> None:
     p.run(3)
     cut(300)  # LIVE -> DISCOVER on both ends
     p.run(100)  # DISCOVER -> RECONCILE -> LIVE
-    # B restarts: A sees a new session in LIVE (LIVE -> RECONCILE)
+    # A -> B fails one way: B gives up and rediscovers; A, still LIVE, hears B's HELLO
+    # (LIVE -> RECONCILE)
+    while p.ends[0].stats()["phase"] == Phase.LIVE:
+        p.step(only=1)
+        p.now += 10
+    assert p.ends[0].stats()["phase"] == Phase.RECONCILE
+    p.run(100)
+    # B restarts from its registers; the wire dies during the reconciliation that follows
+    # (RECONCILE -> DISCOVER)
     p.cfg[1] = replace(p.cfg[1], nonce=999)
     p.ends[1] = Tracked(cls(p.cfg[1], p.durable[1]), seen)  # type: ignore[call-overload]
-    while p.ends[0].stats()["phase"] != Phase.RECONCILE:
+    while p.ends[1].stats()["phase"] != Phase.RECONCILE:
         p.step()
         p.now += 10
-    cut(300)  # the wire dies during reconciliation: RECONCILE -> DISCOVER
-    p.run(100)
+    cut(300)
+    p.run(200)
     assert [e.stats()["phase"] for e in p.ends] == [Phase.LIVE, Phase.LIVE]
     table = {(a, b) for a, b, _ in transitions()}
     assert seen <= table, seen - table

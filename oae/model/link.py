@@ -78,6 +78,8 @@ class LinkModel:
         self.phase = Phase.DISCOVER
         self.bound = False
         self.confirmed = False
+        self.quiet = False
+        self.quiet_until = 0
         self.up = False
         self.peer_mac = config.peer_mac or bytes(6)
         self.peer_nonce = 0
@@ -117,6 +119,7 @@ class LinkModel:
             self.out_known = restored.out_hi
             self.in_held = self.in_delivered = self.in_commit = restored.in_delivered
             self.cfg_epoch = restored.epoch
+            self.quiet = True
         self.sent_held = self.in_held
         self.sent_delivered = self.in_delivered
 
@@ -354,6 +357,17 @@ class LinkModel:
             or (r.transition == Transition.OFFER and (r.tid == 0 or r.direction != 0))
         )
 
+    def _quiet(self, now: int) -> bool:
+        """A restarted end is silent for dead_ns from the first `now` it sees."""
+        if not self.quiet:
+            return False
+        if self.quiet_until == 0:
+            self.quiet_until = now + self.config.dead_ns
+        if now < self.quiet_until:
+            return True
+        self.quiet = False
+        return False
+
     def _drop(self, why: int) -> Drop:
         self.st.drops[Drop(why)] += 1
         return Drop(why)
@@ -361,6 +375,8 @@ class LinkModel:
     def on_frame(self, frame: bytes, now: int) -> Drop:
         """Feed one received frame; returns why it was dropped (Drop.NONE if accepted)."""
         self._count("frames_in")
+        if self._quiet(now):
+            return self._drop(Drop.STALE)
         try:
             f = decode_frame(frame, self.config.ethertype, self.config.key)
         except DecodeError as e:
@@ -459,6 +475,8 @@ class LinkModel:
     # ---- timers ------------------------------------------------------------------------
 
     def next_timeout(self) -> int:
+        if self.quiet:
+            return self.quiet_until
         held = self.config.persist and self.dirty
         t = NEVER if held else self.t_answer
         if self.phase == Phase.DISCOVER:
@@ -469,7 +487,7 @@ class LinkModel:
         return t
 
     def on_timeout(self, now: int) -> None:
-        if self.phase == Phase.DISCOVER:
+        if self._quiet(now) or self.phase == Phase.DISCOVER:
             return
         if now >= self.t_dead:
             self._link_down(DownReason.DEAD)
@@ -507,7 +525,7 @@ class LinkModel:
     def poll_tx(self, now: int, max_frames: int = 256) -> list[bytes]:
         """Frames (78 bytes each) due at `now`."""
         out: list[bytes] = []
-        if self.config.persist and self.dirty:
+        if self._quiet(now) or (self.config.persist and self.dirty):
             return out
         if self.owe_hello and len(out) < max_frames:
             self._emit(out, HELLO_GROUP, opcode=Opcode.HELLO)
