@@ -64,6 +64,14 @@ def test_crash_restart_with_slow_storage() -> None:
     assert r.crashes >= 20 and r.renotified > 0  # outcomes reported again after restarts
 
 
+def test_long_delays_with_crashes() -> None:
+    """Reordered frames held back up to 0.9 ms (just under dead_ns): frames of a crashed
+    end's previous life, and frames sent to it, are still in flight when it restarts."""
+    r = simulate(N, seed=11, crash_every_ns=3_000_000, reorder_ns=900_000, **IMPAIRED)
+    _agree(r)
+    assert r.crashes >= 20
+
+
 def test_flaps_and_crashes_together() -> None:
     r = simulate(
         N,
