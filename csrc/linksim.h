@@ -15,6 +15,7 @@ typedef struct oae_sim_config {
     uint32_t transfers;        /* transfers offered in each direction */
     uint32_t loss_ppm, dup_ppm, reorder_ppm, corrupt_ppm; /* per million frames */
     uint64_t latency_ns;       /* one-way delay */
+    uint64_t reorder_ns;       /* a reordered frame is held back up to this long (0: 2x latency) */
     uint64_t flap_every_ns;    /* 0: no flaps; else the wire goes dead this often ... */
     uint64_t flap_ns;          /* ... for this long */
     uint64_t crash_every_ns;   /* 0: no crashes; else one end (alternately) restarts from its

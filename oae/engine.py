@@ -322,6 +322,7 @@ def simulate(
     beat: int = 16,
     rx_capacity: int = 128,
     latency_ns: int = 5_000,
+    reorder_ns: int = 0,
     rto_ns: int = 50_000,
     dead_ns: int = 1_000_000,
     hello_ns: int = 100_000,
@@ -334,7 +335,8 @@ def simulate(
     c.seed, c.transfers = seed, transfers
     c.loss_ppm, c.dup_ppm = round(loss * 1e6), round(dup * 1e6)
     c.reorder_ppm, c.corrupt_ppm = round(reorder * 1e6), round(corrupt * 1e6)
-    c.latency_ns, c.flap_every_ns, c.flap_ns = latency_ns, flap_every_ns, flap_ns
+    c.latency_ns, c.reorder_ns = latency_ns, reorder_ns
+    c.flap_every_ns, c.flap_ns = flap_every_ns, flap_ns
     c.crash_every_ns, c.release_ns, c.persist_ns = crash_every_ns, release_ns, persist_ns
     c.window, c.beat, c.rx_capacity = window, beat, rx_capacity
     c.rto_ns, c.dead_ns, c.hello_ns = rto_ns, dead_ns, hello_ns
