@@ -3,8 +3,10 @@
  * The input is a script: byte 0 picks the configuration, then each op byte picks an action
  * on engine A, which talks to an honest engine B: raw attacker frames, mutated copies of
  * B's real frames, time steps, offers, releases, exchanges (with loss), crash-restarts
- * from the durable registers.  After every step the engines' invariants are checked;
- * a violation aborts (a crash for libFuzzer), as do ASan/UBSan findings. */
+ * from the durable registers.  After every step the engines' invariants are checked, and
+ * every outcome is checked against the other end (the attacker has no key, so A and B
+ * must still agree on every transfer); a violation aborts (a crash for libFuzzer), as do
+ * ASan/UBSan findings. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -19,6 +21,11 @@
         }                                                                                  \
     } while (0)
 
+#define TRACKED 4096
+#define DELIVERED 1 /* by the receiver */
+#define COMMITTED 2 /* reported to the sender */
+#define ABORTED 4   /* reported to the sender */
+
 typedef struct end {
     oae_link *l;
     oae_link_config cfg;
@@ -27,6 +34,8 @@ typedef struct end {
     uint32_t last_delivered;
     uint8_t last_frame[OAE_FRAME_LEN];
     int has_frame;
+    uint8_t *fate; /* per tid of this end's outgoing direction */
+    struct end *peer;
 } end;
 
 static void check(end *e)
@@ -49,9 +58,21 @@ static void drain(end *e)
         for (size_t i = 0; i < n; i++) {
             CHECK(ev[i].type >= OAE_EV_LINK_UP && ev[i].type <= OAE_EV_PERSIST);
             CHECK(ev[i].length <= OAE_PAYLOAD_MAX);
+            uint32_t t = ev[i].tid;
             if (ev[i].type == OAE_EV_DELIVERED) {
-                CHECK(ev[i].tid > e->last_delivered); /* exactly once, in order */
-                e->last_delivered = ev[i].tid;
+                CHECK(t > e->last_delivered); /* exactly once, in order */
+                e->last_delivered = t;
+                if (t < TRACKED) {
+                    CHECK(!(e->peer->fate[t] & ABORTED)); /* never deliver a reversed one */
+                    e->peer->fate[t] |= DELIVERED;
+                }
+            } else if (ev[i].type == OAE_EV_COMMITTED && t < TRACKED) {
+                CHECK(e->fate[t] & DELIVERED); /* only after the peer delivered it */
+                CHECK(!(e->fate[t] & ABORTED));
+                e->fate[t] |= COMMITTED;
+            } else if (ev[i].type == OAE_EV_ABORTED && t < TRACKED) {
+                CHECK(!(e->fate[t] & (DELIVERED | COMMITTED)));
+                e->fate[t] |= ABORTED;
             } else if (ev[i].type == OAE_EV_PERSIST) {
                 oae_link_durable_get(e->l, &e->dur);
                 e->has_dur = 1;
@@ -93,8 +114,15 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         return 0;
     static const uint32_t beats[4] = {1, 4, 16, 64};
     end a, b;
+    static uint8_t fate_a[TRACKED], fate_b[TRACKED];
     memset(&a, 0, sizeof a);
     memset(&b, 0, sizeof b);
+    memset(fate_a, 0, sizeof fate_a);
+    memset(fate_b, 0, sizeof fate_b);
+    a.fate = fate_a;
+    b.fate = fate_b;
+    a.peer = &b;
+    b.peer = &a;
     uint8_t mode = data[0];
     for (int w = 0; w < 2; w++) {
         oae_link_config *c = w ? &b.cfg : &a.cfg;
