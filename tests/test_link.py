@@ -189,6 +189,24 @@ def test_backpressure_reverses_and_never_holds_a_refused_tid(cls: type) -> None:
     assert p.of(0, Committed)[-1] == Committed(6)
 
 
+def test_application_data_never_crosses_an_epoch_mismatch(cls: type) -> None:
+    p = Pair(cls, epoch=1)
+    p.ends[1] = cls(replace(p.cfg[1], epoch=2))
+    p.up()
+    assert p.ends[0].offer(b"app") == 1
+    p.run(5)
+    assert not p.of(1, Delivered) and p.ends[1].stats()["offers_wrong_epoch"] > 0
+    assert p.ends[0].transfer_state(1) == State.TENTATIVE  # offered, never held
+    p.ends[1].set_epoch(1)  # the epoch layer moved B to epoch 1 as well
+    p.run(5)
+    assert p.of(1, Delivered) == [Delivered(1, b"app")]
+    # epoch-layer messages (CONTROL) are held whatever the epoch
+    p.ends[0].set_epoch(5)
+    assert p.ends[0].offer(b"ctl", control=True) == 2
+    p.run(5)
+    assert p.of(1, Delivered)[-1] == Delivered(2, b"ctl", True)
+
+
 def test_link_failure_makes_transfers_indefinite_then_reconciles(cls: type) -> None:
     p = Pair(cls)
     p.up()
