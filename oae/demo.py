@@ -488,5 +488,5 @@ def _cli(args: argparse.Namespace) -> int:
             print(f"plot:   {p}")
         if not report["plots"]:
             print("plots:  none (matplotlib is not installed)")
-    say(f"[demo] done in {report['seconds']:.1f} s")
+    say(f"[demo] done in {report['seconds']:.1f} s; report in {report_path.resolve()}")
     return 0
