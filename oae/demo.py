@@ -6,6 +6,9 @@
    the senders count transfers attempted, committed and aborted; the receivers count
    what they were handed. duplicated = delivered more than once; lost = committed at the
    sender and never delivered; disagreed = delivered although the sender saw it aborted.
+   On the way, the first link is cut in the bridge for longer than its dead timer: it
+   fails, the transfers caught in flight end committed or aborted (reversed, the payload
+   handed back to the sender, never delivered) on both ends, and the link goes on.
 3. N epoch transitions with the bilateral protocol on the same links (one EpochNode per
    node, oae.epoch.testbed_run); the median CONTROL transfer latency measured there is
    the link round trip of the next step.
@@ -65,6 +68,7 @@ class DemoConfig:
     epochs: int
     loss: float
     reorder: float
+    partition: float
     seed: int
 
     def check(self) -> None:
@@ -76,6 +80,11 @@ class DemoConfig:
             raise UsageError(f"--epochs {self.epochs}: must be 1..1000")
         if self.loss >= 0.5:
             raise UsageError("--loss: at most 50% (the demo wants links that stay up)")
+        if not (self.partition == 0 or LINK.dead < self.partition <= 30):
+            raise UsageError(
+                f"--partition {self.partition:g}: 0 (none) or more than the {LINK.dead:g} s "
+                "dead timer, at most 30 s"
+            )
 
 
 def ring_topology(cfg: DemoConfig, name: str) -> topology.Topology:
@@ -153,10 +162,31 @@ async def _receive(link: Link, dirs: dict[tuple[int, int], _Direction], mine: _D
         d.deliver(seq)
 
 
-async def run_traffic(
-    tb: Testbed, transfers: int, progress: Callable[[str], None]
+async def _partition(
+    tb: Testbed, link: Link, d: _Direction, seconds: float, progress: Callable[[str], None]
 ) -> dict[str, Any]:
-    """`transfers` AITs each way over every link of `tb`, at the same time; the counts."""
+    """Once a quarter of `d`'s transfers have settled (so a window is in flight), cut the
+    link in the bridge for `seconds`, longer than the dead timer: the link fails and
+    reconciles when the partition ends."""
+    name = d.link
+    while link.counters["committed"] + link.counters["aborted"] < len(d.outcome) // 4:
+        await trio.sleep(0.005)
+    progress(f"[demo] partitioning link {name} for {seconds:g} s (dead timer {LINK.dead:g} s)")
+    await trio.to_thread.run_sync(manager.impair, tb.name, name, ["partition=on"])
+    try:
+        await trio.sleep(seconds)
+    finally:
+        with trio.CancelScope(shield=True):
+            await trio.to_thread.run_sync(manager.impair, tb.name, name, ["partition=off"])
+    progress(f"[demo] link {name} reconnected")
+    return {"link": name, "seconds": seconds}
+
+
+async def run_traffic(
+    tb: Testbed, transfers: int, partition: float, progress: Callable[[str], None]
+) -> dict[str, Any]:
+    """`transfers` AITs each way over every link of `tb`, at the same time, with the first
+    link partitioned for `partition` seconds on the way (0: never); the counts."""
     links = tb.state["links"]
     dirs: dict[tuple[int, int], _Direction] = {}
     for i, lk in enumerate(links):
@@ -191,10 +221,17 @@ async def run_traffic(
 
             nursery.start_soon(report)
             t0 = time.perf_counter()
+            cut: dict[str, Any] = {}
+
+            async def partition_first() -> None:
+                cut.update(await _partition(tb, ends[(0, "a")], dirs[(0, 0)], partition, progress))
+
             async with trio.open_nursery() as senders:
                 for i in range(len(links)):
                     senders.start_soon(_send, ends[(i, "a")], dirs[(i, 0)], i, 0, timeout)
                     senders.start_soon(_send, ends[(i, "b")], dirs[(i, 1)], i, 1, timeout)
+                if partition > 0:
+                    senders.start_soon(partition_first)
             elapsed = time.perf_counter() - t0
             # A committed transfer was delivered before the sender learned it; the event
             # may still be on its way to Python. Wait (bounded) for the receivers.
@@ -215,6 +252,8 @@ async def run_traffic(
         "frames_dropped_by_engine": sum(s["dropped"] for s in stats.values()),
         "rto_timeouts": sum(s["timeouts_rto"] for s in stats.values()),
         "reconciles": sum(s["reconciles"] for s in stats.values()),
+        "links_down": sum(s["links_down"] for s in stats.values()),
+        "partition": cut or None,
         "per_direction": per_dir,
     }
 
@@ -275,7 +314,7 @@ def run_demo(cfg: DemoConfig, progress: Callable[[str], None]) -> dict[str, Any]
                  f"(prefix {tb.prefix}, {len(namespaces)} namespaces)")  # fmt: skip
         progress(f"[demo] AIT traffic: {cfg.transfers} transfers each way on "
                  f"{len(tb.state['links'])} links")  # fmt: skip
-        traffic = _run(run_traffic, tb, cfg.transfers, progress)
+        traffic = _run(run_traffic, tb, cfg.transfers, cfg.partition, progress)
         bridge_traffic = bridge_totals(tb)
         progress(f"[demo] bilateral: {cfg.epochs} epoch transitions on the testbed's links")
         bilateral = _run(run_on_testbed, tb, cfg.epochs, cfg.seed, None, progress)
@@ -339,6 +378,11 @@ def format_table(report: dict[str, Any]) -> str:
     for key in ("attempted", "committed", "aborted", "unsettled", "duplicated", "lost",
                 "disagreed"):  # fmt: skip
         lines.append(f"  {key:<12}{_fmt(t[key]):>12}")
+    if t["partition"]:
+        lines.append(
+            f"  link {t['partition']['link']} cut for {t['partition']['seconds']:g} s: "
+            f"{t['links_down']} link ends went down, {t['reconciles']} reconciliations"
+        )
     lines.append(
         f"  {t['committed_per_s'] or 0:,.0f} commits/s over {t['seconds']:.1f} s; the bridge "
         f"dropped {br.get('lost', 0):,} and reordered {br.get('reordered', 0):,} of "
@@ -414,6 +458,15 @@ def register(sub: argparse._SubParsersAction) -> None:
         default="2%",
         help="frames reordered per link direction, at most 50%% (default 2%%)",
     )
+    p.add_argument(
+        "--partition",
+        type=float,
+        default=1.5,
+        metavar="SECONDS",
+        help="cut the first link for this long during the traffic, longer than the link's "
+        f"{LINK.dead:g} s dead timer: it fails, transfers caught in flight settle by "
+        "reconciliation (committed or reversed), and it goes on (default 1.5; 0: no cut)",
+    )
     p.add_argument("--seed", type=int, default=1, help="seed of impairments and runs (default 1)")
     p.add_argument(
         "--quick",
@@ -453,6 +506,7 @@ def config_from_args(args: argparse.Namespace) -> DemoConfig:
         epochs=args.epochs if args.epochs is not None else base["epochs"],
         loss=_fraction("--loss", args.loss),
         reorder=reorder,
+        partition=args.partition,
         seed=args.seed,
     )
     cfg.check()

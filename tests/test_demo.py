@@ -59,9 +59,11 @@ def test_demo_quick_report_is_consistent(
     assert len(t["per_direction"]) == 2 * cfg["nodes"]
     for key in ("attempted", "committed", "aborted", "delivered"):
         assert sum(d[key] for d in t["per_direction"]) == t[key]
-    # the faults really happened on the way
+    # the faults really happened on the way, the cut link failed and came back
     br = doc["bridge"]["during_traffic"]
     assert br["lost"] > 0 and br["reordered"] > 0 and br["received"] > t["committed"]
+    assert t["partition"] == {"link": "n0-n1", "seconds": cfg["partition"]}
+    assert t["links_down"] >= 2 and t["reconciles"] >= 2
 
     conv = doc["convergence"]
     real = conv["bilateral (testbed)"]
@@ -121,6 +123,7 @@ def test_demo_argument_errors(capsys: pytest.CaptureFixture[str]) -> None:
         (["--loss", "lots"], "--loss"),
         (["--nodes", "2"], "--nodes 2"),
         (["--epochs", "0"], "--epochs 0"),
+        (["--partition", "0.5"], "--partition 0.5"),
     ):
         assert main(["demo", *argv]) == 2
         err = capsys.readouterr().err.strip()
