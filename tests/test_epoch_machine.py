@@ -168,11 +168,12 @@ class Net:
         self.apply(b, self.m[b].link_up(a))
 
     def crash(self, v: int) -> None:
+        """The process dies first: it does not see its own links fail."""
+        self.m[v] = None
+        self.ckpt[v] = []
         for w in self.nbrs[v]:
             if (min(v, w), max(v, w)) in self.up:
                 self.link_down(v, w)
-        self.m[v] = None
-        self.ckpt[v] = []
 
     def restart(self, v: int) -> None:
         self.m[v] = EpochMachine(v, self.nbrs[v], self.stores[v].load())
@@ -305,3 +306,23 @@ def test_concurrent_proposals_resolve_to_one_commit() -> None:
     assert sorted(fates, key=sorted) == [{False}, {True}]
     # The higher wave (initiator 3) wins: lower waves are refused, higher ones wait.
     assert net.committed_wave[1].initiator == 3
+
+
+def test_a_restarted_node_that_forgot_a_wave_releases_a_prepared_neighbour() -> None:
+    """Chain 0-1-2: node 2 has prepared the wave, node 1 is still joining when it crashes.
+    Node 0 aborts (its child's link failed) but cannot tell node 1, which restarts with
+    no memory of the wave; node 2's PREPARED query must still get the wave aborted."""
+    net = Net(3, [(0, 1), (1, 2)])
+    net.settle()  # the status exchange of the first link-up
+    net.propose(0)
+    net.deliver((0, 1))  # 1 joins, forwards PROPOSE to 2
+    net.deliver((1, 2))  # 2 joins (a leaf: it only needs its checkpoint)
+    net.checkpoint(2, True)  # 2 persists prepared, sends ACCEPT to 1
+    net.deliver((2, 1))  # 1 has its child's ACCEPT, its own checkpoint is not written
+    assert net.stores[2].load().prepared == net.proposed[0]
+    net.crash(1)
+    assert net.decided[net.proposed[0]] == {False}
+    net.restart(1)
+    net.settle()
+    assert all(m.in_wave() is None for m in net.m)
+    assert net.stores[2].load().prepared is None

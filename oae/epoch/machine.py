@@ -302,8 +302,14 @@ class EpochMachine:
             raise EpochSafetyError(f"node {self.node_id}: COMMIT of {w} while at epoch {c}")
 
     def _on_prepared(self, link: int, msg: Message, out: list[Action]) -> None:
-        if msg.wave in self.rec.aborted:
-            self._send(link, Message(Kind.ABORT, msg.wave), out)
+        w = msg.wave
+        if w in self.rec.aborted:
+            self._send(link, Message(Kind.ABORT, w), out)
+        elif w.epoch == self.rec.epoch + 1 and (self.wave is None or self.wave.wave != w):
+            # We never prepared W (prepared is durable, and we are not in it): W cannot
+            # have committed and we may refuse it. A node that restarted while joining W
+            # is the one neighbour that can release a prepared node cut off from the rest.
+            self._abort(w, out)
 
     def _on_done(self, link: int, msg: Message, out: list[Action]) -> None:
         if msg.wave == self.rec.committed:

@@ -6,9 +6,10 @@ order (the pump keeps submission order: the FIFO order the switch rule relies on
 application frame is awaited to its outcome), and applies link epoch switches
 (`Link.set_epoch`, so records carry the epoch both ends committed) in that same order.
 One receiver task feeds CONTROL deliveries to the machine and application deliveries to
-`received()`. A watcher turns the link's LIVE/down state
-into link_up/link_down. The durable record lives in `state_dir/epoch.json` (FileStore:
-temp, fsync, rename); the checkpoint of e+1 is written by the `checkpoint` callback.
+`received()`. A watcher (and every delivery) turns the link's LIVE/down state and
+reconnections into link_up/link_down. The durable record lives in
+`state_dir/epoch.json` (FileStore: temp, fsync, rename); the checkpoint of e+1 is written
+by the `checkpoint` callback.
 """
 
 from __future__ import annotations
@@ -64,6 +65,7 @@ class EpochNode:
         self._out = {n: trio.open_memory_channel[tuple[str, Any, Any]](math.inf) for n in links}
         self._inbox_send, self._inbox = trio.open_memory_channel[tuple[int, bytes]](math.inf)
         self._nursery: trio.Nursery | None = None
+        self._ups = {n: -1 for n in links}  # the link's up counter at our last link_up
 
     # ------------------------------------------------------------ application API
     async def propose(self) -> Wave | None:
@@ -152,25 +154,29 @@ class EpochNode:
 
     async def _receiver(self, n: int) -> None:
         async for msg in self.links[n].received():
+            self._sync(n)
             if msg.control:
                 self._do(self.machine.receive(n, msg.payload))
             else:
                 # The engine already refused offers tagged with another epoch.
                 self._inbox_send.send_nowait((n, msg.payload))
 
+    def _sync(self, n: int) -> None:
+        """Bring the machine's view of link n in line with the runtime's: down, up, or a
+        reconnection (the link's up counter moved) as a down and an up. Called by the
+        watcher, and before every delivery, so no message of a new session is taken
+        under the old session's state."""
+        link, ls = self.links[n], self.machine.links[n]
+        count = link.counters["links_up"]
+        if ls.up and (not link.up or count != self._ups[n]):
+            self._do(self.machine.link_down(n))
+        if link.up and not ls.up:
+            self._ups[n] = count
+            self._do(self.machine.link_up(n))
+
     async def _watch(self, n: int) -> None:
-        """Turn the link's state into link_up/link_down; a reconnection that happened
-        between two polls (the link's up counter moved) is a down and an up."""
-        link, up, ups = self.links[n], False, -1
         while True:
-            count = link.counters["links_up"]
-            if up and count != ups and link.up:
-                self._do(self.machine.link_down(n))
-                up = False
-            if link.up != up:
-                up = link.up
-                self._do(self.machine.link_up(n) if up else self.machine.link_down(n))
-            ups = count
+            self._sync(n)
             await trio.sleep(self.poll)
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import random
 import sys
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import AsyncExitStack
 from pathlib import Path
 
@@ -26,7 +26,7 @@ from oae.epoch.durable import FileStore
 from oae.epoch.messages import Wave
 from oae.epoch.node import EpochNode, open_epoch_node
 from oae.epoch.sim import Topology
-from oae.errors import UsageError
+from oae.errors import OaeError, UsageError
 from oae.runtime.link import LinkError, LinkOptions, open_link
 from oae.testbed.manager import Testbed
 
@@ -99,6 +99,27 @@ class _Host:
 
 
 LINK = LinkOptions(dead=0.3, hello=0.02)
+
+
+def _busy(hosts: list[_Host]) -> str:
+    """Which nodes are still in a wave, and where it stands."""
+    out = []
+    for h in hosts:
+        m = h.node.machine if h.node else None
+        if m is None:
+            out.append(f"{h.name} down")
+        elif m.wave is not None or m.deferred:
+            st = m.wave
+            where = (
+                ""
+                if st is None
+                else (
+                    f" {st.wave} parent {st.parent} waiting {sorted(st.waiting)} "
+                    f"written {st.written} accepted {st.accepted}"
+                )
+            )
+            out.append(f"{h.name} at {m.epoch}{where} deferred {sorted(m.deferred)}")
+    return "; ".join(out) or "nobody"
 
 
 def _not_ready(hosts: list[_Host], names: list[str]) -> str:
@@ -183,7 +204,7 @@ async def run_on_testbed(
                     while host.node is None or (wave := await host.node.propose()) is None:
                         await trio.sleep(0.01)
                 if wave is None:
-                    raise LinkError(f"node {names[who]} stayed busy: " + _not_ready(hosts, names))
+                    raise LinkError(f"node {names[who]} stayed busy: " + _busy(hosts))
                 t0 = trio.current_time()
                 result = None
                 with trio.move_on_after(TRANSITION_TIMEOUT):
@@ -237,4 +258,19 @@ def run_sync(
     def progress(msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)
 
-    return trio.run(run_on_testbed, tb, epochs, seed, initiator, progress, crash_rate)
+    try:
+        return trio.run(run_on_testbed, tb, epochs, seed, initiator, progress, crash_rate)
+    except BaseExceptionGroup as group:
+        # One error from inside the nursery: let the CLI print it as one line.
+        leaves = list(_leaves(group))
+        if len(leaves) == 1 and isinstance(leaves[0], OaeError):
+            raise leaves[0] from None
+        raise
+
+
+def _leaves(group: BaseException) -> Iterator[BaseException]:
+    if isinstance(group, BaseExceptionGroup):
+        for exc in group.exceptions:
+            yield from _leaves(exc)
+    else:
+        yield group
