@@ -42,7 +42,7 @@ import trio
 from oae.epoch.converge import run as simulate
 from oae.epoch.sim import NetParams, make_topology
 from oae.epoch.testbed_run import run_on_testbed
-from oae.errors import UsageError
+from oae.errors import OaeError, UsageError
 from oae.runtime.link import Link, LinkOptions, open_link
 from oae.testbed import kernel, manager, topology
 from oae.testbed.impair import parse_fraction
@@ -280,14 +280,20 @@ def _run(fn: Callable[..., Any], *args: Any) -> Any:
     """trio.run, with Ctrl-C coming out as KeyboardInterrupt and a lone error as itself
     (not wrapped in the ExceptionGroups of our nurseries), so the CLI can say it in a line."""
     try:
-        return trio.run(fn, *args)
-    except BaseExceptionGroup as group:
-        leaves = _leaves(group)
-        if any(isinstance(e, KeyboardInterrupt) for e in leaves):
-            raise KeyboardInterrupt from None
-        if len(leaves) == 1:
-            raise leaves[0] from None
-        raise
+        try:
+            return trio.run(fn, *args)
+        except BaseExceptionGroup as group:
+            leaves = _leaves(group)
+            if any(isinstance(e, KeyboardInterrupt) for e in leaves):
+                raise KeyboardInterrupt from None
+            if len(leaves) == 1:
+                raise leaves[0] from None
+            raise
+    except trio.TooSlowError:
+        raise OaeError(
+            f"{fn.__name__}: timed out (a link did not go LIVE, or a transition did not "
+            "finish); the testbed is removed"
+        ) from None
 
 
 def _progress(quiet: bool) -> Callable[[str], None]:
