@@ -15,7 +15,7 @@ from oae.bench import plots, suite
 from oae.bench.cli import PARTS
 from oae.cli import main
 
-ROLES = {"measured", "baseline", "ratio", "parameter", "diagnostic"}
+ROLES = {"measured", "baseline", "ratio", "target", "parameter", "diagnostic"}
 
 
 def test_quick_suite_document(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -27,7 +27,7 @@ def test_quick_suite_document(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     if os.geteuid() == 0:
         assert doc["skipped"] == {}
     else:
-        assert {"exchange", "ait", "sweep"} <= set(doc["skipped"])
+        assert {"exchange", "ait", "sweep", "testbed"} <= set(doc["skipped"])
         assert all("needs root" in why for why in doc["skipped"].values())
     assert doc["missing"] == []
 
@@ -44,6 +44,8 @@ def test_quick_suite_document(tmp_path: Path, capsys: pytest.CaptureFixture[str]
         if f["role"] in ("measured", "ratio"):
             ref = f["baseline"]["figure"]
             assert ref and f["baseline"]["value"] > 0, f
+        if f["role"] == "target":
+            assert f["baseline"]["value"] > 0, f
     # with one repeat, each ratio is exactly measured / baseline
     p = doc["parts"]
     codec = p["codec"]
@@ -67,6 +69,11 @@ def test_quick_suite_document(tmp_path: Path, capsys: pytest.CaptureFixture[str]
         sweep = p["sweep"]
         assert [pt["beat"] for pt in sweep["by_beat"]] == [1, 4, 16, 64]
         assert [pt["window"] for pt in sweep["by_window"]] == [1, 4, 16, 64, 256, 1024]
+        tb = p["testbed"]
+        assert tb["bridge_vs_direct_ratio"] == pytest.approx(
+            tb["bridge_frames_per_s"] / tb["direct_veth_frames_per_s"]
+        )
+        assert figs[("testbed", "ring64_up")]["baseline"]["value"] == 60.0
         for pt in sweep["by_beat"] + sweep["by_window"]:
             assert pt["commits_per_s"] > 0 and pt["syscalls_per_frame"] > 0
 

@@ -31,6 +31,7 @@ PARTS: dict[str, tuple[str, str]] = {
         "epoch convergence vs critical-path bound, ring/tree/mesh to 64 nodes (simulated)",
     ),
     "sweep": ("oae.bench.sweep", "commits/s and frames/s vs beat and vs window, vs C flood"),
+    "testbed": ("oae.testbed.bench", "64-node ring up/down time; bridge frames/s vs direct veth"),
 }
 QUICK_SECONDS, QUICK_REPEATS = 0.2, 1
 

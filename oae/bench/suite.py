@@ -8,8 +8,10 @@ numeric figure becomes one entry of `figures`:
 
 `role` says how the figure relates to a baseline: `measured` (compared with the baseline
 figure named, measured in the same run), `baseline` (it is the reference others are
-compared with), `ratio` (of the two), `parameter` (a setting, compared with nothing) or
-`diagnostic` (what limits another figure; its baseline is described, not measured).
+compared with), `ratio` (of the two), `target` (compared with a stated target, given as
+the baseline's value, where there is nothing to measure side by side), `parameter` (a
+setting, compared with nothing) or `diagnostic` (what limits another figure; its
+baseline is described, not measured).
 The rules below know each part's figures; a figure that no rule or no unit covers is
 listed under `missing`, so a part that adds a figure without saying what it is shows up
 (and the suite test fails) instead of slipping through.
@@ -34,12 +36,14 @@ PARAMETER_UNITS = {
 @dataclass(frozen=True)
 class Rule:
     """Figures whose dotted name matches `pattern` have `role`; `ref` (a template over the
-    pattern's groups) names the baseline figure, `what` describes the baseline."""
+    pattern's groups) names the baseline figure, `what` describes the baseline; a `target`
+    figure is compared with the stated `target` value instead."""
 
     pattern: str
     role: str
     what: str
     ref: str | None = None
+    target: float | None = None
 
 
 _C_PINGPONG = "bare C ping-pong (csrc/pingpong.c) on the same veth pair, same run"
@@ -51,6 +55,7 @@ _SYSCALLS = (
     "what limits the rate; the bare C ping-pong makes one syscall per frame (a send or a"
     " blocking recv, i.e. one wake-up), the flood 1/64 (sendmmsg/recvmmsg batches of 64)"
 )
+_DIRECT = "direct veth between the same two namespaces, same Python sender, same run"
 _PARAM = Rule(r"(.*\.)?(repeats|window|beat|rtt_us)", "parameter", "a setting, not compared")
 
 RULES: dict[str, list[Rule]] = {
@@ -93,6 +98,12 @@ RULES: dict[str, list[Rule]] = {
         Rule(r"(\w+?\d+)_2pc_over_bilateral", "ratio",
              "bilateral's median convergence time, same topology, same run", r"\1_bilateral_us"),
         _PARAM,
+    ],
+    "testbed": [
+        Rule(r"ring64_(up|down)", "target", "issue 5's target: under a minute", target=60.0),
+        Rule(r"bridge_frames_per_s", "measured", _DIRECT, "direct_veth_frames_per_s"),
+        Rule(r"direct_veth_frames_per_s", "baseline", _DIRECT),
+        Rule(r"bridge_vs_direct_ratio", "ratio", _DIRECT, "direct_veth_frames_per_s"),
     ],
 }  # fmt: skip
 
@@ -160,7 +171,7 @@ def figures(part: str, result: dict[str, Any]) -> tuple[list[dict[str, Any]], li
         if rule is None:
             missing.append(f"{part}.{name}: no baseline rule in oae.bench.suite.RULES")
             continue
-        base: dict[str, Any] = {"what": rule.what, "figure": None, "value": None}
+        base: dict[str, Any] = {"what": rule.what, "figure": None, "value": rule.target}
         if rule.ref is not None:
             m = re.fullmatch(rule.pattern, name)
             assert m is not None
@@ -202,6 +213,8 @@ def format_figures(doc: dict[str, Any]) -> str:
             against = f"vs {base['figure']} = {base['value']:,.2f}"
         elif f["role"] == "ratio":
             against = f"ratio against {base['figure']}"
+        elif f["role"] == "target":
+            against = f"target {base['value']:g}"
         else:
             against = f["role"]
         lines.append(f"{f['part']:<12} {f['name']:<34} {shown:>16}  {f['unit']}  [{against}]")
