@@ -355,6 +355,7 @@ def _print(
         "mixed_epoch_states",
         "inconsistent_states",
         "probes",
+        "crashes",
     ]
     print(header)
     print(f"{'':<26}" + "".join(f"{n:>15}" for n in names))
