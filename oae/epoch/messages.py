@@ -47,7 +47,7 @@ class Reason(enum.IntEnum):
     """Why a node refused a wave."""
 
     PERSIST = 1  # writing the e+1 checkpoint failed
-    CONFLICT = 2  # I am in a higher-priority... or an earlier wave of the same epoch
+    CONFLICT = 2  # I am in a higher wave of the same epoch (or joined a higher one)
     STALE = 3  # the epoch is not my committed epoch + 1
 
 

@@ -103,7 +103,8 @@ class NetParams:
 
 
 class Process:
-    """What one node's algorithm exposes to the simulator. Callbacks act through `sim`."""
+    """What one node's algorithm exposes to the simulator. Callbacks act through `sim`;
+    an algorithm overrides the events it cares about (the others are ignored)."""
 
     def start(self) -> None: ...
     def link_up(self, link: int) -> None: ...
