@@ -196,16 +196,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "converge",
         help="run N epoch transitions with one or more algorithms and compare them",
-        description=__doc__ + "\nThe network is simulated (virtual clock, modelled AIT links; see "
-        'docs/convergence.md); results say so with "network": "simulated". Algorithms: '
-        + names
-        + ".",
+        description=__doc__
+        + "\nBy default the network is simulated (virtual clock, modelled AIT links; see\n"
+        'docs/convergence.md) and results say "network": "simulated". With --testbed,\n'
+        "TOPOLOGY names a running testbed and bilateral runs on its real links\n"
+        '("network": "testbed").\n\nAlgorithms: ' + names + ".",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument(
         "topology",
         metavar="TOPOLOGY",
-        help="a shape (chain, ring, star, tree, mesh, grid) or a netns/*.toml file",
+        help="a shape (chain, ring, star, tree, mesh, grid), a netns/*.toml file, or with "
+        "--testbed the name of a running testbed",
     )
     p.add_argument(
         "--algorithm",
