@@ -41,11 +41,10 @@ class _Tracker:
         self.done: dict[int, float] = {}
         self.missed: set[int] = set()
         self.n = 0
-        self.switched: dict[int, float] = {}
 
     def reset(self, target: int, n: int) -> None:
         self.target, self.n = target, n
-        self.done, self.missed, self.switched = {}, set(), {}
+        self.done, self.missed = {}, set()
 
     def outcome(self) -> tuple[str, float] | None:
         if self.target == 0 or len(self.done) + len(self.missed - set(self.done)) < self.n:

@@ -121,7 +121,6 @@ class MemoryStore:
 
     def __init__(self) -> None:
         self.record: DurableRecord | None = None
-        self.writes = 0
 
     def load(self) -> DurableRecord:
         return self.record or DurableRecord()
@@ -129,7 +128,6 @@ class MemoryStore:
     def write(self, record: DurableRecord) -> None:
         check_monotone(self.record, record)
         self.record = record
-        self.writes += 1
 
 
 class FileStore:
@@ -137,7 +135,6 @@ class FileStore:
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
-        self.writes = 0
 
     def load(self) -> DurableRecord:
         try:
@@ -162,4 +159,3 @@ class FileStore:
             os.fsync(dfd)
         finally:
             os.close(dfd)
-        self.writes += 1

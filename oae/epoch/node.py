@@ -43,7 +43,11 @@ async def _no_checkpoint(wave: Wave) -> bool:
 
 
 class EpochNode:
-    """One node's epoch layer over runtime links keyed by the neighbour's node id."""
+    """One node's epoch layer over runtime links keyed by the neighbour's node id.
+
+    `checkpoint(wave)` writes this node's state for `wave.epoch` and returns whether it
+    succeeded; a capture of a wave that later aborts is never referred to again (the
+    committed wave in epoch.json names the checkpoint that counts)."""
 
     def __init__(
         self,
