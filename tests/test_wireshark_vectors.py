@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from vectors.wire_fields import frame_fields
 
 import oae.model.wire as model
 import oae.wire as cwire
@@ -70,36 +71,6 @@ def _from_tshark(row: dict[str, str]) -> dict[str, Any]:
     return out
 
 
-def _from_record(frame: cwire.Frame, raw: bytes) -> dict[str, Any]:
-    r = frame.record
-    return {
-        "dst": frame.dst.hex(),
-        "src": frame.src.hex(),
-        "ethertype": frame.ethertype,
-        "version": raw[14] >> 4,
-        "opcode": int(r.opcode),
-        "phase": int(r.phase),
-        "state": int(r.state),
-        "transition": int(r.transition),
-        "direction": int(r.direction),
-        "peer_half": r.peer_half.hex(),
-        "tid": r.tid,
-        "epoch": r.epoch,
-        "seq": r.seq,
-        "nonce": r.nonce,
-        "commit_upto": r.commit_upto,
-        "held_upto": r.held_upto,
-        "delivered_upto": r.delivered_upto,
-        "beat_size": r.beat_size,
-        "beat_index": r.beat_index,
-        "sack": r.sack,
-        "length": r.length,
-        "flags": r.flags,
-        "payload": r.payload.hex(),
-        "check": f"{r.check:016x}",
-    }
-
-
 def _codec(decode: Any, v: dict[str, Any]) -> tuple[str, Any]:
     raw = bytes.fromhex(v["frame_hex"])
     key = bytes.fromhex(v["key_hex"]) if v["key_hex"] else None
@@ -107,7 +78,7 @@ def _codec(decode: Any, v: dict[str, Any]) -> tuple[str, Any]:
         frame = decode(raw, v["ethertype"], key)
     except cwire.DecodeError as exc:
         return "reject", (exc.code.name, exc.field, exc.offset)
-    return "accept", _from_record(frame, raw)
+    return "accept", frame_fields(frame)
 
 
 def _dissector(row: dict[str, str], v: dict[str, Any]) -> tuple[str, Any]:
