@@ -192,8 +192,9 @@ async def run_traffic(
     for i, lk in enumerate(links):
         dirs[(i, 0)] = _Direction(lk["name"], lk["a"], lk["b"], transfers)
         dirs[(i, 1)] = _Direction(lk["name"], lk["b"], lk["a"], transfers)
-    # Generous for a shared machine: every transfer's three signals at 1 ms per frame.
-    timeout = 30.0 + transfers * 3e-3
+    # Generous for a shared machine: every transfer's three signals at 1 ms per frame,
+    # plus the cut.
+    timeout = 30.0 + partition + transfers * 3e-3
     async with AsyncExitStack() as stack:
         ends: dict[tuple[int, str], Link] = {}
         for i, lk in enumerate(links):
