@@ -5,34 +5,22 @@ checks the codec against every golden vector. Long runs: docs/fuzzing.md."""
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
+from fuzzutil import NEEDS_CLANG, ROOT, build, short_run
 
 from oae.wire import ErrorCode
 
-ROOT = Path(__file__).resolve().parent.parent
 VECTORS = json.loads((ROOT / "tests" / "vectors" / "wire_v1.json").read_text())["vectors"]
 
-pytestmark = [
-    pytest.mark.skipif(shutil.which("clang") is None, reason="clang is not installed"),
-    pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed"),
-]
+pytestmark = NEEDS_CLANG
 
 
 @pytest.fixture(scope="module")
 def binaries(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("fuzz_wire")
-    build = subprocess.run(
-        ["make", "-s", "-C", str(ROOT / "csrc"), f"OUT={out}", "fuzz_wire", "fuzz_wire_vectors"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert build.returncode == 0, build.stderr
-    return out
+    return build(tmp_path_factory.mktemp("fuzz_wire"), "fuzz_wire", "fuzz_wire_vectors")
 
 
 def _vector_lines(vectors: list[dict]) -> str:
@@ -76,19 +64,11 @@ def test_fuzz_target_short_run(binaries: Path, tmp_path: Path) -> None:
         mode, key = (1, bytes.fromhex(v["key_hex"])) if v["key_hex"] else (0, b"")
         mode |= 2 if v["ethertype"] == 0x88B6 else 0
         (corpus / f"vector{i}").write_bytes(bytes([mode]) + key + bytes.fromhex(v["frame_hex"]))
-    result = subprocess.run(
-        [
-            str(binaries / "fuzz_wire.bin"),
-            "-runs=1000000",
-            "-max_total_time=15",
-            "-seed=1",
-            f"-artifact_prefix={tmp_path}/",
-            str(corpus),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
+    short_run(
+        binaries / "fuzz_wire.bin",
+        corpus,
+        tmp_path,
+        "-runs=1000000",
+        "-max_total_time=15",
+        "-seed=1",
     )
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "Done" in result.stderr
-    assert not list(tmp_path.glob("crash-*"))

@@ -4,31 +4,18 @@ the engine's invariants checked after every step). Long runs: docs/fuzzing.md.""
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
+from fuzzutil import NEEDS_CLANG, ROOT, build, short_run
 
-ROOT = Path(__file__).resolve().parent.parent
-
-pytestmark = [
-    pytest.mark.skipif(shutil.which("clang") is None, reason="clang is not installed"),
-    pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed"),
-]
+pytestmark = NEEDS_CLANG
 
 
 @pytest.fixture(scope="module")
 def fuzzer(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("fuzz_link")
-    build = subprocess.run(
-        ["make", "-s", "-C", str(ROOT / "csrc"), f"OUT={out}", "fuzz_link"],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert build.returncode == 0, build.stderr
-    return out / "fuzz_link.bin"
+    return build(tmp_path_factory.mktemp("fuzz_link"), "fuzz_link") / "fuzz_link.bin"
 
 
 def _seeds(corpus: Path) -> None:
@@ -43,22 +30,7 @@ def _seeds(corpus: Path) -> None:
 def test_fuzz_target_short_run(fuzzer: Path, tmp_path: Path) -> None:
     corpus = tmp_path / "corpus"
     _seeds(corpus)
-    result = subprocess.run(
-        [
-            str(fuzzer),
-            "-max_total_time=15",
-            "-seed=1",
-            "-max_len=512",
-            f"-artifact_prefix={tmp_path}/",
-            str(corpus),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "Done" in result.stderr
-    assert not list(tmp_path.glob("crash-*"))
+    short_run(fuzzer, corpus, tmp_path, "-max_total_time=15", "-seed=1", "-max_len=512")
 
 
 def test_fuzz_target_catches_a_broken_invariant(fuzzer: Path, tmp_path: Path) -> None:
