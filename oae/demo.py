@@ -130,7 +130,7 @@ class _Direction:
             "delivered": sum(1 for s in self.seen if s),
             "duplicated": sum(s - 1 for s in self.seen if s > 1),
             "lost": sum(1 for o, s in pairs if o == 1 and not s),
-            "disagreed": sum(1 for o, s in pairs if o != 1 and s),
+            "disagreed": sum(1 for o, s in pairs if o == 2 and s),
             "foreign": self.foreign,
         }
 
