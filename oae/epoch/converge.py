@@ -199,7 +199,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         description=__doc__
         + "\nBy default the network is simulated (virtual clock, modelled AIT links; see\n"
         'docs/convergence.md) and results say "network": "simulated". With --testbed,\n'
-        "TOPOLOGY names a running testbed and bilateral runs on its real links\n"
+        "TOPOLOGY names a running testbed (or a topology file: one is brought up for the\n"
+        "run) and bilateral runs on its real links\n"
         '("network": "testbed").\n\nAlgorithms: ' + names + ".",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -258,7 +259,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--testbed",
         action="store_true",
-        help="TOPOLOGY names a running testbed (`oae testbed up`): run bilateral on its real "
+        help="TOPOLOGY names a running testbed (`oae testbed up`), or is a topology file to "
+        "bring one up for the run and down after: run bilateral on its real "
         "links, one EpochNode per node; --crash-rate applies (a crash closes a node's links "
         "and epoch layer, restarted from disk 0.6-1 s later), the testbed's own links set "
         "loss and delay, the other simulation flags do not apply",
@@ -323,8 +325,18 @@ def _cli_testbed(args: argparse.Namespace, names: list[str]) -> int:
 
     if names != ["bilateral"]:
         raise UsageError("--testbed runs only --algorithm bilateral (baselines are simulated)")
-    tb = manager.load(args.topology)
-    r = run_sync(tb, args.epochs, args.seed, args.initiator, args.crash_rate)
+    if args.topology.endswith(".toml"):
+        # A topology file: bring a testbed up for this run and take it down afterwards.
+        from oae.testbed import topology
+
+        tb = manager.up(topology.load(args.topology, args.nodes))
+        try:
+            r = run_sync(tb, args.epochs, args.seed, args.initiator, args.crash_rate)
+        finally:
+            manager.down(tb.name)
+    else:
+        tb = manager.load(args.topology)
+        r = run_sync(tb, args.epochs, args.seed, args.initiator, args.crash_rate)
     header = (
         f"network: testbed {tb.name} ({r['nodes']} nodes, {r['links']} links, real frames),"
         f" {args.epochs} transitions, seed {args.seed}"
