@@ -9,41 +9,46 @@ the machine does; csrc/link.h is the C API that the runtime pump calls directly.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import IntEnum
+from enum import IntEnum, unique
 
 from oae._link import ffi, lib
-from oae.wire import BEAT_SIZES, ETHERTYPE, FRAME_LEN, KEY_LEN, PAYLOAD_MAX, Phase, State
+from oae.wire import (
+    BEAT_SIZES,
+    ETHERTYPE,
+    FRAME_LEN,
+    KEY_LEN,
+    PAYLOAD_MAX,
+    ErrorCode,
+    Phase,
+    State,
+)
 
 NEVER = 2**64 - 1
 
 
-class Drop(IntEnum):
-    """Why a received frame was dropped (1-15 are the codec's decode errors)."""
-
-    NONE = 0
-    TRUNCATED = 1
-    OVERSIZED = 2
-    ETHERTYPE = 3
-    VERSION = 4
-    OPCODE = 5
-    PHASE = 6
-    STATE = 7
-    TRANSITION = 8
-    SEQ = 9
-    NONCE = 10
-    BEAT = 11
-    LENGTH = 12
-    FLAGS = 13
-    PADDING = 14
-    CHECK = 15
-    NOT_MINE = 16
-    SELF = 17
-    FOREIGN = 18
-    SESSION = 19
-    REPLAY = 20
-    STALE = 21
-    UNEXPECTED = 22
-    BOGUS = 23
+# Why a received frame was dropped, numbered as in csrc/link.h (OAE_DROP_*): 0 is none,
+# 1-15 are the codec's decode errors, the same names and numbers as `ErrorCode` and so taken
+# from it rather than listed twice, and 16 on are the engine's own reasons. `unique` makes
+# a new ErrorCode that collides with an engine reason fail at import, not alias silently.
+Drop = unique(
+    IntEnum(
+        "Drop",
+        [
+            ("NONE", 0),
+            *((code.name, code.value) for code in ErrorCode),
+            ("NOT_MINE", 16),  # destination is neither my MAC nor the discovery group
+            ("SELF", 17),  # my own frame looped back
+            ("FOREIGN", 18),  # source MAC is not the bound / configured peer
+            ("SESSION", 19),  # nonce is not the peer's current session (and not a HELLO)
+            ("REPLAY", 20),  # seq already seen, or left of the 64-wide replay window
+            ("STALE", 21),  # seq from before the current (re)connection round
+            ("UNEXPECTED", 22),  # opcode/phase not valid in my current phase
+            ("BOGUS", 23),  # registers impossible for this link (e.g. held > my highest tid)
+        ],
+        module=__name__,
+    )
+)
+Drop.__doc__ = "Why a received frame was dropped (1-15 are the codec's decode errors)."
 
 
 class DownReason(IntEnum):
