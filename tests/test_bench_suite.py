@@ -27,7 +27,9 @@ def test_quick_suite_document(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     if os.geteuid() == 0:
         assert doc["skipped"] == {}
     else:
-        assert {"exchange", "ait", "sweep", "testbed"} <= set(doc["skipped"])
+        assert {"exchange", "ait", "sweep", "testbed", "latency", "convergence_testbed"} <= set(
+            doc["skipped"]
+        )
         assert all("needs root" in why for why in doc["skipped"].values())
     assert doc["missing"] == []
 
@@ -69,6 +71,18 @@ def test_quick_suite_document(tmp_path: Path, capsys: pytest.CaptureFixture[str]
         sweep = p["sweep"]
         assert [pt["beat"] for pt in sweep["by_beat"]] == [1, 4, 16, 64]
         assert [pt["window"] for pt in sweep["by_window"]] == [1, 4, 16, 64, 256, 1024]
+        lat = p["latency"]
+        assert lat["durable_over_c_rtt"] == pytest.approx(
+            lat["durable_transfer_us"] / lat["c_rtt_us"]
+        )
+        real = p["convergence_testbed"]
+        assert real["ring4_committed"] == real["epochs"]
+        assert real["ring4_c_bound_us"] == pytest.approx(
+            real["ring4_critical_path_exchanges"] * real["ring4_c_rtt_us"]
+        )
+        assert real["ring4_ratio_vs_c"] == pytest.approx(
+            real["ring4_bilateral_us"] / real["ring4_c_bound_us"]
+        )
         tb = p["testbed"]
         assert tb["bridge_vs_direct_ratio"] == pytest.approx(
             tb["bridge_frames_per_s"] / tb["direct_veth_frames_per_s"]

@@ -31,6 +31,14 @@ PARTS: dict[str, tuple[str, str]] = {
         "epoch convergence vs critical-path bound, ring/tree/mesh to 64 nodes (simulated)",
     ),
     "sweep": ("oae.bench.sweep", "commits/s and frames/s vs beat and vs window, vs C flood"),
+    "convergence_testbed": (
+        "oae.bench.testbed_convergence",
+        "bilateral convergence on real frames vs critical path x C ping-pong RTT, same links",
+    ),
+    "latency": (
+        "oae.bench.latency",
+        "one transfer's send-to-outcome time, with and without durable state, vs C RTT",
+    ),
     "testbed": ("oae.testbed.bench", "64-node ring up/down time; bridge frames/s vs direct veth"),
 }
 QUICK_SECONDS, QUICK_REPEATS = 0.2, 1

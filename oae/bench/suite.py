@@ -55,6 +55,11 @@ _SYSCALLS = (
     "what limits the rate; the bare C ping-pong makes one syscall per frame (a send or a"
     " blocking recv, i.e. one wake-up), the flood 1/64 (sendmmsg/recvmmsg batches of 64)"
 )
+_C_BOUND = (
+    "critical-path link exchanges x bare C ping-pong round trip on a link of the same"
+    " testbed, same run"
+)
+_X_BOUND = "critical-path link exchanges x median CONTROL transfer latency, same run"
 _DIRECT = "direct veth between the same two namespaces, same Python sender, same run"
 _PARAM = Rule(r"(.*\.)?(repeats|window|beat|rtt_us)", "parameter", "a setting, not compared")
 
@@ -97,6 +102,22 @@ RULES: dict[str, list[Rule]] = {
         Rule(r"(\w+?\d+)_(bilateral|2pc)_ratio", "ratio", _BOUND, r"\1_\2_bound_us"),
         Rule(r"(\w+?\d+)_2pc_over_bilateral", "ratio",
              "bilateral's median convergence time, same topology, same run", r"\1_bilateral_us"),
+        _PARAM,
+    ],
+    "convergence_testbed": [
+        Rule(r"(\w+?\d+)_bilateral_us", "measured", _C_BOUND, r"\1_c_bound_us"),
+        Rule(r"(\w+?\d+)_c_bound_us", "baseline", _C_BOUND),
+        Rule(r"(\w+?\d+)_c_rtt_us", "baseline", _C_PINGPONG),
+        Rule(r"(\w+?\d+)_link_exchange_us", "measured", _C_PINGPONG, r"\1_c_rtt_us"),
+        Rule(r"(\w+?\d+)_ratio_vs_c", "ratio", _C_BOUND, r"\1_c_bound_us"),
+        Rule(r"(\w+?\d+)_ratio_vs_exchange", "ratio", _X_BOUND, r"\1_link_exchange_us"),
+        Rule(r"(\w+?\d+)_(committed|critical_path_exchanges)|epochs", "parameter",
+             "a count or a property of the topology, not compared"),
+    ],
+    "latency": [
+        Rule(r"c_rtt_us", "baseline", _C_PINGPONG),
+        Rule(r"(durable_)?transfer_us", "measured", _C_PINGPONG, "c_rtt_us"),
+        Rule(r"(durable|transfer)_over_c_rtt", "ratio", _C_PINGPONG, "c_rtt_us"),
         _PARAM,
     ],
     "testbed": [
@@ -161,6 +182,9 @@ def figures(part: str, result: dict[str, Any]) -> tuple[list[dict[str, Any]], li
     derived = _derived(part, flat)
     out, missing = [], []
     for name, value in flat.items():
+        if value is None:
+            missing.append(f"{part}.{name}: not measured (null)")
+            continue
         if not _number(value):
             continue  # context such as "network": "simulated"
         leaf = name.rsplit(".", 1)[-1]
