@@ -118,25 +118,33 @@ def bench_plots(doc: dict[str, Any], out: Path) -> list[Path]:
             name = "bench-exchange-vs-beat.png" if axis == "beat" else "bench-commits-vs-window.png"
             files.append(_save(plt, fig, out / name))
     conv = parts.get("convergence")
-    if conv:
+    real = parts.get("convergence_testbed") or {}
+    if conv or real:
         series: dict[tuple[str, str], list[tuple[int, float]]] = {}
-        for key, value in conv.items():
-            m = _CONV_KEY.match(key)
-            if m and isinstance(value, int | float):
-                series.setdefault((m.group(1), m.group(3)), []).append((int(m.group(2)), value))
+        for source, suffix in ((conv or {}, ""), (real, " (testbed)")):
+            for key, value in source.items():
+                m = _CONV_KEY.match(key)
+                if m and m.group(3) in ("bilateral", "2pc") and isinstance(value, int | float):
+                    algo = m.group(3) + suffix
+                    series.setdefault((m.group(1), algo), []).append((int(m.group(2)), value))
         fig, ax = plt.subplots(figsize=(7, 4.5))
         shapes = sorted({shape for shape, _ in series})
         for (shape, algo), pts in sorted(series.items()):
             pts.sort()
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o",
-                    linestyle="-" if algo == "bilateral" else "--",
+            ax.plot([p[0] for p in pts], [p[1] for p in pts],
+                    marker="s" if algo.endswith("(testbed)") else "o",
+                    linestyle={"bilateral": "-", "2pc": "--"}.get(algo, ":"),
                     color=f"C{shapes.index(shape)}", label=f"{shape} {algo}")  # fmt: skip
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
         ax.set_xlabel("nodes")
         ax.set_ylabel("median convergence time (µs)")
-        ax.set_title(f"epoch convergence, {conv.get('network', '?')} network, "
-                     f"link round trip {conv.get('rtt_us', '?')} µs", fontsize=9)  # fmt: skip
+        title = "epoch convergence"
+        if conv:
+            title += f"; simulated: link round trip {conv.get('rtt_us', '?')} µs"
+        if real:
+            title += "; testbed: real frames, durable link state"
+        ax.set_title(title, fontsize=9)
         ax.legend(fontsize=7, ncol=2)
         files.append(_save(plt, fig, out / "bench-convergence-vs-nodes.png"))
     return files
