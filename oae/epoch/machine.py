@@ -196,6 +196,10 @@ class EpochMachine:
         out: list[Action] = [Send(link, Message(Kind.COMMIT, self.rec.committed).encode())]
         if self.rec.prepared is not None:
             out.append(Send(link, Message(Kind.PREPARED, self.rec.prepared).encode()))
+        # Aborts decided while this link was down (or before the driver noticed it up)
+        # could not be sent on it; a prepared peer may be waiting for exactly one of them.
+        for w in sorted(self.rec.aborted):
+            out.append(Send(link, Message(Kind.ABORT, w).encode()))
         return self._finish(out)
 
     def link_down(self, link: int) -> list[Action]:
