@@ -10,12 +10,13 @@
    fails, the transfers caught in flight end committed or aborted (reversed, the payload
    handed back to the sender, never delivered) on both ends, and the link goes on.
 3. N epoch transitions with the bilateral protocol on the same links (one EpochNode per
-   node, oae.epoch.testbed_run); the median CONTROL transfer latency measured there is
-   the link round trip of the next step.
+   node, oae.epoch.testbed_run), with node crash-restarts (--crash-rate); the median
+   CONTROL transfer latency measured there is the link round trip of the next step.
 4. The testbed goes down. The same number of transitions with `bilateral` and with the
    clock-based `snap-t` baseline on the simulated network (oae.epoch.sim: snap-t has no
-   real-link implementation), with the loss and link round trip measured in step 3, and
-   probes of the state the cluster would recover after a crash at random instants.
+   real-link implementation), with the loss and link round trip measured in step 3, as
+   many crashes, and probes of the state the cluster would recover after a crash at
+   random instants.
 
 Progress goes to stderr; the tables to stdout (or, with --json, the report); the report
 (every figure, per link direction, the bridge's counters) to --report; PNG plots when
@@ -69,6 +70,7 @@ class DemoConfig:
     loss: float
     reorder: float
     partition: float
+    crash_rate: float
     seed: int
 
     def check(self) -> None:
@@ -80,6 +82,8 @@ class DemoConfig:
             raise UsageError(f"--epochs {self.epochs}: must be 1..1000")
         if self.loss >= 0.5:
             raise UsageError("--loss: at most 50% (the demo wants links that stay up)")
+        if not 0 <= self.crash_rate <= 1:
+            raise UsageError(f"--crash-rate {self.crash_rate:g}: a probability, 0..1")
         if not (self.partition == 0 or LINK.dead < self.partition <= 30):
             raise UsageError(
                 f"--partition {self.partition:g}: 0 (none) or more than the {LINK.dead:g} s "
@@ -324,7 +328,7 @@ def run_demo(cfg: DemoConfig, progress: Callable[[str], None]) -> dict[str, Any]
         traffic = _run(run_traffic, tb, cfg.transfers, cfg.partition, progress)
         bridge_traffic = bridge_totals(tb)
         progress(f"[demo] bilateral: {cfg.epochs} epoch transitions on the testbed's links")
-        bilateral = _run(run_on_testbed, tb, cfg.epochs, cfg.seed, None, progress)
+        bilateral = _run(run_on_testbed, tb, cfg.epochs, cfg.seed, None, progress, cfg.crash_rate)
         bridge_all = bridge_totals(tb)
         testbed_info = {"name": tb.name, "prefix": tb.prefix, "namespaces": namespaces}
     progress(f"[demo] testbed {name} down")
@@ -343,7 +347,9 @@ def run_demo(cfg: DemoConfig, progress: Callable[[str], None]) -> dict[str, Any]
     for algo in ("bilateral", "snap-t"):
         progress(f"[demo] {algo}: {cfg.epochs} transitions on the simulated network "
                  f"(link round trip {rtt:,.0f} µs as measured)")  # fmt: skip
-        simulated[algo] = simulate(algo, sim_topo, cfg.epochs, cfg.seed, params, probes=PROBES)
+        simulated[algo] = simulate(
+            algo, sim_topo, cfg.epochs, cfg.seed, params, cfg.crash_rate, probes=PROBES
+        )
     return {
         "config": asdict(cfg),
         "machine": {"cpus": os.cpu_count(), "kernel": os.uname().release},
@@ -402,6 +408,7 @@ def format_table(report: dict[str, Any]) -> str:
         ("transitions committed", lambda r: r["committed"]),
         ("aborted", lambda r: r["aborted"]),
         ("stuck", lambda r: r["stuck"]),
+        ("node crash-restarts", lambda r: r["crashes"]),
         ("convergence median µs", lambda r: r["median_convergence_us"]),
         ("convergence p99 µs", lambda r: r["p99_convergence_us"]),
         ("link exchange µs", lambda r: r["median_link_rtt_us"]),
@@ -474,6 +481,15 @@ def register(sub: argparse._SubParsersAction) -> None:
         f"{LINK.dead:g} s dead timer: it fails, transfers caught in flight settle by "
         "reconciliation (committed or reversed), and it goes on (default 1.5; 0: no cut)",
     )
+    p.add_argument(
+        "--crash-rate",
+        type=float,
+        default=0.2,
+        metavar="P",
+        help="probability that a node crashes (links and epoch layer torn down, restarted "
+        "from disk 0.6-1 s later) during each transition on the testbed; the simulated "
+        "runs get as many crashes per transition on average (default 0.2; 0: none)",
+    )
     p.add_argument("--seed", type=int, default=1, help="seed of impairments and runs (default 1)")
     p.add_argument(
         "--quick",
@@ -514,6 +530,7 @@ def config_from_args(args: argparse.Namespace) -> DemoConfig:
         loss=_fraction("--loss", args.loss),
         reorder=reorder,
         partition=args.partition,
+        crash_rate=args.crash_rate,
         seed=args.seed,
     )
     cfg.check()

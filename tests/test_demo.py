@@ -124,6 +124,7 @@ def test_demo_argument_errors(capsys: pytest.CaptureFixture[str]) -> None:
         (["--nodes", "2"], "--nodes 2"),
         (["--epochs", "0"], "--epochs 0"),
         (["--partition", "0.5"], "--partition 0.5"),
+        (["--crash-rate", "1.5"], "--crash-rate 1.5"),
     ):
         assert main(["demo", *argv]) == 2
         err = capsys.readouterr().err.strip()
