@@ -47,7 +47,13 @@ class EpochNode:
 
     `checkpoint(wave)` writes this node's state for `wave.epoch` and returns whether it
     succeeded; a capture of a wave that later aborts is never referred to again (the
-    committed wave in epoch.json names the checkpoint that counts)."""
+    committed wave in epoch.json names the checkpoint that counts).
+
+    With `tag_epochs`, `send` prefixes every application payload with the sender's epoch
+    (4 bytes, big-endian: the tag the link end uses at that moment) and every delivered
+    one is compared, at delivery, with this node's committed epoch: a mismatch is counted
+    in `mixed_app_frames`. The record epoch the engine checks is not surfaced to Python,
+    so this makes the contract's "no mixed-epoch frame" measurable end to end."""
 
     def __init__(
         self,
@@ -56,12 +62,16 @@ class EpochNode:
         state_dir: str | Path,
         checkpoint: Checkpoint = _no_checkpoint,
         poll: float = 0.005,
+        tag_epochs: bool = False,
     ) -> None:
         self.links = dict(links)
         self.store = FileStore(Path(state_dir) / "epoch.json")
         self.machine = EpochMachine(node_id, list(self.links), self.store.load())
         self.checkpoint = checkpoint
         self.poll = poll
+        self.tag_epochs = tag_epochs
+        self.app_received = 0
+        self.mixed_app_frames = 0
         self.decided: dict[Wave, bool] = {}
         self.transfer_s: list[float] = []  # CONTROL transfer latencies (send -> outcome)
         self.converged: set[Wave] = set()
@@ -92,8 +102,10 @@ class EpochNode:
 
     async def send(self, neighbour: int, payload: bytes) -> Any:
         """Send an application frame; held while the link is changing epoch."""
-        while self.machine.send_epoch(neighbour) is None:
+        while (epoch := self.machine.send_epoch(neighbour)) is None:
             await self._wait_change()
+        if self.tag_epochs:
+            payload = epoch.to_bytes(4, "big") + payload
         done: list[Any] = []
         ev = trio.Event()
         self._out[neighbour][0].send_nowait(("app", payload, (done, ev)))
@@ -163,6 +175,10 @@ class EpochNode:
                 self._do(self.machine.receive(n, msg.payload))
             else:
                 # The engine already refused offers tagged with another epoch.
+                if self.tag_epochs:
+                    self.app_received += 1
+                    if int.from_bytes(msg.payload[:4], "big") != self.machine.epoch:
+                        self.mixed_app_frames += 1
                 self._inbox_send.send_nowait((n, msg.payload))
 
     def _sync(self, n: int) -> None:
@@ -190,9 +206,10 @@ async def open_epoch_node(
     links: Mapping[int, Any],
     state_dir: str | Path,
     checkpoint: Checkpoint = _no_checkpoint,
+    tag_epochs: bool = False,
 ) -> AsyncIterator[EpochNode]:
     """Run an EpochNode over open runtime links until the block exits."""
-    node = EpochNode(node_id, links, state_dir, checkpoint)
+    node = EpochNode(node_id, links, state_dir, checkpoint, tag_epochs=tag_epochs)
     async with trio.open_nursery() as nursery:
         node._nursery = nursery
         for link in node.links.values():

@@ -1,36 +1,59 @@
-"""`oae converge --testbed NAME`: the bilateral protocol on a namespace testbed, on real
-frames. One Trio process opens every link end of the testbed (each in its node's
-namespace, with its own state dir) and runs one EpochNode per node over them; loss,
-delay and reordering are whatever the testbed's links impose (its impairing bridge).
+"""`oae converge --testbed NAME`: epoch transitions on a namespace testbed, on real
+frames, with `bilateral` or the clock-driven baselines `snap-t` and `rolling`. One Trio
+process opens every link end of the testbed (each in its node's namespace, with its own
+state dir) and runs one node per testbed node over them; loss, delay and reordering are
+whatever the testbed's links impose (its impairing bridge).
 
-Reported like the simulated runs, with `"network": "testbed"`: convergence is wall-clock
-time from the proposal to the initiator's Conv(P, e+1); the link exchange time is the
-median CONTROL transfer latency (send to outcome) measured in the same run; mixed-epoch
-frames are what the epoch machines refused; a mixed-epoch state is a transition after
-which the nodes' durable records disagree on the committed epoch.
+Application traffic (`app_period` > 0): every node sends application transfers on every
+link, each payload starting with the sender's epoch at submission (bilateral: the tag its
+link end uses, held across the switch as the machine dictates; baselines: the node's
+current epoch). A receiver compares that epoch with its own at delivery: a mismatch is a
+mixed-epoch frame.
+
+Reported like the simulated runs, with `"network": "testbed"`: bilateral convergence is
+wall-clock time from the proposal to the initiator's Conv(P, e+1), the baselines' is
+from the start of the transition to the last node's durable write (as in the
+simulation); the link exchange time is the median transfer latency (send to outcome,
+CONTROL for bilateral, application for the baselines) of the same run. Mixed-epoch
+states are counted by probes of the nodes' durable records: one at a random instant in
+each transition, under each algorithm's own restore rule, and one after it.
 """
 
 from __future__ import annotations
 
+import json
+import math
+import os
 import random
+import struct
 import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import AsyncExitStack
+from functools import partial
 from pathlib import Path
+from typing import Any
 
 import trio
 
 from oae.epoch.converge import quantile
-from oae.epoch.durable import FileStore
+from oae.epoch.durable import DurableRecord, FileStore
 from oae.epoch.messages import Wave
 from oae.epoch.node import EpochNode, open_epoch_node
-from oae.epoch.sim import Topology
+from oae.epoch.sim import NetParams, Topology
 from oae.errors import OaeError, UsageError
 from oae.runtime.link import LinkError, LinkOptions, open_link
 from oae.testbed.manager import Testbed
 
 TRANSITION_TIMEOUT = 30.0
+ALGORITHMS = ("bilateral", "snap-t", "rolling")
+# Clock baselines: the transition starts, each node acts at start + LEAD + its skew (the
+# simulated baselines' 50 us skew, 200 us log-normal write; LEAD is within the window in
+# which crashes are injected, so a crash can make a node miss its instant). Their
+# schedule is fixed in advance: a transition does not wait for restarted nodes.
+LEAD = 0.05
+SKEW_US = 50.0
+_APP = struct.Struct(">II")  # after the epoch tag: sender node id, sequence number
 
 
 def testbed_topology(tb: Testbed) -> tuple[list[str], Topology]:
@@ -41,18 +64,52 @@ def testbed_topology(tb: Testbed) -> tuple[list[str], Topology]:
     return names, Topology(tb.name, len(names), edges)
 
 
-class _Host:
-    """One node of the testbed in this process: its link ends and its EpochNode, which a
-    crash tears down together (as a process crash would) and a restart reopens from the
-    same state dirs."""
+def _write_epoch(path: Path, epoch: int) -> None:
+    """A clock baseline's durable epoch: temp file, fsync, rename (never torn)."""
+    tmp = path.with_suffix(".tmp")
+    with open(tmp, "w") as f:
+        json.dump({"epoch": epoch}, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
 
-    def __init__(self, i: int, name: str, ns: str, ends: dict[int, tuple[str, str]], work: Path):
+
+def _read_epoch(path: Path) -> int:
+    try:
+        return int(json.loads(path.read_text())["epoch"])
+    except FileNotFoundError:
+        return 0
+
+
+class _Host:
+    """One node of the testbed in this process: its link ends, its epoch layer (an
+    EpochNode, or a clock baseline's current and durable epoch) and its application
+    traffic, which a crash tears down together (as a process crash would) and a restart
+    reopens from the same state dirs."""
+
+    def __init__(
+        self,
+        i: int,
+        name: str,
+        ns: str,
+        ends: dict[int, tuple[str, str]],
+        work: Path,
+        algorithm: str,
+        app_period: float,
+        rng: random.Random,
+    ) -> None:
         self.i, self.name, self.ns, self.ends, self.work = i, name, ns, ends, work
+        self.algorithm, self.app_period, self.rng = algorithm, app_period, rng
         self.node: EpochNode | None = None
+        self.links: dict[int, Any] = {}
+        self.alive = False
+        self.current = 0  # clock baselines: the epoch this node tags and runs now
+        self.epoch_file = work / "clock-epoch.json"
         self.scope: trio.CancelScope | None = None
+        self.nursery: trio.Nursery | None = None
         self.converged: set[Wave] = set()
         self.aborted: set[Wave] = set()
-        self.mixed_frames = self.bad_messages = 0
+        self.mixed_frames = self.bad_messages = self.app_received = 0
         self.transfer_s: list[float] = []
 
     async def serve(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -66,11 +123,73 @@ class _Host:
                             iface, self.ns, state_dir=self.work / f"link-{lname}", options=LINK
                         )
                     )
-                self.node = await stack.enter_async_context(
-                    open_epoch_node(self.i, links, self.work)
-                )
+                self.links = links
+                nursery = await stack.enter_async_context(trio.open_nursery())
+                self.nursery = nursery
+                if self.algorithm == "bilateral":
+                    self.node = await stack.enter_async_context(
+                        open_epoch_node(self.i, links, self.work, tag_epochs=True)
+                    )
+                    nursery.start_soon(self._drain, self.node)
+                else:
+                    self.work.mkdir(parents=True, exist_ok=True)
+                    self.current = _read_epoch(self.epoch_file)
+                    for link in links.values():
+                        if self.algorithm == "rolling":
+                            link.set_epoch(self.current)
+                        nursery.start_soon(self._receive, link)
+                if self.app_period > 0:
+                    for peer in links:
+                        nursery.start_soon(self._traffic, peer)
+                self.alive = True
                 task_status.started()
                 await trio.sleep_forever()
+
+    async def _drain(self, node: EpochNode) -> None:
+        """Bilateral: the node counted the delivery; nothing else reads the payloads."""
+        async for _ in node.received():
+            pass
+
+    async def _receive(self, link: Any) -> None:
+        """Clock baselines apply whatever arrives; a frame from another epoch is mixed."""
+        async for msg in link.received():
+            if not msg.control:
+                self.app_received += 1
+                if int.from_bytes(msg.payload[:4], "big") != self.current:
+                    self.mixed_frames += 1
+
+    async def _traffic(self, peer: int) -> None:
+        """One application transfer to `peer` about every `app_period`, each waited for
+        (bilateral: held while the link changes epoch)."""
+        seq = 0
+        while True:
+            await trio.sleep(self.app_period * self.rng.uniform(0.5, 1.5))
+            seq += 1
+            body = _APP.pack(self.i, seq)
+            t0 = trio.current_time()
+            if self.node is not None:
+                await self.node.send(peer, body)
+            else:
+                await self.links[peer].send(self.current.to_bytes(4, "big") + body)
+                self.transfer_s.append(trio.current_time() - t0)
+
+    async def enter(self, epoch: int, persist_s: float) -> None:
+        """A clock baseline reaches its own instant: rolling flips its version (links and
+        durable record at once); snap-t tags the new epoch and writes its checkpoint,
+        durable only after the write latency (a crash meanwhile loses it)."""
+        self.current = epoch
+        if self.algorithm == "rolling":
+            for link in self.links.values():
+                link.set_epoch(epoch)
+        else:
+            await trio.sleep(persist_s)
+        if epoch > _read_epoch(self.epoch_file):
+            _write_epoch(self.epoch_file, epoch)
+
+    def durable_epoch(self) -> int:
+        if self.algorithm == "bilateral":
+            return FileStore(self.work / "epoch.json").load().epoch
+        return _read_epoch(self.epoch_file)
 
     def harvest(self) -> None:
         """Keep what the current incarnation learned and counted."""
@@ -78,14 +197,18 @@ class _Host:
         if node is not None:
             self.converged |= node.converged
             self.aborted |= {w for w, ok in node.decided.items() if not ok}
-            self.mixed_frames += node.machine.mixed_frames
+            self.mixed_frames += node.mixed_app_frames + node.machine.mixed_frames
+            self.app_received += node.app_received
+            node.app_received = node.mixed_app_frames = node.machine.mixed_frames = 0
             self.bad_messages += node.machine.bad_messages
+            node.machine.bad_messages = 0
             self.transfer_s += node.transfer_s
             node.transfer_s = []
 
     def crash(self) -> None:
         self.harvest()
         self.node = None
+        self.alive = False
         assert self.scope is not None
         self.scope.cancel()
 
@@ -96,6 +219,14 @@ class _Host:
         if wave in self.aborted or (node is not None and node.decided.get(wave) is False):
             return False
         return None
+
+
+def _bilateral_restore_mixed(records: list[DurableRecord]) -> bool:
+    """Would restarting every node from these records leave a mix of epochs? Recovery
+    (docs/convergence.md §5) brings the nodes prepared for the highest committed wave to
+    its epoch; any other node below it stays behind."""
+    top = max(records, key=lambda r: r.epoch).committed
+    return any(r.committed != top and r.prepared != top for r in records)
 
 
 LINK = LinkOptions(dead=0.3, hello=0.02)
@@ -122,12 +253,24 @@ def _busy(hosts: list[_Host]) -> str:
     return "; ".join(out) or "nobody"
 
 
+def _ready(h: _Host) -> bool:
+    """Every link end LIVE and, for bilateral, told its peer's epoch."""
+    if not h.alive or not all(link.up for link in h.links.values()):
+        return False
+    return h.node is None or all(
+        ls.up and ls.heard is not None for ls in h.node.machine.links.values()
+    )
+
+
 def _not_ready(hosts: list[_Host], names: list[str]) -> str:
     """Which link ends are not LIVE or have not heard their peer's epoch."""
     out = []
     for h in hosts:
-        if h.node is None:
+        if not h.alive:
             out.append(f"{h.name} down")
+            continue
+        out += [f"{h.name}->{names[p]} not live" for p, lk in h.links.items() if not lk.up]
+        if h.node is None:
             continue
         for peer, ls in h.node.machine.links.items():
             if not (ls.up and ls.heard is not None):
@@ -143,9 +286,17 @@ async def run_on_testbed(
     initiator: int | None = None,
     progress: Callable[[str], None] | None = None,
     crash_rate: float = 0.0,
+    *,
+    algorithm: str = "bilateral",
+    app_period: float = 0.0,
+    persist_us: float = NetParams.persist_us,
+    skew_us: float = SKEW_US,
 ) -> dict[str, object]:
-    """Run `epochs` transitions; with `crash_rate`, each transition crashes a random node
-    with that probability at a random instant and restarts it 0.6-1 s later."""
+    """Run `epochs` transitions of `algorithm`; with `crash_rate`, each transition crashes
+    a random node with that probability at a random instant and restarts it 0.6-1 s later;
+    with `app_period` (seconds), every node sends application transfers on every link.
+    The random draws (initiator, crash, crash instant, probe instant) come in the same
+    order for every algorithm, so one seed gives each the same faults."""
     names, topo = testbed_topology(tb)
     if any(tb.ns(n) is None for n in names):
         raise UsageError(f"testbed {tb.name!r} has real-NIC nodes; run oae node on each host")
@@ -155,75 +306,130 @@ async def run_on_testbed(
         )
     if epochs < 1:
         raise UsageError("--epochs must be >= 1")
+    if algorithm not in ALGORITHMS:
+        raise UsageError(f"--testbed runs {', '.join(ALGORITHMS)}, not {algorithm!r}")
     rng = random.Random(seed)
+    clock_rng = random.Random(seed + 1)  # skews and write latencies: not shared with faults
+    skews = [clock_rng.gauss(0.0, skew_us) * 1e-6 for _ in names]
     conv: list[float] = []
     paths: list[float] = []
     counts = {"committed": 0, "aborted": 0, "stuck": 0, "crashes": 0}
-    mixed_states = 0
+    mixed_states = probes = 0
     with tempfile.TemporaryDirectory(prefix="oae-converge-") as work:
         ends: dict[int, dict[int, tuple[str, str]]] = {i: {} for i in range(len(names))}
         for lk in tb.state["links"]:
             a, b = names.index(lk["a"]), names.index(lk["b"])
             ends[a][b] = (lk["if_a"], lk["name"])
             ends[b][a] = (lk["if_b"], lk["name"])
-        hosts = [_Host(i, n, tb.ns(n) or "", ends[i], Path(work) / n) for i, n in enumerate(names)]
+        hosts = [
+            _Host(i, n, tb.ns(n) or "", ends[i], Path(work) / n, algorithm, app_period,
+                  random.Random(seed * 1000 + i))
+            for i, n in enumerate(names)
+        ]  # fmt: skip
         async with trio.open_nursery() as nursery:
             for h in hosts:
                 await nursery.start(h.serve)
 
             async def all_ready() -> None:
+                # Polled, not awaited per node: a node may crash while we wait.
                 with trio.move_on_after(TRANSITION_TIMEOUT):
-                    while any(h.node is None for h in hosts):
+                    while not all(_ready(h) for h in hosts):
                         await trio.sleep(0.01)
-                    for h in hosts:
-                        assert h.node is not None
-                        await h.node.wait_ready()
                     return
                 raise LinkError("links not reconciled in time: " + _not_ready(hosts, names))
 
             async def crash(h: _Host, after: float) -> None:
                 await trio.sleep(after)
-                if h.node is None:
+                if not h.alive:
                     return
                 counts["crashes"] += 1
                 h.crash()
                 await trio.sleep(rng.uniform(0.6, 1.0))
                 await nursery.start(h.serve)
 
+            def probe_mixed() -> bool:
+                """What every node would restore if all crashed now, by the algorithm's
+                own rule: disagreeing epochs are a mixed-epoch state."""
+                if algorithm == "bilateral":
+                    recs = [FileStore(h.work / "epoch.json").load() for h in hosts]
+                    return _bilateral_restore_mixed(recs)
+                return len({h.durable_epoch() for h in hosts}) != 1
+
+            async def probe_at(after: float) -> None:
+                nonlocal mixed_states, probes
+                await trio.sleep(after)
+                probes += 1
+                mixed_states += probe_mixed()
+
+            async def fire(h: _Host, at: float, target: int, persist_s: float) -> None:
+                await trio.sleep_until(at)
+                if h.alive and h.nursery is not None:
+                    h.nursery.start_soon(h.enter, target, persist_s)
+
+            target = 0
+            await all_ready()
             for k in range(epochs):
-                await all_ready()
+                if algorithm == "bilateral":
+                    await all_ready()
                 who = initiator if initiator is not None else rng.randrange(len(hosts))
                 if rng.random() < crash_rate:
                     nursery.start_soon(crash, hosts[rng.randrange(len(hosts))],
                                        rng.uniform(0.0, 0.2))  # fmt: skip
-                host = hosts[who]
-                wave = None
-                with trio.move_on_after(TRANSITION_TIMEOUT):
-                    # The initiator may still be settling the previous wave (an ABORT
-                    # still spreading, a restart still waiting for a decision).
-                    while host.node is None or (wave := await host.node.propose()) is None:
-                        await trio.sleep(0.01)
-                if wave is None:
-                    raise LinkError(f"node {names[who]} stayed busy: " + _busy(hosts))
-                t0 = trio.current_time()
-                result = None
-                with trio.move_on_after(TRANSITION_TIMEOUT):
-                    while (result := host.outcome(wave)) is None:
-                        await trio.sleep(0.002)
+                probe_after = rng.uniform(0.0, 2 * LEAD)
+                result: bool | None = None
+                if algorithm == "bilateral":
+                    host = hosts[who]
+                    wave = None
+                    with trio.move_on_after(TRANSITION_TIMEOUT):
+                        # The initiator may still be settling the previous wave (an ABORT
+                        # still spreading, a restart still waiting for a decision).
+                        while host.node is None or (wave := await host.node.propose()) is None:
+                            await trio.sleep(0.01)
+                    if wave is None:
+                        raise LinkError(f"node {names[who]} stayed busy: " + _busy(hosts))
+                    t0 = trio.current_time()
+                    nursery.start_soon(probe_at, probe_after)
+                    with trio.move_on_after(TRANSITION_TIMEOUT):
+                        while (result := host.outcome(wave)) is None:
+                            await trio.sleep(0.002)
+                    elapsed = trio.current_time() - t0
+                else:
+                    # Every node acts at its own clock's instant; none waits for another.
+                    target += 1
+                    t0 = trio.current_time()
+                    nursery.start_soon(probe_at, probe_after)
+                    last = t0
+                    for h, skew in zip(hosts, skews, strict=True):
+                        at = max(t0, t0 + LEAD + skew + clock_rng.gauss(0.0, skew_us / 4) * 1e-6)
+                        persist_s = 0.0
+                        if algorithm == "snap-t":
+                            persist_s = persist_us * 1e-6 * math.exp(clock_rng.gauss(0.0, 0.5))
+                        last = max(last, at + persist_s)
+                        nursery.start_soon(fire, h, at, target, persist_s)
+                    await trio.sleep_until(max(last, t0 + 2 * LEAD) + 0.01)
+                    # committed: every node has the target durable; otherwise someone
+                    # missed it (it was down at its instant or lost its write).
+                    result = all(h.durable_epoch() >= target for h in hosts)
+                    elapsed = last - t0
                 if result is None:
                     counts["stuck"] += 1
                     continue
                 if result:
                     counts["committed"] += 1
-                    conv.append((trio.current_time() - t0) * 1e6)
-                    paths.append(2.0 * topo.eccentricity(who))
+                    conv.append(elapsed * 1e6)
+                    if algorithm == "bilateral":
+                        paths.append(2.0 * topo.eccentricity(who))
                 else:
                     counts["aborted"] += 1
-                if len({FileStore(h.work / "epoch.json").load().epoch for h in hosts}) != 1:
+                probes += 1
+                if len({h.durable_epoch() for h in hosts}) != 1:
                     mixed_states += 1
                 if progress:
                     kind = "committed" if result else "aborted"
-                    progress(f"[converge] testbed {tb.name} transition {k + 1}/{epochs}: {kind}")
+                    progress(
+                        f"[converge] testbed {tb.name} {algorithm} transition "
+                        f"{k + 1}/{epochs}: {kind}"
+                    )
             await all_ready()
             for h in hosts:
                 h.harvest()
@@ -231,9 +437,9 @@ async def run_on_testbed(
     xfer = [t * 1e6 for h in hosts for t in h.transfer_s]
     rtt = quantile(xfer, 0.5)
     median = quantile(conv, 0.5)
-    path = quantile(paths, 0.5)
+    path = quantile(paths, 0.5) if algorithm == "bilateral" else 0.0
     return {
-        "algorithm": "bilateral",
+        "algorithm": algorithm,
         "network": "testbed",
         "topology": tb.name,
         "nodes": topo.n,
@@ -247,19 +453,41 @@ async def run_on_testbed(
         "median_link_rtt_us": rtt,
         "convergence_ratio": None if not (median and path and rtt) else median / (path * rtt),
         "mixed_epoch_frames": sum(h.mixed_frames for h in hosts),
+        "app_frames": sum(h.app_received for h in hosts),
         "mixed_epoch_states": mixed_states,
+        "probes": probes,
         "bad_messages": sum(h.bad_messages for h in hosts),
     }
 
 
 def run_sync(
-    tb: Testbed, epochs: int, seed: int, initiator: int | None, crash_rate: float
+    tb: Testbed,
+    epochs: int,
+    seed: int,
+    initiator: int | None,
+    crash_rate: float,
+    algorithm: str = "bilateral",
+    app_period: float = 0.0,
+    persist_us: float = NetParams.persist_us,
 ) -> dict[str, object]:
     def progress(msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)
 
     try:
-        return trio.run(run_on_testbed, tb, epochs, seed, initiator, progress, crash_rate)
+        return trio.run(
+            partial(
+                run_on_testbed,
+                tb,
+                epochs,
+                seed,
+                initiator,
+                progress,
+                crash_rate,
+                algorithm=algorithm,
+                app_period=app_period,
+                persist_us=persist_us,
+            )
+        )
     except BaseExceptionGroup as group:
         # One error from inside the nursery: let the CLI print it as one line.
         leaves = list(_leaves(group))
