@@ -200,8 +200,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         + "\nBy default the network is simulated (virtual clock, modelled AIT links; see\n"
         'docs/convergence.md) and results say "network": "simulated". With --testbed,\n'
         "TOPOLOGY names a running testbed (or a topology file: one is brought up for the\n"
-        "run) and bilateral runs on its real links\n"
-        '("network": "testbed").\n\nAlgorithms: ' + names + ".",
+        "run) and bilateral, snap-t and rolling run on its real links, with application\n"
+        'traffic ("network": "testbed").\n\nAlgorithms: ' + names + ".",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument(
@@ -248,8 +248,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--app-period-us",
         type=float,
-        default=10.0,
-        help="one application frame per link direction per period; 0: none",
+        help="one application frame per link direction per period; 0: none (default 10, "
+        "with --testbed 50000)",
     )
     p.add_argument(
         "--probes", type=int, default=2, help="recovered-state probes per transition (default 2)"
@@ -260,10 +260,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--testbed",
         action="store_true",
         help="TOPOLOGY names a running testbed (`oae testbed up`), or is a topology file to "
-        "bring one up for the run and down after: run bilateral on its real "
-        "links, one EpochNode per node; --crash-rate applies (a crash closes a node's links "
-        "and epoch layer, restarted from disk 0.6-1 s later), the testbed's own links set "
-        "loss and delay, the other simulation flags do not apply",
+        "bring one up for the run and down after: run bilateral, snap-t or rolling on its "
+        "real links, one node per testbed node, with application traffic; --crash-rate, "
+        "--persist-us (snap-t writes) and --app-period-us apply (a crash closes a node's "
+        "links and epoch layer, restarted from disk 0.6-1 s later), the testbed's own links "
+        "set loss and delay, the other simulation flags do not apply",
     )
     p.add_argument("--json", action="store_true", help="print one JSON document")
     p.set_defaults(func=_cli)
@@ -280,6 +281,8 @@ def _cli(args: argparse.Namespace) -> int:
             raise UsageError(f"--{flag.replace('_', '-')} must be >= 0")
     if args.loss >= 1 or args.refuse_rate > 1:
         raise UsageError("--loss must be < 1 and --refuse-rate <= 1")
+    if args.app_period_us is None:
+        args.app_period_us = 50_000.0 if args.testbed else 10.0
     if args.rtt_us <= 0 or args.persist_us <= 0 or args.app_period_us < 0 or args.probes < 0:
         raise UsageError("--rtt-us and --persist-us must be > 0, --app-period-us and --probes >= 0")
     if args.testbed:
@@ -320,28 +323,43 @@ def _cli(args: argparse.Namespace) -> int:
 
 
 def _cli_testbed(args: argparse.Namespace, names: list[str]) -> int:
-    from oae.epoch.testbed_run import run_sync
+    from oae.epoch.testbed_run import ALGORITHMS, run_sync
     from oae.testbed import manager
 
-    if names != ["bilateral"]:
-        raise UsageError("--testbed runs only --algorithm bilateral (baselines are simulated)")
+    if args.algorithm == "all":
+        names = list(ALGORITHMS)
+    for name in names:
+        if name not in ALGORITHMS:
+            raise UsageError(
+                f"--testbed runs --algorithm {', '.join(ALGORITHMS)} or all, not {name}"
+            )
+
+    def run_all(tb: manager.Testbed) -> dict[str, dict[str, object]]:
+        return {
+            name: run_sync(tb, args.epochs, args.seed, args.initiator, args.crash_rate, name,
+                           args.app_period_us * 1e-6, args.persist_us)
+            for name in names
+        }  # fmt: skip
+
     if args.topology.endswith(".toml"):
         # A topology file: bring a testbed up for this run and take it down afterwards.
         from oae.testbed import topology
 
         tb = manager.up(topology.load(args.topology, args.nodes))
         try:
-            r = run_sync(tb, args.epochs, args.seed, args.initiator, args.crash_rate)
+            results = run_all(tb)
         finally:
             manager.down(tb.name)
     else:
         tb = manager.load(args.topology)
-        r = run_sync(tb, args.epochs, args.seed, args.initiator, args.crash_rate)
+        results = run_all(tb)
+    r = results[names[0]]
     header = (
         f"network: testbed {tb.name} ({r['nodes']} nodes, {r['links']} links, real frames),"
-        f" {args.epochs} transitions, seed {args.seed}"
+        f" {args.epochs} transitions, seed {args.seed}, one application frame per link "
+        f"direction every {args.app_period_us / 1000:g} ms"
     )
-    return _print(args, "testbed", header, names, {"bilateral": r})
+    return _print(args, "testbed", header, names, results)
 
 
 def _print(
@@ -365,6 +383,7 @@ def _print(
         "convergence_ratio",
         "median_link_rtt_us",
         "mixed_epoch_frames",
+        "app_frames",
         "uncommitted_tag_frames",
         "mixed_epoch_states",
         "inconsistent_states",
