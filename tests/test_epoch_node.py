@@ -54,3 +54,26 @@ async def test_two_nodes_converge_and_recover_over_veth(veth_pair, tmp_path) -> 
                 assert await b.wait_outcome(wave)
             assert FileStore(da / "epoch.json").load().epoch == 2
     assert a.machine.mixed_frames == b.machine.mixed_frames == 0
+
+
+async def test_tagged_application_frames_count_mixed_epochs(veth_pair, tmp_path) -> None:
+    """With tag_epochs, payloads carry the sender's epoch; a delivery whose tag is not the
+    receiver's committed epoch is counted (here forged past the EpochNode on the link)."""
+    async with (
+        open_link(veth_pair.if_a, veth_pair.ns_a, state_dir=tmp_path / "la") as la,
+        open_link(veth_pair.if_b, veth_pair.ns_b, state_dir=tmp_path / "lb") as lb,
+    ):
+        with trio.fail_after(20):
+            async with (
+                open_epoch_node(0, {1: la}, tmp_path / "a", tag_epochs=True) as a,
+                open_epoch_node(1, {0: lb}, tmp_path / "b", tag_epochs=True) as b,
+            ):
+                await a.wait_ready()
+                await b.wait_ready()
+                assert (await a.send(1, b"ok")).committed
+                assert await b.received().receive() == (0, (0).to_bytes(4, "big") + b"ok")
+                assert (b.app_received, b.mixed_app_frames) == (1, 0)
+                # Tagged 7 in the payload, sent at the link's own record epoch (0).
+                assert (await la.send((7).to_bytes(4, "big") + b"forged")).committed
+                await b.received().receive()
+                assert (b.app_received, b.mixed_app_frames) == (2, 1)
