@@ -257,3 +257,26 @@ def test_threads_do_not_share_buffers() -> None:
     for t in threads:
         t.join()
     assert failures == []
+
+
+@pytest.mark.parametrize("codec", CODECS)
+def test_decoded_objects_are_ordinary_frozen_records(codec: Any) -> None:
+    """The C binding builds decoded Records/Frames without re-running validation; they must
+    still be exactly the public types, frozen, and equal/hashable/repr'd as constructed ones."""
+    rec = wire.Record(state=2, transition=2, seq=5, nonce=9, beat_size=4, payload=b"ab")
+    frame = wire.Frame(bytes(6), bytes([1]) * 6, wire.ETHERTYPE, rec)
+    got = codec.decode_frame(codec.encode_frame(frame, KEY), key=KEY)
+    built = wire.Frame(
+        frame.dst, frame.src, frame.ethertype, dataclasses.replace(got.record, seq=5)
+    )
+    assert type(got) is wire.Frame and type(got.record) is wire.Record
+    assert got == built and hash(got) == hash(built) and repr(got) == repr(built)
+    assert got.record.keyed and got.record.state is wire.State.REFLECTING
+    for obj, field in ((got, "dst"), (got.record, "seq")):
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            setattr(obj, field, 1)
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            delattr(obj, field)
+    assert vars(got.record) == vars(built.record)
+    decoded = codec.decode_record(codec.encode_record(rec))
+    assert type(decoded) is wire.Record and decoded == dataclasses.replace(rec, check=decoded.check)
