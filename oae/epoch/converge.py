@@ -252,6 +252,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         "with --testbed 50000)",
     )
     p.add_argument(
+        "--skew-us",
+        type=float,
+        default=50.0,
+        help="with --testbed: clock skew sigma of snap-t and rolling nodes (default 50, as "
+        "the simulated baselines)",
+    )
+    p.add_argument(
         "--probes", type=int, default=2, help="recovered-state probes per transition (default 2)"
     )
     p.add_argument("--initiator", type=int, help="initiating node (default: random each time)")
@@ -262,9 +269,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="TOPOLOGY names a running testbed (`oae testbed up`), or is a topology file to "
         "bring one up for the run and down after: run bilateral, snap-t or rolling on its "
         "real links, one node per testbed node, with application traffic; --crash-rate, "
-        "--persist-us (snap-t writes) and --app-period-us apply (a crash closes a node's "
-        "links and epoch layer, restarted from disk 0.6-1 s later), the testbed's own links "
-        "set loss and delay, the other simulation flags do not apply",
+        "--persist-us (snap-t writes), --skew-us and --app-period-us apply (a crash closes "
+        "a node's links and epoch layer, restarted from disk 0.6-1 s later), the testbed's "
+        "own links set loss and delay, the other simulation flags do not apply",
     )
     p.add_argument("--json", action="store_true", help="print one JSON document")
     p.set_defaults(func=_cli)
@@ -281,6 +288,8 @@ def _cli(args: argparse.Namespace) -> int:
             raise UsageError(f"--{flag.replace('_', '-')} must be >= 0")
     if args.loss >= 1 or args.refuse_rate > 1:
         raise UsageError("--loss must be < 1 and --refuse-rate <= 1")
+    if args.skew_us < 0:
+        raise UsageError("--skew-us must be >= 0")
     if args.app_period_us is None:
         args.app_period_us = 50_000.0 if args.testbed else 10.0
     if args.rtt_us <= 0 or args.persist_us <= 0 or args.app_period_us < 0 or args.probes < 0:
@@ -337,7 +346,7 @@ def _cli_testbed(args: argparse.Namespace, names: list[str]) -> int:
     def run_all(tb: manager.Testbed) -> dict[str, dict[str, object]]:
         return {
             name: run_sync(tb, args.epochs, args.seed, args.initiator, args.crash_rate, name,
-                           args.app_period_us * 1e-6, args.persist_us)
+                           args.app_period_us * 1e-6, args.persist_us, args.skew_us)
             for name in names
         }  # fmt: skip
 

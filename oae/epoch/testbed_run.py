@@ -469,6 +469,7 @@ def run_sync(
     algorithm: str = "bilateral",
     app_period: float = 0.0,
     persist_us: float = NetParams.persist_us,
+    skew_us: float = SKEW_US,
 ) -> dict[str, object]:
     def progress(msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)
@@ -486,6 +487,7 @@ def run_sync(
                 algorithm=algorithm,
                 app_period=app_period,
                 persist_us=persist_us,
+                skew_us=skew_us,
             )
         )
     except BaseExceptionGroup as group:
