@@ -1,6 +1,6 @@
 """`oae demo`: the short mode's report is consistent (exactly once, no mixed epochs for
-bilateral, snap-t's failure measured) and nothing of the run is left in the kernel, also
-after Ctrl-C; argument and root errors are one line."""
+bilateral, snap-t's failure measured on the same testbed's real frames) and nothing of
+the run is left in the kernel, also after Ctrl-C; argument and root errors are one line."""
 
 from __future__ import annotations
 
@@ -66,20 +66,32 @@ def test_demo_quick_report_is_consistent(
     assert t["links_down"] >= 2 and t["reconciles"] >= 2
 
     conv = doc["convergence"]
-    real = conv["bilateral (testbed)"]
-    assert real["network"] == "testbed"
-    assert real["committed"] + real["aborted"] + real["stuck"] == cfg["epochs"]
+    assert list(conv) == [
+        "bilateral (testbed)", "snap-t (testbed)", "bilateral (simulated)", "snap-t (simulated)"
+    ]  # fmt: skip
+    real, snap = conv["bilateral (testbed)"], conv["snap-t (testbed)"]
+    for r, algorithm in ((real, "bilateral"), (snap, "snap-t")):
+        # the same testbed, seed and fault schedule for both, measured on real frames
+        assert r["network"] == "testbed" and r["algorithm"] == algorithm
+        assert r["topology"] == doc["testbed"]["name"] and r["seed"] == cfg["seed"]
+        assert r["committed"] + r["aborted"] + r["stuck"] == cfg["epochs"]
+        assert r["stuck"] == 0 and r["bad_messages"] == 0
+        assert cfg["epochs"] <= r["probes"] <= 2 * cfg["epochs"]
+        assert r["app_frames"] > 0, algorithm  # the frame counts below are measured
+        assert r["median_link_rtt_us"] > 0
     assert real["committed"] >= 1
     assert real["mixed_epoch_states"] == 0 and real["mixed_epoch_frames"] == 0
-    assert real["median_link_rtt_us"] > 0
+    # snap-t's failure on the same links: frames across epochs and/or mixed durable epochs
+    assert snap["mixed_epoch_frames"] + snap["mixed_epoch_states"] > 0
+    assert snap["critical_path_exchanges"] == 0.0
     sim = conv["bilateral (simulated)"]
     assert sim["network"] == "simulated"
     assert sim["mixed_epoch_states"] == 0 and sim["inconsistent_states"] == 0
     assert sim["mixed_epoch_frames"] == 0
-    snap = conv["snap-t (simulated)"]
-    assert snap["network"] == "simulated" and snap["probes"] > 0
-    # snap-t's failure, measured: frames across epochs and/or bad recovered states
-    assert snap["mixed_epoch_frames"] + snap["mixed_epoch_states"] + snap["inconsistent_states"]
+    sim_snap = conv["snap-t (simulated)"]
+    assert sim_snap["network"] == "simulated" and sim_snap["probes"] > 0
+    # what the simulation adds: recovered states that are no consistent cut
+    assert sim_snap["mixed_epoch_states"] + sim_snap["inconsistent_states"] > 0
     assert doc["simulated_params"]["rtt_us"] == real["median_link_rtt_us"]
 
     tb = doc["testbed"]

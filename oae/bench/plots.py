@@ -64,23 +64,23 @@ def demo_plots(report: dict[str, Any], out: Path) -> list[Path]:
     a1.bar([i - 0.2 for i in xs], med, width=0.4, label="median")
     a1.bar([i + 0.2 for i in xs], p99, width=0.4, label="p99")
     a1.set_yscale("log")
-    a1.set_xticks(list(xs), names, fontsize=8)
+    a1.set_xticks(list(xs), names, fontsize=7, rotation=20)
     a1.set_ylabel("convergence time (µs)")
     a1.set_title("time to Conv(P, e+1)", fontsize=9)
     a1.legend(fontsize=8)
     mixed, torn = [], []
     for n in names:
         r = conv[n]
-        total = r["committed"] + r["aborted"] if r["network"] == "testbed" else r["probes"]
+        total = r["probes"]
         mixed.append(r["mixed_epoch_states"] / total if total else 0.0)
         bad_cut = r.get("inconsistent_states") or 0
         torn.append(bad_cut / total if total else 0.0)
     a2.bar(list(xs), mixed, color="tab:red", label="mixed epochs")
     a2.bar(list(xs), torn, bottom=mixed, color="tab:orange", label="one epoch, inconsistent cut")
-    a2.set_xticks(list(xs), names, fontsize=8)
+    a2.set_xticks(list(xs), names, fontsize=7, rotation=20)
     a2.set_ylim(0, 1)
     a2.set_ylabel("fraction of states")
-    a2.set_title("bad states (testbed: after each transition; sim: crash probes)", fontsize=9)
+    a2.set_title("bad states per probe (testbed: durable epochs; sim: crash probes)", fontsize=9)
     a2.legend(fontsize=8)
     files.append(_save(plt, fig, out / "oae-demo-convergence.png"))
     return files
