@@ -11,7 +11,9 @@
    handed back to the sender, never delivered) on both ends, and the link goes on.
 3. N epoch transitions with the bilateral protocol, then N with the clock-based `snap-t`
    checkpoint, on the same links (oae.epoch.testbed_run: one node per testbed node, the
-   same seed, so the same initiators, crash-restarts (--crash-rate) and probe instants),
+   same seed, so the same crash draws (--crash-rate: node, instant, downtime) and probe
+   instants; a crash due while its node is still down, or after the run, does nothing,
+   so the counts can differ),
    with application traffic on every link, each frame tagged with its sender's epoch: a
    frame delivered into another epoch is a mixed-epoch frame, measured on real frames;
    the nodes' durable epochs are probed during and after each transition.
@@ -436,9 +438,10 @@ def format_table(report: dict[str, Any]) -> str:
         lines.append(f"  {label:<24}" + "".join(f"{_fmt(get(conv[n])):>{width}}" for n in names))
     lines += [
         "",
-        "  testbed: real frames through the impairing bridge, same seed, faults and",
-        "  crash-restarts for both. simulated: as many transitions on oae.epoch.sim, crashes",
-        "  at the same rate, the testbed's loss and bilateral link exchange as round trip.",
+        "  testbed: real frames through the impairing bridge, same seed, faults and crash",
+        "  draws for both (one due while its node is down does nothing). simulated: as many",
+        "  transitions on oae.epoch.sim, crashes at the same rate, the testbed's loss and",
+        "  bilateral link exchange as round trip.",
         "  mixed-epoch frames: application frames delivered into another epoch than the one",
         "  their sender tagged. mixed-epoch states: probes whose durable epochs would restore",
         "  a mix (testbed: one at a random instant in each transition, one after it;",

@@ -338,13 +338,16 @@ async def run_on_testbed(
                     return
                 raise LinkError("links not reconciled in time: " + _not_ready(hosts, names))
 
-            async def crash(h: _Host, after: float) -> None:
+            async def crash(h: _Host, after: float, down: float) -> None:
+                """`down` is drawn with the rest of the transition's faults, not here:
+                a draw at crash time would interleave with the main loop's by timing, and
+                the algorithms would no longer get the same faults from one seed."""
                 await trio.sleep(after)
                 if not h.alive:
-                    return
+                    return  # still down from an earlier crash: nothing to crash
                 counts["crashes"] += 1
                 h.crash()
-                await trio.sleep(rng.uniform(0.6, 1.0))
+                await trio.sleep(down)
                 await nursery.start(h.serve)
 
             def probe_mixed() -> bool:
@@ -374,7 +377,7 @@ async def run_on_testbed(
                 who = initiator if initiator is not None else rng.randrange(len(hosts))
                 if rng.random() < crash_rate:
                     nursery.start_soon(crash, hosts[rng.randrange(len(hosts))],
-                                       rng.uniform(0.0, 0.2))  # fmt: skip
+                                       rng.uniform(0.0, 0.2), rng.uniform(0.6, 1.0))  # fmt: skip
                 probe_after = rng.uniform(0.0, 2 * LEAD)
                 result: bool | None = None
                 if algorithm == "bilateral":
