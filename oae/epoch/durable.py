@@ -3,7 +3,7 @@
 A node acknowledges nothing that depends on its state before that state is durable: the
 machine (oae.epoch.machine) emits `Persist(record)` and the driver must complete the
 write before it performs any later action of the same step. `FileStore` writes a
-temporary file, fsyncs it, renames it over the old one and fsyncs the directory, so a
+temporary file, fdatasyncs it, renames it over the old one and fsyncs the directory, so a
 crash at any point leaves either the old or the new record, never a torn one. Both stores
 refuse a record whose committed epoch is lower than the stored one: a committed epoch is
 never rolled back.
@@ -131,10 +131,11 @@ class MemoryStore:
 
 
 class FileStore:
-    """One JSON file per node, replaced atomically (temp file, fsync, rename, dir fsync)."""
+    """One JSON file per node, replaced atomically (temp file, fdatasync, rename, dir fsync)."""
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
+        self._last: DurableRecord | None = None  # the record this store last wrote
 
     def load(self) -> DurableRecord:
         try:
@@ -144,13 +145,16 @@ class FileStore:
         return DurableRecord.from_json(text)
 
     def write(self, record: DurableRecord) -> None:
-        old = self.load() if self.path.exists() else None
+        old = self._last
+        if old is None:
+            old = self.load() if self.path.exists() else None
         check_monotone(old, record)
         tmp = self.path.with_name(self.path.name + ".tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         try:
             os.write(fd, record.to_json().encode())
-            os.fsync(fd)
+            # Data and size; the name is made durable by the directory fsync below.
+            os.fdatasync(fd)
         finally:
             os.close(fd)
         os.replace(tmp, self.path)
@@ -159,3 +163,4 @@ class FileStore:
             os.fsync(dfd)
         finally:
             os.close(dfd)
+        self._last = record
