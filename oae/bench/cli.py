@@ -52,6 +52,7 @@ class BenchOptions:
     repeats: int
     progress: bool
     quick: bool = False  # a short run: parts may measure fewer configurations
+    nodes: tuple[int, ...] = ()  # convergence_testbed: ring and tree of these sizes
 
 
 def machine_info() -> dict[str, object]:
@@ -96,6 +97,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="a short run: --seconds 0.2 --repeats 1, fewer configurations",
     )
     p.add_argument(
+        "--nodes",
+        metavar="N[,N...]",
+        help="convergence_testbed: a ring and a tree of each of these node counts instead of"
+        " its default configurations (e.g. --nodes 64)",
+    )
+    p.add_argument(
         "--plot", metavar="DIR", help="write PNG plots of the figures to DIR (needs matplotlib)"
     )
     p.set_defaults(func=run)
@@ -112,17 +119,25 @@ def run(args: argparse.Namespace) -> int:
     repeats = args.repeats if args.repeats is not None else QUICK_REPEATS if args.quick else 5
     if seconds <= 0 or repeats < 1:
         raise UsageError("--seconds must be > 0 and --repeats >= 1")
+    try:
+        nodes = tuple(int(x) for x in args.nodes.split(",")) if args.nodes else ()
+    except ValueError:
+        raise UsageError(f"--nodes {args.nodes!r}: give node counts like 64 or 8,64") from None
+    if any(n < 2 for n in nodes):
+        raise UsageError("--nodes: every node count must be >= 2")
     plot_dir = Path(args.plot) if args.plot else None
     if plot_dir is not None:
         try:
             plot_dir.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise UsageError(f"--plot {plot_dir}: {exc.strerror}") from None
-    opts = BenchOptions(seconds=seconds, repeats=repeats, progress=True, quick=args.quick)
+    opts = BenchOptions(
+        seconds=seconds, repeats=repeats, progress=True, quick=args.quick, nodes=nodes
+    )
     doc: dict[str, Any] = {
         "machine": machine_info(),
         "started": time.time(),
-        "options": {"seconds": seconds, "repeats": repeats, "quick": args.quick},
+        "options": {"seconds": seconds, "repeats": repeats, "quick": args.quick, "nodes": nodes},
         "parts": {},
         "skipped": {},
     }

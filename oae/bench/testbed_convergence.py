@@ -9,7 +9,9 @@ time; the median CONTROL transfer latency (send to outcome, durable link state: 
 protocol's real link exchange); and two bounds — critical-path link exchanges (2 x the
 initiator's eccentricity) times the C round trip, and times the CONTROL latency.
 Convergence / C bound says how far the whole stack is from the wire; convergence /
-exchange bound says how far the wave is from its own critical path.
+exchange bound says how far the wave is from its own critical path (issue 6's ratio).
+`oae bench convergence_testbed --nodes 64` measures a ring and a tree of 64 nodes instead
+of the default configurations.
 """
 
 from __future__ import annotations
@@ -58,7 +60,11 @@ def run(opts: BenchOptions) -> dict:
     epochs = 3 if opts.quick else max(5, 2 * opts.repeats)
     out: dict[str, object] = {"network": "testbed", "epochs": epochs}
     units: dict[str, str] = {"epochs": "transitions per configuration"}
-    for shape, n in QUICK_CONFIGS if opts.quick else CONFIGS:
+    if opts.nodes:  # --nodes N[,N...]: a ring and a tree of each size
+        configs = [(shape, n) for n in opts.nodes for shape in ("ring", "tree")]
+    else:
+        configs = QUICK_CONFIGS if opts.quick else CONFIGS
+    for shape, n in configs:
         key = f"{shape}{n}"
         name = f"bconv{os.getpid()}"
         text = f'[topology]\nname = "{name}"\nshape = "{shape}"\nnodes = {n}\n'

@@ -8,9 +8,9 @@ application frame is awaited to its outcome), and applies link epoch switches
 One receiver task feeds CONTROL deliveries to the machine and application deliveries to
 `received()`. A watcher (and every delivery) turns the link's LIVE/down state and
 reconnections into link_up/link_down. The durable record lives in
-`state_dir/epoch.json` (FileStore: temp, fdatasync, rename, directory fsync), written in
-a worker thread while the loop runs on; every action after a Persist waits until that
-write is durable. The checkpoint of e+1 is written by the `checkpoint` callback.
+`state_dir/epoch.json` (FileStore: temp, fdatasync, rename, directory fsync), written
+synchronously (a worker thread was tried and was slower under load: docs/convergence.md
+§11.4); the checkpoint of e+1 is written by the `checkpoint` callback.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from typing import Any
 
 import trio
 
-from oae.epoch.durable import DurableRecord, FileStore
+from oae.epoch.durable import FileStore
 from oae.epoch.machine import (
     Action,
     Capture,
@@ -81,9 +81,6 @@ class EpochNode:
         self._inbox_send, self._inbox = trio.open_memory_channel[tuple[int, bytes]](math.inf)
         self._nursery: trio.Nursery | None = None
         self._ups = {n: -1 for n in links}  # the link's up counter at our last link_up
-        # Actions waiting for a durable write in flight (None: none in flight).
-        self._backlog: list[Action] | None = None
-        self.persists = 0  # epoch records written (FileStore)
 
     # ------------------------------------------------------------ application API
     async def propose(self) -> Wave | None:
@@ -106,9 +103,7 @@ class EpochNode:
 
     async def send(self, neighbour: int, payload: bytes) -> Any:
         """Send an application frame; held while the link is changing epoch."""
-        # Also held while actions wait for a durable write: a link switch the machine
-        # already made may be among them (the frame must go out after it, as its tag says).
-        while self._backlog is not None or (epoch := self.machine.send_epoch(neighbour)) is None:
+        while (epoch := self.machine.send_epoch(neighbour)) is None:
             await self._wait_change()
         if self.tag_epochs:
             payload = epoch.to_bytes(4, "big") + payload
@@ -131,56 +126,21 @@ class EpochNode:
         self._changed = trio.Event()
 
     def _do(self, actions: list[Action]) -> None:
-        """Perform `actions` in order. A Persist is written in a worker thread (the Trio
-        loop, and so every other node of the process and this node's other links, keeps
-        running during the fsync); the actions after it, and those of every later call,
-        wait in `_backlog` until it is durable, so nothing is sent, switched or reported
-        before the record that precedes it is on disk."""
-        if self._backlog is not None:
-            self._backlog.extend(actions)
-            return
-        self._run(list(actions))
-
-    def _run(self, actions: list[Action]) -> None:
-        for i, a in enumerate(actions):
-            if isinstance(a, Persist) and self._nursery is not None:
-                self._backlog = actions[i + 1 :]
-                self._nursery.start_soon(self._persist, a.record)
-                break
-            self._apply(a)
+        for a in actions:
+            if isinstance(a, Send):
+                self._out[a.link][0].send_nowait(("control", a.payload, None))
+            elif isinstance(a, Persist):
+                self.store.write(a.record)  # durable before any later action
+            elif isinstance(a, Capture):
+                assert self._nursery is not None
+                self._nursery.start_soon(self._write_checkpoint, a.wave)
+            elif isinstance(a, LinkEpoch):
+                self._out[a.link][0].send_nowait(("epoch", a.epoch, None))
+            elif isinstance(a, Decided):
+                self.decided[a.wave] = a.committed
+            elif isinstance(a, Converged):
+                self.converged.add(a.wave)
         self._notify()
-
-    async def _persist(self, record: DurableRecord) -> None:
-        while True:
-            await trio.to_thread.run_sync(self.store.write, record)
-            self.persists += 1
-            pending, self._backlog = self._backlog or [], None
-            # Consecutive records with nothing between them are acknowledged together:
-            # the last one (records only move forward) is written once for all of them.
-            while len(pending) > 1 and all(isinstance(a, Persist) for a in pending[:2]):
-                pending.pop(0)
-            if pending and isinstance(pending[0], Persist):
-                record = pending[0].record
-                self._backlog = pending[1:]
-                continue
-            self._run(pending)  # a later Persist in it starts its own writer task
-            return
-
-    def _apply(self, a: Action) -> None:
-        if isinstance(a, Send):
-            self._out[a.link][0].send_nowait(("control", a.payload, None))
-        elif isinstance(a, Persist):
-            self.store.write(a.record)  # no nursery yet: durable before any later action
-            self.persists += 1
-        elif isinstance(a, Capture):
-            assert self._nursery is not None
-            self._nursery.start_soon(self._write_checkpoint, a.wave)
-        elif isinstance(a, LinkEpoch):
-            self._out[a.link][0].send_nowait(("epoch", a.epoch, None))
-        elif isinstance(a, Decided):
-            self.decided[a.wave] = a.committed
-        elif isinstance(a, Converged):
-            self.converged.add(a.wave)
 
     async def _write_checkpoint(self, wave: Wave) -> None:
         ok = await self.checkpoint(wave)
