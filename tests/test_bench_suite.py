@@ -21,7 +21,7 @@ ROLES = {"measured", "baseline", "ratio", "target", "parameter", "diagnostic"}
 def test_quick_suite_document(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["bench", "--json", "--quick", "--plot", str(tmp_path)]) == 0
     doc = json.loads(capsys.readouterr().out)
-    assert doc["options"] == {"seconds": 0.2, "repeats": 1, "quick": True}
+    assert doc["options"] == {"seconds": 0.2, "repeats": 1, "quick": True, "nodes": []}
     assert doc["machine"]["cpus"] and doc["machine"]["kernel"] and doc["machine"]["cpu"]
     assert set(doc["parts"]) | set(doc["skipped"]) == set(PARTS)
     if os.geteuid() == 0:
