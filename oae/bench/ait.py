@@ -40,9 +40,13 @@ def measure_flood(pair: VethPair, seconds: float) -> float:
         b.close()
 
 
-async def _commits(pair: VethPair, seconds: float) -> float:
-    tx = LinkOptions(window=WINDOW, beat=BEAT, idle=0.0, quiet=True)
-    rx = LinkOptions(window=WINDOW, beat=BEAT, idle=0.0, sink=True)
+async def steady_stats(
+    pair: VethPair, seconds: float, window: int, beat: int
+) -> tuple[dict, dict, float]:
+    """The sender's stats before and after `seconds` of steady bulk transfer (window full,
+    sink receiver, quiet sender) and the time between them: what `ait` and `sweep` measure."""
+    tx = LinkOptions(window=window, beat=beat, idle=0.0, quiet=True)
+    rx = LinkOptions(window=window, beat=beat, idle=0.0, sink=True)
     chunk = [PAYLOAD] * CHUNK
     async with (
         open_link(pair.if_a, pair.ns_a, options=tx) as a,
@@ -60,11 +64,16 @@ async def _commits(pair: VethPair, seconds: float) -> float:
         async with trio.open_nursery() as nursery:
             nursery.start_soon(feed)
             await trio.sleep(min(0.3, seconds / 3))  # window full, steady state
-            c0, t0 = a.stats()["committed"], time.perf_counter()
+            s0, t0 = a.stats(), time.perf_counter()
             await trio.sleep(seconds)
-            c1, t1 = a.stats()["committed"], time.perf_counter()
+            s1, t1 = a.stats(), time.perf_counter()
             nursery.cancel_scope.cancel()
-        return (c1 - c0) / (t1 - t0)
+        return s0, s1, t1 - t0
+
+
+async def _commits(pair: VethPair, seconds: float) -> float:
+    s0, s1, dt = await steady_stats(pair, seconds, WINDOW, BEAT)
+    return (s1["committed"] - s0["committed"]) / dt
 
 
 def measure_commits(pair: VethPair, seconds: float) -> float:

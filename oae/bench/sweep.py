@@ -11,13 +11,11 @@ from __future__ import annotations
 
 import statistics
 import sys
-import time
 
 import trio
 
-from oae.bench.ait import CHUNK, PAYLOAD, measure_flood
+from oae.bench.ait import measure_flood, steady_stats
 from oae.bench.cli import BenchOptions
-from oae.runtime.link import LinkOptions, open_link
 from oae.testbed.kernel import VethPair, require_root, veth_pair
 
 BEATS = (1, 4, 16, 64)
@@ -29,38 +27,15 @@ FIXED_BEAT = 64  # while the window varies
 async def _point(pair: VethPair, seconds: float, window: int, beat: int) -> dict[str, float]:
     """Committed transfers/s, frames/s sent, and the sender pump's syscalls and blocking
     wake-ups per frame (sent + received), in the steady state."""
-    tx = LinkOptions(window=window, beat=beat, idle=0.0, quiet=True)
-    rx = LinkOptions(window=window, beat=beat, idle=0.0, sink=True)
-    chunk = [PAYLOAD] * CHUNK
-    async with (
-        open_link(pair.if_a, pair.ns_a, options=tx) as a,
-        open_link(pair.if_b, pair.ns_b, options=rx),
-    ):
-        with trio.fail_after(10):
-            await a.wait_up()
-
-        async def feed() -> None:
-            while True:
-                if a.backlog() < CHUNK:
-                    a.submit(chunk)
-                await trio.sleep(0.005)
-
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(feed)
-            await trio.sleep(min(0.3, seconds / 3))  # window full, steady state
-            s0, t0 = a.stats(), time.perf_counter()
-            await trio.sleep(seconds)
-            s1, t1 = a.stats(), time.perf_counter()
-            nursery.cancel_scope.cancel()
-        dt = t1 - t0
-        p0, p1 = s0["pump"], s1["pump"]
-        frames = sum(p1[k] - p0[k] for k in ("rx_frames", "tx_frames")) or 1
-        return {
-            "commits_per_s": (s1["committed"] - s0["committed"]) / dt,
-            "exchanges_per_s": (s1["frames_out"] - s0["frames_out"]) / dt,
-            "syscalls_per_frame": sum(p1[k] - p0[k] for k in ("rx_calls", "tx_calls")) / frames,
-            "wakeups_per_frame": (p1["wakeups"] - p0["wakeups"]) / frames,
-        }
+    s0, s1, dt = await steady_stats(pair, seconds, window, beat)
+    p0, p1 = s0["pump"], s1["pump"]
+    frames = sum(p1[k] - p0[k] for k in ("rx_frames", "tx_frames")) or 1
+    return {
+        "commits_per_s": (s1["committed"] - s0["committed"]) / dt,
+        "exchanges_per_s": (s1["frames_out"] - s0["frames_out"]) / dt,
+        "syscalls_per_frame": sum(p1[k] - p0[k] for k in ("rx_calls", "tx_calls")) / frames,
+        "wakeups_per_frame": (p1["wakeups"] - p0["wakeups"]) / frames,
+    }
 
 
 def run(opts: BenchOptions) -> dict:
