@@ -137,6 +137,25 @@ static void durable_changed(oae_link *l)
 static out_slot *oslot(oae_link *l, uint32_t tid) { return &l->out[tid % l->cfg.window]; }
 static in_slot *islot(oae_link *l, uint32_t tid) { return &l->in[tid % l->cfg.window]; }
 
+/* Deliver every held tid up to `upto`, in order (the receiver's second-round-trip step);
+ * returns whether anything was delivered. */
+static int deliver_held(oae_link *l, uint32_t upto)
+{
+    int any = 0;
+    while (l->in_delivered < upto) {
+        uint32_t t = ++l->in_delivered;
+        in_slot *s = islot(l, t);
+        oae_event *e = push(l, OAE_EV_DELIVERED, t);
+        e->data_flags = s->flags;
+        e->length = s->len;
+        memcpy(e->payload, s->payload, s->len);
+        l->in_unreleased++;
+        l->st.delivered++;
+        any = 1;
+    }
+    return any;
+}
+
 static int in_abort(const oae_link *l, uint32_t tid)
 {
     return l->abort_hi != 0 && tid >= l->abort_lo && tid <= l->abort_hi;
@@ -268,17 +287,7 @@ static void new_round(oae_link *l, const oae_frame_hdr *h, const oae_record *r, 
  * skip past every tid the peer ever assigned.  Done once per round. */
 static void apply(oae_link *l, const oae_record *r)
 {
-    uint32_t upto = r->commit_upto < l->in_held ? r->commit_upto : l->in_held;
-    while (l->in_delivered < upto) {
-        uint32_t t = ++l->in_delivered;
-        in_slot *s = islot(l, t);
-        oae_event *e = push(l, OAE_EV_DELIVERED, t);
-        e->data_flags = s->flags;
-        e->length = s->len;
-        memcpy(e->payload, s->payload, s->len);
-        l->in_unreleased++;
-        l->st.delivered++;
-    }
+    deliver_held(l, r->commit_upto < l->in_held ? r->commit_upto : l->in_held);
     if (!l->skip_pending)
         l->rec_dfinal = l->in_delivered;
     l->in_held = l->in_delivered;
@@ -354,19 +363,7 @@ static void deliver_upto(oae_link *l, uint32_t c)
 {
     if (c > l->in_commit)
         l->in_commit = c;
-    uint32_t upto = l->in_commit < l->in_held ? l->in_commit : l->in_held;
-    int changed = 0;
-    while (l->in_delivered < upto) {
-        uint32_t t = ++l->in_delivered;
-        in_slot *s = islot(l, t);
-        oae_event *e = push(l, OAE_EV_DELIVERED, t);
-        e->data_flags = s->flags;
-        e->length = s->len;
-        memcpy(e->payload, s->payload, s->len);
-        l->in_unreleased++;
-        l->st.delivered++;
-        changed = 1;
-    }
+    int changed = deliver_held(l, l->in_commit < l->in_held ? l->in_commit : l->in_held);
     if (l->in_commit > l->in_held) {
         /* the peer settled tids I never held as aborted (it reversed them): skip them */
         l->in_held = l->in_delivered = l->in_commit;
