@@ -122,10 +122,6 @@ void oae_pump_set_epoch(oae_pump *p, uint32_t epoch);
 void oae_pump_stats_get(oae_pump *p, oae_link_stats *ls, oae_pump_stats *ps);
 int oae_pump_transfer_state(oae_pump *p, int incoming, uint32_t tid);
 
-/* Durable files: registers are written atomically (temp, fsync, rename, fsync dir).
- * load returns 0, -ENOENT (none yet) or -EINVAL (damaged or another version). */
-int oae_durable_load(const char *path, oae_link_durable *out);
-int oae_durable_store(const char *path, const oae_link_durable *d);
 /* The settled-transfer log: fixed 40-byte records, appended and fdatasync'ed before the
  * registers that depend on them are stored, each with its own CRC32C (a torn tail is
  * detected and ignored on reading). */
