@@ -451,19 +451,25 @@ class TwoPC:
     def recovered(self, sim: Sim) -> dict[int, tuple[int, dict[int, int]]]:
         """Restart everyone: a prepared participant learns the coordinator's durable
         decision (committed iff the coordinator's epoch reached it)."""
-        stores = [slot.store for slot in sim.nodes]
-        out = {}
-        for v, s in enumerate(stores):
-            assert isinstance(s, SimpleStore)
-            e, log = s.epoch, dict(s.log)
-            if s.prepared is not None:
-                coord = stores[s.coordinator]
-                assert isinstance(coord, SimpleStore)
-                if coord.committed_tx == s.prepared:
-                    # Committed, but the channel log was only to be written at COMMIT.
-                    e, log = _epoch(s.prepared), {}
-            out[v] = (e, log)
-        return out
+        return restore_2pc([slot.store for slot in sim.nodes])  # type: ignore[misc]
+
+
+def restore_2pc(stores: list[SimpleStore]) -> dict[int, tuple[int, dict[int, int]]]:
+    """What 2pc nodes restart to from their durable stores, {node: (epoch, channel log)}:
+    its own committed epoch, or, if prepared, the coordinator's durable decision (used
+    by the simulation and by the testbed's probes alike)."""
+    out = {}
+    for v, s in enumerate(stores):
+        assert isinstance(s, SimpleStore)
+        e, log = s.epoch, dict(s.log)
+        if s.prepared is not None:
+            coord = stores[s.coordinator]
+            assert isinstance(coord, SimpleStore)
+            if coord.committed_tx == s.prepared:
+                # Committed, but the channel log was only to be written at COMMIT.
+                e, log = _epoch(s.prepared), {}
+        out[v] = (e, log)
+    return out
 
 
 # --------------------------------------------------------------------------- chandy-lamport

@@ -36,17 +36,19 @@ from typing import Any
 
 import trio
 
+from oae.epoch.baselines import TwoPC, restore_2pc
 from oae.epoch.converge import quantile
 from oae.epoch.durable import DurableRecord, FileStore
 from oae.epoch.messages import Wave
 from oae.epoch.node import EpochNode, open_epoch_node
 from oae.epoch.sim import NetParams, Topology
+from oae.epoch.twopc_testbed import TwoPCNet, TwoPCNode, default_timers, load_store
 from oae.errors import OaeError, UsageError
 from oae.runtime.link import LinkError, LinkOptions, open_link
 from oae.testbed.manager import Testbed
 
 TRANSITION_TIMEOUT = 30.0
-ALGORITHMS = ("bilateral", "snap-t", "rolling")
+ALGORITHMS = ("bilateral", "snap-t", "rolling", "2pc")
 # Clock baselines: the transition starts, each node acts at start + LEAD + its skew (the
 # simulated baselines' 50 us skew, 200 us log-normal write; LEAD is within the window in
 # which crashes are injected, so a crash can make a node miss its instant). Their
@@ -97,10 +99,13 @@ class _Host:
         algorithm: str,
         app_period: float,
         rng: random.Random,
+        net: TwoPCNet | None = None,
     ) -> None:
         self.i, self.name, self.ns, self.ends, self.work = i, name, ns, ends, work
         self.algorithm, self.app_period, self.rng = algorithm, app_period, rng
         self.node: EpochNode | None = None
+        self.net = net
+        self.tpc: TwoPCNode | None = None  # 2pc: this incarnation's node
         self.links: dict[int, Any] = {}
         self.alive = False
         self.current = 0  # clock baselines: the epoch this node tags and runs now
@@ -131,6 +136,11 @@ class _Host:
                         open_epoch_node(self.i, links, self.work, tag_epochs=True)
                     )
                     nursery.start_soon(self._drain, self.node)
+                elif self.algorithm == "2pc":
+                    assert self.net is not None
+                    self.work.mkdir(parents=True, exist_ok=True)
+                    self.tpc = TwoPCNode(self.i, links, self.work, self.net)
+                    await nursery.start(self.tpc.run)
                 else:
                     self.work.mkdir(parents=True, exist_ok=True)
                     self.current = _read_epoch(self.epoch_file)
@@ -169,6 +179,8 @@ class _Host:
             t0 = trio.current_time()
             if self.node is not None:
                 await self.node.send(peer, body)
+            elif self.tpc is not None:
+                await self.tpc.send_app(peer, body)  # held while 2pc holds
             else:
                 await self.links[peer].send(self.current.to_bytes(4, "big") + body)
                 self.transfer_s.append(trio.current_time() - t0)
@@ -189,6 +201,8 @@ class _Host:
     def durable_epoch(self) -> int:
         if self.algorithm == "bilateral":
             return FileStore(self.work / "epoch.json").load().epoch
+        if self.algorithm == "2pc":
+            return load_store(self.work / "2pc.json").epoch
         return _read_epoch(self.epoch_file)
 
     def harvest(self) -> None:
@@ -204,10 +218,19 @@ class _Host:
             node.machine.bad_messages = 0
             self.transfer_s += node.transfer_s
             node.transfer_s = []
+        tpc = self.tpc
+        if tpc is not None:
+            self.mixed_frames += tpc.mixed_frames
+            self.app_received += tpc.app_received
+            self.bad_messages += tpc.bad_messages
+            self.transfer_s += tpc.transfer_s
+            tpc.mixed_frames = tpc.app_received = tpc.bad_messages = 0
+            tpc.transfer_s = []
 
     def crash(self) -> None:
         self.harvest()
         self.node = None
+        self.tpc = None
         self.alive = False
         assert self.scope is not None
         self.scope.cancel()
@@ -313,6 +336,9 @@ async def run_on_testbed(
     skews = [clock_rng.gauss(0.0, skew_us) * 1e-6 for _ in names]
     conv: list[float] = []
     paths: list[float] = []
+    released: list[float] = []  # 2pc: start -> every node released (the simulated 2pc's)
+    twopc = TwoPC()
+    net = TwoPCNet(topo, twopc, *default_timers(topo, 0.8 * TRANSITION_TIMEOUT))
     counts = {"committed": 0, "aborted": 0, "stuck": 0, "crashes": 0}
     mixed_states = probes = 0
     with tempfile.TemporaryDirectory(prefix="oae-converge-") as work:
@@ -323,7 +349,7 @@ async def run_on_testbed(
             ends[b][a] = (lk["if_b"], lk["name"])
         hosts = [
             _Host(i, n, tb.ns(n) or "", ends[i], Path(work) / n, algorithm, app_period,
-                  random.Random(seed * 1000 + i))
+                  random.Random(seed * 1000 + i), net)
             for i, n in enumerate(names)
         ]  # fmt: skip
         async with trio.open_nursery() as nursery:
@@ -356,6 +382,9 @@ async def run_on_testbed(
                 if algorithm == "bilateral":
                     recs = [FileStore(h.work / "epoch.json").load() for h in hosts]
                     return _bilateral_restore_mixed(recs)
+                if algorithm == "2pc":
+                    stores = [load_store(h.work / "2pc.json") for h in hosts]
+                    return len({e for e, _ in restore_2pc(stores).values()}) != 1
                 return len({h.durable_epoch() for h in hosts}) != 1
 
             async def probe_at(after: float) -> None:
@@ -372,7 +401,7 @@ async def run_on_testbed(
             target = 0
             await all_ready()
             for k in range(epochs):
-                if algorithm == "bilateral":
+                if algorithm in ("bilateral", "2pc"):
                     await all_ready()
                 who = initiator if initiator is not None else rng.randrange(len(hosts))
                 if rng.random() < crash_rate:
@@ -396,6 +425,38 @@ async def run_on_testbed(
                         while (result := host.outcome(wave)) is None:
                             await trio.sleep(0.002)
                     elapsed = trio.current_time() - t0
+                elif algorithm == "2pc":
+                    began = False
+                    with trio.move_on_after(TRANSITION_TIMEOUT):
+                        # The coordinator may still hold the previous transaction (not
+                        # released yet, or prepared and waiting for a decision).
+                        while not began:
+                            tpc = hosts[who].tpc
+                            began = tpc is not None and tpc.call(partial(twopc.begin, net, who))
+                            if not began:
+                                await trio.sleep(0.01)
+                    if began:
+                        t0 = trio.current_time()
+                        nursery.start_soon(probe_at, probe_after)
+                        done = twopc.tracker.done
+                        with trio.move_on_after(TRANSITION_TIMEOUT):
+                            # Polled as bilateral's outcome is: convergence is the
+                            # coordinator released, i.e. it has every node's commit ACK.
+                            while result is None:
+                                if twopc.decision is not None and not twopc.decision[0]:
+                                    result = False
+                                elif who in done:
+                                    result = True
+                                else:
+                                    await trio.sleep(0.002)
+                        elapsed = trio.current_time() - t0
+                        if result:
+                            # Every node released (the next coordinator must be): bounded.
+                            with trio.move_on_after(TRANSITION_TIMEOUT):
+                                while len(done) < topo.n:
+                                    await trio.sleep(0.002)
+                            if len(done) == topo.n:
+                                released.append(max(done.values()) - t0 * 1e6)
                 else:
                     # Every node acts at its own clock's instant; none waits for another.
                     target += 1
@@ -416,11 +477,18 @@ async def run_on_testbed(
                     elapsed = last - t0
                 if result is None:
                     counts["stuck"] += 1
+                    if progress:
+                        progress(
+                            f"[converge] testbed {tb.name} {algorithm} transition "
+                            f"{k + 1}/{epochs}: stuck"
+                        )
                     continue
                 if result:
                     counts["committed"] += 1
                     conv.append(elapsed * 1e6)
-                    if algorithm == "bilateral":
+                    if algorithm in ("bilateral", "2pc"):
+                        # Bilateral: PROPOSE/ACCEPT and COMMIT/DONE; 2pc: PREPARE/YES and
+                        # COMMIT/ACK relayed to and from the farthest node.
                         paths.append(2.0 * topo.eccentricity(who))
                 else:
                     counts["aborted"] += 1
@@ -440,7 +508,7 @@ async def run_on_testbed(
     xfer = [t * 1e6 for h in hosts for t in h.transfer_s]
     rtt = quantile(xfer, 0.5)
     median = quantile(conv, 0.5)
-    path = quantile(paths, 0.5) if algorithm == "bilateral" else 0.0
+    path = quantile(paths, 0.5) if algorithm in ("bilateral", "2pc") else 0.0
     return {
         "algorithm": algorithm,
         "network": "testbed",
@@ -452,6 +520,7 @@ async def run_on_testbed(
         **counts,
         "median_convergence_us": median,
         "p99_convergence_us": quantile(conv, 0.99),
+        "median_all_links_us": quantile(released, 0.5),
         "critical_path_exchanges": path,
         "median_link_rtt_us": rtt,
         "convergence_ratio": None if not (median and path and rtt) else median / (path * rtt),
