@@ -2,17 +2,21 @@
 
 A node acknowledges nothing that depends on its state before that state is durable: the
 machine (oae.epoch.machine) emits `Persist(record)` and the driver must complete the
-write before it performs any later action of the same step. `FileStore` writes a
-temporary file, fdatasyncs it, renames it over the old one and fsyncs the directory, so a
-crash at any point leaves either the old or the new record, never a torn one. Both stores
-refuse a record whose committed epoch is lower than the stored one: a committed epoch is
-never rolled back.
+write before it performs any later action of the same step. `FileStore` keeps two slots
+in one preallocated file, each a framed record (magic, format, sequence number, length,
+CRC32, the record's JSON); a write overwrites in place the slot that does not hold the
+newest record and fdatasyncs once, so a crash at any point leaves either the old or the
+new record, never a torn one (a torn slot fails its CRC and the other slot is read).
+Both stores refuse a record whose committed epoch is lower than the stored one: a
+committed epoch is never rolled back.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import struct
+import zlib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -130,18 +134,99 @@ class MemoryStore:
         self.record = record
 
 
+# FileStore layout. The file is 2*S bytes (S a multiple of _BLOCK): slot 0 at offset 0,
+# slot 1 at offset S, each a record framed as below and zero-padded to S. The slots sit in
+# different blocks, so writing one never rewrites the other's sectors.
+_MAGIC = b"OAEP"
+_FORMAT = 1
+_HDR = struct.Struct(">4sHHQI")  # magic, format, reserved (0), sequence number, length
+_CRC = struct.Struct(">I")  # CRC32 (zlib) of the header and the payload, after the header
+_FRAME = _HDR.size + _CRC.size
+_BLOCK = 4096
+_SEQ_MOD = 1 << 64
+
+
+def _newer(a: int, b: int) -> bool:
+    """Serial-number order on 64-bit sequence numbers (a write stores newest+1)."""
+    return 0 < (a - b) % _SEQ_MOD < _SEQ_MOD // 2
+
+
+def _frame(seq: int, payload: bytes) -> bytes:
+    hdr = _HDR.pack(_MAGIC, _FORMAT, 0, seq % _SEQ_MOD, len(payload))
+    return hdr + _CRC.pack(zlib.crc32(payload, zlib.crc32(hdr))) + payload
+
+
+def _unframe(data: bytes, off: int, limit: int) -> tuple[int, bytes] | None:
+    """The (sequence number, payload) of the slot at `off`, or None if it is not a valid
+    record (empty, torn, damaged) or would extend past `limit`."""
+    if off + _FRAME > limit:
+        return None
+    magic, fmt, reserved, seq, length = _HDR.unpack_from(data, off)
+    if magic != _MAGIC or fmt != _FORMAT or reserved or off + _FRAME + length > limit:
+        return None
+    payload = bytes(data[off + _FRAME : off + _FRAME + length])
+    (crc,) = _CRC.unpack_from(data, off + _HDR.size)
+    if zlib.crc32(payload, zlib.crc32(data[off : off + _HDR.size])) != crc:
+        return None
+    return seq, payload
+
+
+def _slots(data: bytes) -> list[tuple[int, int, bytes]]:
+    """(offset, sequence number, payload) of the two slots of a well-formed file, the
+    valid ones only; [] if the size is not a 2*S layout."""
+    s = len(data) // 2
+    if s < _BLOCK or s % _BLOCK or len(data) != 2 * s:
+        return []
+    out = []
+    for off in (0, s):
+        rec = _unframe(data, off, off + s)
+        if rec is not None:
+            out.append((off, *rec))
+    return out
+
+
+def _newest(cands: list[tuple[int, int, bytes]]) -> tuple[int, int, bytes] | None:
+    best = None
+    for c in cands:
+        if best is None or _newer(c[1], best[1]):
+            best = c
+    return best
+
+
 class FileStore:
-    """One JSON file per node, replaced atomically (temp file, fdatasync, rename, dir fsync)."""
+    """One file per node holding two framed slots, updated in place (pwrite of the older
+    slot, one fdatasync); created or resized by temp file, fdatasync, rename, dir fsync.
+
+    Read the latest record with `FileStore(path).load()` (the file is not plain JSON)."""
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = Path(path)
         self._last: DurableRecord | None = None  # the record this store last wrote
 
     def load(self) -> DurableRecord:
+        """The newest valid record; the genesis record if the file does not exist."""
         try:
-            text = self.path.read_text()
+            data = self.path.read_bytes()
         except FileNotFoundError:
             return DurableRecord()
+        if data[:1] == b"{":  # a plain JSON record written before the slot layout
+            return DurableRecord.from_json(data.decode(errors="replace"))
+        # any 4 KiB boundary may hold a slot: a file cut short still yields the slots it holds
+        cands = []
+        for off in range(0, len(data), _BLOCK):
+            rec = _unframe(data, off, len(data))
+            if rec is not None:
+                cands.append((off, *rec))
+        best = _newest(cands)
+        if best is None:
+            raise DurableError(
+                f"corrupt durable epoch record {self.path}: no valid slot"
+                f" ({len(data)} bytes; damaged, or not an epoch record file)"
+            )
+        try:
+            text = best[2].decode()
+        except UnicodeDecodeError as exc:
+            raise DurableError(f"corrupt durable epoch record {self.path}: {exc}") from None
         return DurableRecord.from_json(text)
 
     def write(self, record: DurableRecord) -> None:
@@ -149,12 +234,44 @@ class FileStore:
         if old is None:
             old = self.load() if self.path.exists() else None
         check_monotone(old, record)
-        tmp = self.path.with_name(self.path.name + ".tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        payload = record.to_json().encode()
         try:
-            os.write(fd, record.to_json().encode())
-            # Data and size; the name is made durable by the directory fsync below.
-            os.fdatasync(fd)
+            fd = os.open(self.path, os.O_RDWR | os.O_CLOEXEC)
+        except FileNotFoundError:
+            self._create(1, payload)
+        else:
+            try:
+                data = os.pread(fd, os.fstat(fd).st_size + 1, 0)
+                slots = _slots(data)
+                newest = _newest(slots)
+                seq = 1 if newest is None else newest[1] + 1
+                size = len(data) // 2
+                if not slots or _FRAME + len(payload) > size:
+                    # an older layout, a damaged file, or a record that outgrew its slots
+                    self._create(seq, payload)
+                else:
+                    off = size if newest is not None and newest[0] == 0 else 0
+                    img = _frame(seq, payload)
+                    if os.pwrite(fd, img, off) != len(img):
+                        raise DurableError(f"short write to {self.path}")
+                    os.fdatasync(fd)
+            finally:
+                os.close(fd)
+        self._last = record
+
+    def _create(self, seq: int, payload: bytes) -> None:
+        """A new file, record in slot 0, put in place atomically (rare: first write, or
+        slots too small). Slots are sized with room for the record to double."""
+        size = max(_BLOCK, -(-2 * (_FRAME + len(payload)) // _BLOCK) * _BLOCK)
+        img = bytearray(2 * size)
+        frame = _frame(seq, payload)
+        img[: len(frame)] = frame
+        tmp = self.path.with_name(self.path.name + ".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+        try:
+            if os.write(fd, img) != len(img):
+                raise DurableError(f"short write to {tmp}")
+            os.fdatasync(fd)  # data and size; the name is made durable by the dir fsync
         finally:
             os.close(fd)
         os.replace(tmp, self.path)
@@ -163,4 +280,3 @@ class FileStore:
             os.fsync(dfd)
         finally:
             os.close(dfd)
-        self._last = record
