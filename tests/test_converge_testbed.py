@@ -67,7 +67,7 @@ def test_bilateral_never_mixes_and_baselines_do(testbed, source: str) -> None:
 def test_testbed_mode_refuses_other_algorithms(capsys) -> None:
     from oae.cli import main
 
-    assert main(["converge", "whatever", "--testbed", "--algorithm", "2pc"]) == 2
-    assert "--testbed runs --algorithm bilateral, snap-t, rolling or all" in (
+    assert main(["converge", "whatever", "--testbed", "--algorithm", "chandy-lamport"]) == 2
+    assert "--testbed runs --algorithm bilateral, snap-t, rolling, 2pc or all" in (
         capsys.readouterr().err
     )

@@ -113,6 +113,17 @@ RULES: dict[str, list[Rule]] = {
         Rule(r"(\w+?\d+)_ratio_vs_exchange", "ratio", _X_BOUND, r"\1_link_exchange_us"),
         Rule(r"(\w+?\d+)_(committed|critical_path_exchanges)|epochs", "parameter",
              "a count or a property of the topology, not compared"),
+        # 2pc on the same testbed, same run: its critical path is counted as bilateral's
+        # (2 x eccentricity of node 0), so the C bound is the same figure.
+        Rule(r"(\w+?\d+)_2pc_us", "measured", _C_BOUND, r"\1_c_bound_us"),
+        Rule(r"(\w+?\d+)_2pc_link_exchange_us", "measured", _C_PINGPONG, r"\1_c_rtt_us"),
+        Rule(r"(\w+?\d+)_2pc_ratio_vs_c", "ratio", _C_BOUND, r"\1_c_bound_us"),
+        Rule(r"(\w+?\d+)_2pc_ratio_vs_exchange", "ratio", _X_BOUND,
+             r"\1_2pc_link_exchange_us"),
+        Rule(r"(\w+?\d+)_2pc_over_bilateral", "ratio",
+             "bilateral's median convergence, same testbed, same run", r"\1_bilateral_us"),
+        Rule(r"(\w+?\d+)_2pc_(committed|critical_path_exchanges)", "parameter",
+             "a count or a property of the topology, not compared"),
     ],
     "latency": [
         Rule(r"c_rtt_us", "baseline", _C_PINGPONG),

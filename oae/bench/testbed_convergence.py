@@ -1,5 +1,5 @@
 """`oae bench convergence_testbed`: bilateral convergence on real frames, against the
-physical ceiling of the same links.
+physical ceiling of the same links, and against 2pc on the same testbed in the same run.
 
 For each configuration a namespace testbed comes up (direct veths, no impairment). First
 the bare C ping-pong runs on one of its links (the round trip the hardware path allows);
@@ -10,6 +10,12 @@ protocol's real link exchange); and two bounds — critical-path link exchanges 
 initiator's eccentricity) times the C round trip, and times the CONTROL latency.
 Convergence / C bound says how far the whole stack is from the wire; convergence /
 exchange bound says how far the wave is from its own critical path (issue 6's ratio).
+Then, on the same testbed, `epochs` transitions of `2pc` (the simulated baseline's
+algorithm on the same links, oae.epoch.twopc_testbed), coordinated by node 0: its
+convergence (proposal to the coordinator holding every node's commit ACK), its critical
+path (PREPARE/YES and COMMIT/ACK relayed to and from the farthest node: 2 x eccentricity,
+counted as bilateral's) and the median CONTROL transfer latency of its own run, keys
+`{config}_2pc_*`; `{config}_2pc_over_bilateral` compares the two medians.
 `oae bench convergence_testbed --nodes 64` measures a ring and a tree of 64 nodes instead
 of the default configurations.
 """
@@ -19,6 +25,7 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Callable
+from functools import partial
 
 import trio
 
@@ -70,7 +77,9 @@ def run(opts: BenchOptions) -> dict:
         text = f'[topology]\nname = "{name}"\nshape = "{shape}"\nnodes = {n}\n'
         with manager.running(loads(text, f"<bench {key}>")) as tb:
             c_rtt = _c_round_trip_us(tb, opts.seconds)
-            r = trio.run(run_on_testbed, tb, epochs, 1, 0, _progress(opts.progress, key))
+            say = _progress(opts.progress, key)
+            r = trio.run(run_on_testbed, tb, epochs, 1, 0, say)
+            t = trio.run(partial(run_on_testbed, tb, epochs, 1, 0, say, algorithm="2pc"))
         median = r["median_convergence_us"]
         path = r["critical_path_exchanges"]
         exchange = r["median_link_rtt_us"]
@@ -84,6 +93,18 @@ def run(opts: BenchOptions) -> dict:
             median / (path * c_rtt) if median and path else None  # type: ignore[operator]
         )
         out[f"{key}_ratio_vs_exchange"] = r["convergence_ratio"]
+        median2 = t["median_convergence_us"]
+        out[f"{key}_2pc_us"] = median2
+        out[f"{key}_2pc_committed"] = t["committed"]
+        out[f"{key}_2pc_critical_path_exchanges"] = t["critical_path_exchanges"]
+        out[f"{key}_2pc_link_exchange_us"] = t["median_link_rtt_us"]
+        out[f"{key}_2pc_ratio_vs_exchange"] = t["convergence_ratio"]
+        out[f"{key}_2pc_ratio_vs_c"] = (
+            median2 / (path * c_rtt) if median2 and path else None  # type: ignore[operator]
+        )
+        out[f"{key}_2pc_over_bilateral"] = (
+            median2 / median if median2 and median else None  # type: ignore[operator]
+        )
         units.update(
             {
                 f"{key}_bilateral_us": "µs median convergence (proposal to Conv(P, e+1))",
@@ -94,6 +115,17 @@ def run(opts: BenchOptions) -> dict:
                 f"{key}_link_exchange_us": "µs median CONTROL transfer latency (send to outcome)",
                 f"{key}_ratio_vs_c": "x (convergence / C bound)",
                 f"{key}_ratio_vs_exchange": "x (convergence / critical path x CONTROL latency)",
+                f"{key}_2pc_us": "µs median 2pc convergence (proposal to every commit ACK "
+                "at the coordinator)",
+                f"{key}_2pc_committed": "transitions committed",
+                f"{key}_2pc_critical_path_exchanges": "link exchanges (2 x eccentricity of "
+                "node 0: PREPARE/YES and COMMIT/ACK relayed to the farthest node)",
+                f"{key}_2pc_link_exchange_us": "µs median CONTROL transfer latency "
+                "(send to outcome) in the 2pc run",
+                f"{key}_2pc_ratio_vs_exchange": "x (2pc convergence / critical path x its "
+                "CONTROL latency)",
+                f"{key}_2pc_ratio_vs_c": "x (2pc convergence / C bound)",
+                f"{key}_2pc_over_bilateral": "x (2pc median convergence / bilateral's)",
             }
         )
     out["units"] = units

@@ -200,7 +200,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         + "\nBy default the network is simulated (virtual clock, modelled AIT links; see\n"
         'docs/convergence.md) and results say "network": "simulated". With --testbed,\n'
         "TOPOLOGY names a running testbed (or a topology file: one is brought up for the\n"
-        "run) and bilateral, snap-t and rolling run on its real links, with application\n"
+        "run) and bilateral, snap-t, rolling and 2pc run on its real links, with application\n"
         'traffic ("network": "testbed").\n\nAlgorithms: ' + names + ".",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -267,7 +267,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "--testbed",
         action="store_true",
         help="TOPOLOGY names a running testbed (`oae testbed up`), or is a topology file to "
-        "bring one up for the run and down after: run bilateral, snap-t or rolling on its "
+        "bring one up for the run and down after: run bilateral, snap-t, rolling or 2pc on its "
         "real links, one node per testbed node, with application traffic; --crash-rate, "
         "--persist-us (snap-t writes), --skew-us and --app-period-us apply (a crash closes "
         "a node's links and epoch layer, restarted from disk 0.6-1 s later), the testbed's "
