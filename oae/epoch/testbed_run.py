@@ -1,22 +1,29 @@
 """`oae converge --testbed NAME`: epoch transitions on a namespace testbed, on real
-frames, with `bilateral` or the clock-driven baselines `snap-t` and `rolling`. One Trio
+frames, with `bilateral`, the clock-driven baselines `snap-t` and `rolling`, or `2pc`
+(the simulated baseline's processes over these links: oae.epoch.twopc_testbed). One Trio
 process opens every link end of the testbed (each in its node's namespace, with its own
 state dir) and runs one node per testbed node over them; loss, delay and reordering are
 whatever the testbed's links impose (its impairing bridge).
 
 Application traffic (`app_period` > 0): every node sends application transfers on every
 link, each payload starting with the sender's epoch at submission (bilateral: the tag its
-link end uses, held across the switch as the machine dictates; baselines: the node's
-current epoch). A receiver compares that epoch with its own at delivery: a mismatch is a
-mixed-epoch frame.
+link end uses, held across the switch as the machine dictates; 2pc: the node's
+committed epoch, held from its capture at PREPARE until released, as in the simulation;
+clock baselines: the node's current epoch). A receiver compares that epoch with its own
+at delivery: a mismatch is a mixed-epoch frame.
 
 Reported like the simulated runs, with `"network": "testbed"`: bilateral convergence is
 wall-clock time from the proposal to the initiator's Conv(P, e+1), the baselines' is
 from the start of the transition to the last node's durable write (as in the
-simulation); the link exchange time is the median transfer latency (send to outcome,
-CONTROL for bilateral, application for the baselines) of the same run. Mixed-epoch
-states are counted by probes of the nodes' durable records: one at a random instant in
-each transition, under each algorithm's own restore rule, and one after it.
+simulation); 2pc's is from the proposal to the coordinator holding every node's commit
+ACK (it then knows every node committed, as bilateral's initiator at Conv), with its
+critical path counted as bilateral's: 2 x eccentricity (PREPARE/YES and COMMIT/ACK
+relayed to and from the farthest node); `median_all_links_us` is 2pc's proposal to the
+last node released (the simulated 2pc's convergence). The link exchange time is the
+median transfer latency (send to outcome, CONTROL for bilateral and 2pc, application for
+the clock baselines) of the same run. Mixed-epoch states are counted by probes of the
+nodes' durable records: one at a random instant in each transition, under each
+algorithm's own restore rule, and one after it.
 """
 
 from __future__ import annotations
