@@ -1,16 +1,23 @@
 """The epoch machine on real links: `EpochNode` plugs an EpochMachine onto runtime links
 (oae.runtime.link.Link), the same way the simulator's adapter plugs it onto model links.
 
-Per link, one sender task submits CONTROL messages and application frames strictly in
-order (the pump keeps submission order: the FIFO order the switch rule relies on; an
-application frame is awaited to its outcome), and applies link epoch switches
-(`Link.set_epoch`, so records carry the epoch both ends committed) in that same order.
-One receiver task feeds CONTROL deliveries to the machine and application deliveries to
-`received()`. A watcher (and every delivery) turns the link's LIVE/down state and
-reconnections into link_up/link_down. The durable record lives in
-`state_dir/epoch.json` (FileStore: temp, fdatasync, rename, directory fsync), written
-synchronously (a worker thread was tried and was slower under load: docs/convergence.md
-§11.4); the checkpoint of e+1 is written by the `checkpoint` callback.
+Every action is performed synchronously, in the machine's order, by `_do`: a CONTROL
+message is submitted to its link (`Link.submit`; the pump keeps submission order: the
+FIFO order the switch rule relies on) and its outcome is awaited aside; a link epoch
+switch is applied with `Link.set_epoch` (records carry the epoch both ends committed);
+an application frame is submitted by `send` the moment the machine lets it go (no await
+between the check and the submit) and only its outcome is awaited. So CONTROL messages,
+application frames and switches reach each link in exactly the order the machine and
+the application produced them, and nothing waits for another transfer's outcome.
+One receiver task per link feeds CONTROL deliveries to the machine and application
+deliveries to `received()`. The link's LIVE/down changes and reconnections become
+link_up/link_down through a watcher woken by the link's state-change notification
+(`Link.wait_state_change`) and, before every delivery, the same check (`_sync`), so no
+message of a new link session is taken under the old session's state. The durable
+record lives in `state_dir/epoch.json` (FileStore: temp, fdatasync, rename, directory
+fsync), written synchronously before any later action (a worker thread was tried and
+was slower under load: docs/convergence.md §11.4); of several consecutive records only
+the last is written. The checkpoint of e+1 is written by the `checkpoint` callback.
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ from oae.epoch.machine import (
     Capture,
     Converged,
     Decided,
+    Discard,
     EpochMachine,
     LinkEpoch,
     Persist,
@@ -62,22 +70,20 @@ class EpochNode:
         links: Mapping[int, Any],
         state_dir: str | Path,
         checkpoint: Checkpoint = _no_checkpoint,
-        poll: float = 0.005,
         tag_epochs: bool = False,
     ) -> None:
         self.links = dict(links)
         self.store = FileStore(Path(state_dir) / "epoch.json")
         self.machine = EpochMachine(node_id, list(self.links), self.store.load())
         self.checkpoint = checkpoint
-        self.poll = poll
         self.tag_epochs = tag_epochs
         self.app_received = 0
         self.mixed_app_frames = 0
+        self.persists = 0  # epoch records written (consecutive ones count once)
         self.decided: dict[Wave, bool] = {}
-        self.transfer_s: list[float] = []  # CONTROL transfer latencies (send -> outcome)
+        self.transfer_s: list[float] = []  # CONTROL transfer latencies (submit -> outcome)
         self.converged: set[Wave] = set()
-        self._changed = trio.Event()
-        self._out = {n: trio.open_memory_channel[tuple[str, Any, Any]](math.inf) for n in links}
+        self._changed: trio.Event | None = None  # created only when someone waits
         self._inbox_send, self._inbox = trio.open_memory_channel[tuple[int, bytes]](math.inf)
         self._nursery: trio.Nursery | None = None
         self._ups = {n: -1 for n in links}  # the link's up counter at our last link_up
@@ -102,16 +108,15 @@ class EpochNode:
         return wave in self.converged
 
     async def send(self, neighbour: int, payload: bytes) -> Any:
-        """Send an application frame; held while the link is changing epoch."""
+        """Send an application frame and return its outcome; held while the link is
+        changing epoch. The frame is submitted as soon as the machine lets it go, in
+        order with this link's CONTROL messages and switches."""
         while (epoch := self.machine.send_epoch(neighbour)) is None:
             await self._wait_change()
         if self.tag_epochs:
             payload = epoch.to_bytes(4, "big") + payload
-        done: list[Any] = []
-        ev = trio.Event()
-        self._out[neighbour][0].send_nowait(("app", payload, (done, ev)))
-        await ev.wait()
-        return done[0]
+        link = self.links[neighbour]
+        return (await link.wait_outcomes(link.submit([payload])))[0]
 
     def received(self) -> trio.MemoryReceiveChannel[tuple[int, bytes]]:
         """(neighbour, payload) of application frames, in order per link."""
@@ -119,23 +124,43 @@ class EpochNode:
 
     # ------------------------------------------------------------ plumbing
     async def _wait_change(self) -> None:
+        if self._changed is None:
+            self._changed = trio.Event()
         await self._changed.wait()
 
     def _notify(self) -> None:
-        self._changed.set()
-        self._changed = trio.Event()
+        if self._changed is not None:
+            self._changed.set()
+            self._changed = None
 
     def _do(self, actions: list[Action]) -> None:
-        for a in actions:
+        """Perform `actions` in order, synchronously: each Send and LinkEpoch reaches its
+        link (Link.submit / Link.set_epoch) in the machine's order, and a Persist is
+        durable before any later action. Of consecutive Persists (nothing in between but
+        no-op Discards) only the last record is written: records only move forward, and
+        nothing that depends on the earlier ones happens before it is durable."""
+        last = len(actions) - 1
+        for i, a in enumerate(actions):
             if isinstance(a, Send):
-                self._out[a.link][0].send_nowait(("control", a.payload, None))
+                link = self.links[a.link]
+                batch = link.submit([a.payload], control=True)
+                assert self._nursery is not None and batch is not None
+                self._nursery.start_soon(
+                    self._control_outcome, a.link, a.payload, batch, trio.current_time()
+                )
             elif isinstance(a, Persist):
+                j = i + 1
+                while j <= last and isinstance(actions[j], Discard):
+                    j += 1
+                if j <= last and isinstance(actions[j], Persist):
+                    continue  # a later record in this run supersedes it
                 self.store.write(a.record)  # durable before any later action
+                self.persists += 1
             elif isinstance(a, Capture):
                 assert self._nursery is not None
                 self._nursery.start_soon(self._write_checkpoint, a.wave)
             elif isinstance(a, LinkEpoch):
-                self._out[a.link][0].send_nowait(("epoch", a.epoch, None))
+                self.links[a.link].set_epoch(a.epoch)
             elif isinstance(a, Decided):
                 self.decided[a.wave] = a.committed
             elif isinstance(a, Converged):
@@ -146,27 +171,12 @@ class EpochNode:
         ok = await self.checkpoint(wave)
         self._do(self.machine.checkpoint_written(wave, ok))
 
-    async def _sender(self, n: int) -> None:
-        link = self.links[n]
-        async for kind, item, reply in self._out[n][1]:
-            if kind == "epoch":
-                link.set_epoch(item)
-            elif kind == "control":
-                # Submitted in order now (the pump keeps that order); outcome awaited aside.
-                batch = link.submit([item], control=True)
-                assert self._nursery is not None and batch is not None
-                self._nursery.start_soon(self._control_outcome, n, item, batch)
-            else:
-                reply[0].append(await link.send(item))
-                reply[1].set()
-
-    async def _control_outcome(self, n: int, payload: bytes, batch: Any) -> None:
-        t0 = trio.current_time()
-        while batch.remaining:
-            await batch.done.wait()
+    async def _control_outcome(self, n: int, payload: bytes, batch: Any, t0: float) -> None:
+        """Wait for a CONTROL transfer's outcome (submitted at `t0`); an abort goes to
+        the machine."""
+        outcomes = await self.links[n].wait_outcomes(batch)
         self.transfer_s.append(trio.current_time() - t0)
-        outcome = batch.results[0]
-        if outcome is not None and not outcome.committed:
+        if outcomes and not outcomes[0].committed:
             self._do(self.machine.transfer_aborted(n, payload))
 
     async def _receiver(self, n: int) -> None:
@@ -185,8 +195,8 @@ class EpochNode:
     def _sync(self, n: int) -> None:
         """Bring the machine's view of link n in line with the runtime's: down, up, or a
         reconnection (the link's up counter moved) as a down and an up. Called by the
-        watcher, and before every delivery, so no message of a new session is taken
-        under the old session's state."""
+        watcher on every state change of the link, and before every delivery, so no
+        message of a new session is taken under the old session's state."""
         link, ls = self.links[n], self.machine.links[n]
         count = link.counters["links_up"]
         if ls.up and (not link.up or count != self._ups[n]):
@@ -196,9 +206,11 @@ class EpochNode:
             self._do(self.machine.link_up(n))
 
     async def _watch(self, n: int) -> None:
+        link = self.links[n]
         while True:
             self._sync(n)
-            await trio.sleep(self.poll)
+            # No checkpoint between _sync and here: a change after it wakes this wait.
+            await link.wait_state_change()
 
 
 @asynccontextmanager
@@ -217,7 +229,6 @@ async def open_epoch_node(
             link.set_epoch(node.machine.epoch)
         node._do(node.machine.start())
         for n in node.links:
-            nursery.start_soon(node._sender, n)
             nursery.start_soon(node._receiver, n)
             nursery.start_soon(node._watch, n)
         try:

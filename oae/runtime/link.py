@@ -162,6 +162,7 @@ class Link:
         self._pump = pump
         self._up = False
         self._up_event = trio.Event()
+        self._state_event = trio.Event()  # set (and replaced) on every LIVE/down change
         self._error: LinkError | None = None
         self._closed = False
         self._next_cookie = 1
@@ -188,6 +189,12 @@ class Link:
             await self._up_event.wait()
         self._raise_if_broken()
 
+    async def wait_state_change(self) -> None:
+        """Wait until the link next goes LIVE or down (or fails). Nothing is missed
+        between reading `up`/`counters` and calling this without a checkpoint between:
+        the change is applied, and the waiters woken, by this link's event task."""
+        await self._state_event.wait()
+
     async def send(self, payload: bytes, control: bool = False) -> Outcome:
         """Transfer `payload` (at most 16 bytes) and return its outcome, the same one the
         peer sees. Waits for the link to be LIVE and for room in the window."""
@@ -198,7 +205,11 @@ class Link:
         order (the pump keeps the window full; one Python wake per event batch).
         Cancelling the wait does not withdraw the transfers (a transfer is never silently
         dropped): they settle anyway, and their outcomes go to `unclaimed_outcomes`."""
-        batch = self.submit(payloads, control)
+        return await self.wait_outcomes(self.submit(payloads, control))
+
+    async def wait_outcomes(self, batch: _Batch | None) -> list[Outcome]:
+        """The outcomes of a batch returned by `submit`, in submission order, once all
+        are settled (what send_many returns; the same rule when the wait is cancelled)."""
         if batch is None:
             return []
         try:
@@ -328,9 +339,14 @@ class Link:
         self._error = LinkError(f"link on {self.iface!r} stopped: {os.strerror(err)}")
         self._up = False
         self._up_event.set()
+        self._state_changed()
         self._inbox_event.set()
         for batch in set(self._batches.values()):
             batch.done.set()
+
+    def _state_changed(self) -> None:
+        ev, self._state_event = self._state_event, trio.Event()
+        ev.set()
 
     async def _dispatch(self) -> None:
         buf = ffi.new("oae_pump_event[]", EVENT_BATCH)
@@ -370,10 +386,12 @@ class Link:
             self.counters["links_up"] += 1
             self._up = True
             self._up_event.set()
+            self._state_changed()
         elif t == lib.OAE_EV_LINK_DOWN:
             self.counters["links_down"] += 1
             self._up = False
             self._up_event = trio.Event()
+            self._state_changed()
         elif t == lib.OAE_PEV_ERROR:
             self._fail(ev.info)
 
