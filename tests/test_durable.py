@@ -370,3 +370,17 @@ def test_file_store_bad_files_give_a_clear_error(tmp_path: Path) -> None:
         p.write_bytes(bytes(img))
         with pytest.raises(DurableError, match="corrupt durable epoch record"):
             FileStore(p).load()
+
+
+def test_slot_file_holds_any_bytes_and_names_its_record_in_errors(tmp_path: Path) -> None:
+    from oae.epoch.durable import SlotFile
+
+    f = SlotFile(tmp_path / "2pc.json", "2pc store")
+    assert f.read() is None
+    for i in range(5):
+        f.write(bytes([i]) * (i * 1500))
+        assert SlotFile(f.path).read() == bytes([i]) * (i * 1500)
+    assert f.path.stat().st_size == 2 * 12288  # grew once (at 4,500 bytes), room to double
+    f.path.write_bytes(b"\0" * 100)
+    with pytest.raises(DurableError, match=r"corrupt 2pc store .*2pc.json: no valid slot"):
+        f.read()

@@ -193,24 +193,30 @@ def _newest(cands: list[tuple[int, int, bytes]]) -> tuple[int, int, bytes] | Non
     return best
 
 
-class FileStore:
-    """One file per node holding two framed slots, updated in place (pwrite of the older
-    slot, one fdatasync); created or resized by temp file, fdatasync, rename, dir fsync.
+class SlotFile:
+    """A crash-atomic file holding one byte string (a record), two slots updated in place.
 
-    Read the latest record with `FileStore(path).load()` (the file is not plain JSON)."""
+    `write` pwrites the slot that does not hold the newest valid record and fdatasyncs
+    once; the file is created (or resized, when a record outgrows its slots) by temp
+    file, fdatasync, rename and directory fsync. `read` gives the newest valid record, so
+    after a crash at any point the old or the new one, never a torn one. Meant for one
+    writer per file (readers may run alongside: a slot being written fails its CRC and
+    the other one is read). `what` names the record in errors."""
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    def __init__(self, path: str | os.PathLike[str], what: str = "durable record") -> None:
         self.path = Path(path)
-        self._last: DurableRecord | None = None  # the record this store last wrote
+        self.what = what
 
-    def load(self) -> DurableRecord:
-        """The newest valid record; the genesis record if the file does not exist."""
+    def read(self) -> bytes | None:
+        """The newest valid record; None if the file does not exist; a file of the plain
+        layout used before (a JSON document, starting with '{') whole. DurableError if
+        no slot is valid."""
         try:
             data = self.path.read_bytes()
         except FileNotFoundError:
-            return DurableRecord()
-        if data[:1] == b"{":  # a plain JSON record written before the slot layout
-            return DurableRecord.from_json(data.decode(errors="replace"))
+            return None
+        if data[:1] == b"{":
+            return data
         # any 4 KiB boundary may hold a slot: a file cut short still yields the slots it holds
         cands = []
         for off in range(0, len(data), _BLOCK):
@@ -220,44 +226,34 @@ class FileStore:
         best = _newest(cands)
         if best is None:
             raise DurableError(
-                f"corrupt durable epoch record {self.path}: no valid slot"
-                f" ({len(data)} bytes; damaged, or not an epoch record file)"
+                f"corrupt {self.what} {self.path}: no valid slot"
+                f" ({len(data)} bytes; damaged, or not a file of this kind)"
             )
-        try:
-            text = best[2].decode()
-        except UnicodeDecodeError as exc:
-            raise DurableError(f"corrupt durable epoch record {self.path}: {exc}") from None
-        return DurableRecord.from_json(text)
+        return best[2]
 
-    def write(self, record: DurableRecord) -> None:
-        old = self._last
-        if old is None:
-            old = self.load() if self.path.exists() else None
-        check_monotone(old, record)
-        payload = record.to_json().encode()
+    def write(self, payload: bytes) -> None:
         try:
             fd = os.open(self.path, os.O_RDWR | os.O_CLOEXEC)
         except FileNotFoundError:
             self._create(1, payload)
-        else:
-            try:
-                data = os.pread(fd, os.fstat(fd).st_size + 1, 0)
-                slots = _slots(data)
-                newest = _newest(slots)
-                seq = 1 if newest is None else newest[1] + 1
-                size = len(data) // 2
-                if not slots or _FRAME + len(payload) > size:
-                    # an older layout, a damaged file, or a record that outgrew its slots
-                    self._create(seq, payload)
-                else:
-                    off = size if newest is not None and newest[0] == 0 else 0
-                    img = _frame(seq, payload)
-                    if os.pwrite(fd, img, off) != len(img):
-                        raise DurableError(f"short write to {self.path}")
-                    os.fdatasync(fd)
-            finally:
-                os.close(fd)
-        self._last = record
+            return
+        try:
+            data = os.pread(fd, os.fstat(fd).st_size + 1, 0)
+            slots = _slots(data)
+            newest = _newest(slots)
+            seq = 1 if newest is None else newest[1] + 1
+            size = len(data) // 2
+            if not slots or _FRAME + len(payload) > size:
+                # an older layout, a damaged file, or a record that outgrew its slots
+                self._create(seq, payload)
+            else:
+                off = size if newest is not None and newest[0] == 0 else 0
+                img = _frame(seq, payload)
+                if os.pwrite(fd, img, off) != len(img):
+                    raise DurableError(f"short write to {self.path}")
+                os.fdatasync(fd)
+        finally:
+            os.close(fd)
 
     def _create(self, seq: int, payload: bytes) -> None:
         """A new file, record in slot 0, put in place atomically (rare: first write, or
@@ -280,3 +276,34 @@ class FileStore:
             os.fsync(dfd)
         finally:
             os.close(dfd)
+
+
+class FileStore:
+    """One file per node (a SlotFile: two framed slots, the record's JSON, updated in
+    place with one fdatasync).
+
+    Read the latest record with `FileStore(path).load()` (the file is not plain JSON)."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path)
+        self._file = SlotFile(self.path, "durable epoch record")
+        self._last: DurableRecord | None = None  # the record this store last wrote
+
+    def load(self) -> DurableRecord:
+        """The newest valid record; the genesis record if the file does not exist."""
+        data = self._file.read()
+        if data is None:
+            return DurableRecord()
+        try:
+            text = data.decode()
+        except UnicodeDecodeError as exc:
+            raise DurableError(f"corrupt durable epoch record {self.path}: {exc}") from None
+        return DurableRecord.from_json(text)
+
+    def write(self, record: DurableRecord) -> None:
+        old = self._last
+        if old is None:
+            old = self.load() if self.path.exists() else None
+        check_monotone(old, record)
+        self._file.write(record.to_json().encode())
+        self._last = record
