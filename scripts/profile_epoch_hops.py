@@ -11,7 +11,8 @@ queuing (Send action to Link.submit: the epoch records written before the Send i
 step), submit to the peer link's event task taking the DELIVERED event (the C pump, the
 wire, the peer's durable link write, its event fd and the Trio wake-up), and that event
 to the peer machine's receive (the peer's receiver task getting scheduled). Messages are
-matched by (sender, receiver, payload). Also the process's CPU time (user + system).
+matched by (sender, receiver, payload). Also the process's CPU time (user + system) and
+that of the Trio thread (the rest is the links' pump threads).
 """
 
 from __future__ import annotations
@@ -120,11 +121,14 @@ def main() -> None:
     shape, n, epochs = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
     text = f'[topology]\nname = "prof{os.getpid()}"\nshape = "{shape}"\nnodes = {n}\n'
     with manager.running(loads(text, "<profile>")) as tb:
-        t0, c0 = time.time(), os.times()
+        t0, c0, th0 = time.time(), os.times(), time.thread_time()
         r = trio.run(run_on_testbed, tb, epochs, 1, 0)
-        c1 = os.times()
+        c1, th = os.times(), time.thread_time() - th0
         cpu = c1.user - c0.user + c1.system - c0.system
-        print(f"wall {time.time() - t0:.1f} s, CPU {cpu:.1f} s (user {c1.user - c0.user:.1f})")
+        print(
+            f"wall {time.time() - t0:.1f} s, CPU {cpu:.1f} s (user {c1.user - c0.user:.1f}), "
+            f"of which the Trio thread {th:.1f} s"
+        )
     for k in (
         "committed",
         "median_convergence_us",
