@@ -54,7 +54,16 @@ from oae.errors import OaeError, UsageError
 from oae.runtime.link import LinkError, LinkOptions, open_link
 from oae.testbed.manager import Testbed
 
-TRANSITION_TIMEOUT = 30.0
+TRANSITION_TIMEOUT = 30.0  # per wait of a transition; 2 s per hop of diameter if longer
+
+
+def transition_timeout(topo: Topology) -> float:
+    """How long a transition may wait for each of its steps (links ready, start, outcome,
+    2pc's release) before it is `stuck`: 30 s, or 2 s per hop of the diameter on larger
+    graphs (a ring of 64: 64 s; 2pc's O(nodes x diameter) relayed messages take ~20 s
+    there when others load this machine's 2 cores)."""
+    diameter = max(topo.eccentricity(v) for v in range(topo.n))
+    return max(TRANSITION_TIMEOUT, 2.0 * diameter)
 ALGORITHMS = ("bilateral", "snap-t", "rolling", "2pc")
 # Clock baselines: the transition starts, each node acts at start + LEAD + its skew (the
 # simulated baselines' 50 us skew, 200 us log-normal write; LEAD is within the window in
@@ -345,7 +354,8 @@ async def run_on_testbed(
     paths: list[float] = []
     released: list[float] = []  # 2pc: start -> every node released (the simulated 2pc's)
     twopc = TwoPC()
-    net = TwoPCNet(topo, twopc, *default_timers(topo, 0.8 * TRANSITION_TIMEOUT))
+    limit = transition_timeout(topo)
+    net = TwoPCNet(topo, twopc, *default_timers(topo, 0.8 * limit))
     counts = {"committed": 0, "aborted": 0, "stuck": 0, "crashes": 0}
     mixed_states = probes = 0
     with tempfile.TemporaryDirectory(prefix="oae-converge-") as work:
@@ -365,7 +375,7 @@ async def run_on_testbed(
 
             async def all_ready() -> None:
                 # Polled, not awaited per node: a node may crash while we wait.
-                with trio.move_on_after(TRANSITION_TIMEOUT):
+                with trio.move_on_after(limit):
                     while not all(_ready(h) for h in hosts):
                         await trio.sleep(0.01)
                     return
@@ -419,7 +429,7 @@ async def run_on_testbed(
                 if algorithm == "bilateral":
                     host = hosts[who]
                     wave = None
-                    with trio.move_on_after(TRANSITION_TIMEOUT):
+                    with trio.move_on_after(limit):
                         # The initiator may still be settling the previous wave (an ABORT
                         # still spreading, a restart still waiting for a decision).
                         while host.node is None or (wave := await host.node.propose()) is None:
@@ -428,13 +438,13 @@ async def run_on_testbed(
                         raise LinkError(f"node {names[who]} stayed busy: " + _busy(hosts))
                     t0 = trio.current_time()
                     nursery.start_soon(probe_at, probe_after)
-                    with trio.move_on_after(TRANSITION_TIMEOUT):
+                    with trio.move_on_after(limit):
                         while (result := host.outcome(wave)) is None:
                             await trio.sleep(0.002)
                     elapsed = trio.current_time() - t0
                 elif algorithm == "2pc":
                     began = False
-                    with trio.move_on_after(TRANSITION_TIMEOUT):
+                    with trio.move_on_after(limit):
                         # The coordinator may still hold the previous transaction (not
                         # released yet, or prepared and waiting for a decision).
                         while not began:
@@ -446,7 +456,7 @@ async def run_on_testbed(
                         t0 = trio.current_time()
                         nursery.start_soon(probe_at, probe_after)
                         done = twopc.tracker.done
-                        with trio.move_on_after(TRANSITION_TIMEOUT):
+                        with trio.move_on_after(limit):
                             # Polled as bilateral's outcome is: convergence is the
                             # coordinator released, i.e. it has every node's commit ACK.
                             while result is None:
@@ -459,7 +469,7 @@ async def run_on_testbed(
                         elapsed = trio.current_time() - t0
                         if result:
                             # Every node released (the next coordinator must be): bounded.
-                            with trio.move_on_after(TRANSITION_TIMEOUT):
+                            with trio.move_on_after(limit):
                                 while len(done) < topo.n:
                                     await trio.sleep(0.002)
                             if len(done) == topo.n:
