@@ -199,6 +199,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         case 5:
             oae_link_release(a.l, arg % 4);
             oae_link_release(b.l, arg % 3);
+            if (arg & 0x40) { /* a new epoch (may wake an idle-paced link) */
+                oae_link_set_epoch(a.l, arg >> 7);
+                oae_link_set_epoch(b.l, arg >> 7);
+            }
+            CHECK(oae_link_idle(a.l) == 0 || oae_link_idle(a.l) == 1);
             i++;
             break;
         case 6: /* honest exchange with loss given by the argument bits */

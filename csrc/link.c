@@ -450,6 +450,14 @@ static int busy(const oae_link *l)
            reported_held(l) != l->sent_held || reported_delivered(l) != l->sent_delivered;
 }
 
+/* Idle pacing: a LIVE end with nothing to settle delays its answer by idle_ns, but only the
+ * leader does; the follower answers at once.  Unequal holds make a second token merge: it
+ * reaches the leader while the leader holds the first one (docs/protocol.md 7.4). */
+static int paces(const oae_link *l)
+{
+    return l->phase == OAE_PHASE_LIVE && l->cfg.idle_ns && !busy(l) && is_leader(l);
+}
+
 /* A new beat from the peer owes one answer: the token alternates. */
 static void owe_answer(oae_link *l, const oae_record *r, uint64_t now)
 {
@@ -458,7 +466,7 @@ static void owe_answer(oae_link *l, const oae_record *r, uint64_t now)
         return;
     l->answered = start;
     l->t_rto = NEVER;
-    uint64_t at = (l->phase != OAE_PHASE_LIVE || busy(l)) ? now : now + l->cfg.idle_ns;
+    uint64_t at = paces(l) ? now + l->cfg.idle_ns : now;
     if (at < l->t_answer)
         l->t_answer = at;
 }
@@ -774,6 +782,24 @@ size_t oae_link_poll_events(oae_link *l, oae_event *out, size_t max)
 
 /* ---- application side ------------------------------------------------------------- */
 
+/* New work from the application (an offer, a new epoch) must not wait for idle pacing.  If
+ * I hold the token, I answer now.  If the token is away (my beat awaits its answer) and the
+ * link was idle, the leader may hold my beat for idle_ns: as the follower, with pacing on,
+ * I send a new beat at once, as a re-offer timeout would; the leader sees a new beat, is
+ * busy and answers at once.  A token this creates (the leader's held answer may already be
+ * on its way) merges at the leader's next idle hold (docs/protocol.md 7.4). */
+static void wake(oae_link *l, int was_busy)
+{
+    if (l->t_answer != NEVER) {
+        l->t_answer = 0;
+    } else if (l->phase == OAE_PHASE_LIVE && l->cfg.idle_ns && !was_busy && !is_leader(l) &&
+               l->t_rto != NEVER) {
+        l->t_rto = NEVER;
+        l->t_answer = 0;
+        l->st.wakes++;
+    }
+}
+
 int oae_link_offer(oae_link *l, const uint8_t *payload, size_t len, uint8_t flags,
                    uint32_t *tid_out)
 {
@@ -784,6 +810,7 @@ int oae_link_offer(oae_link *l, const uint8_t *payload, size_t len, uint8_t flag
     if (l->out_hi - l->out_settled >= l->cfg.window || l->out_hi == UINT32_MAX ||
         (l->abort_hi && l->out_settled < l->abort_hi))
         return -1;
+    int was_busy = busy(l);
     uint32_t t = ++l->out_hi;
     out_slot *s = oslot(l, t);
     s->state = OAE_ST_TENTATIVE;
@@ -794,8 +821,7 @@ int oae_link_offer(oae_link *l, const uint8_t *payload, size_t len, uint8_t flag
         memcpy(s->payload, payload, len);
     if (tid_out)
         *tid_out = t;
-    if (l->t_answer != NEVER)
-        l->t_answer = 0;
+    wake(l, was_busy);
     durable_changed(l);
     return 0;
 }
@@ -808,9 +834,19 @@ void oae_link_release(oae_link *l, uint32_t n)
 void oae_link_set_epoch(oae_link *l, uint32_t epoch)
 {
     if (epoch != l->cfg.epoch) {
+        /* a peer may be re-offering transfers of this epoch: do not hold the token */
+        if (l->phase == OAE_PHASE_LIVE && l->t_answer != NEVER)
+            l->t_answer = 0;
         l->cfg.epoch = epoch;
         durable_changed(l);
     }
+}
+
+int oae_link_idle(const oae_link *l)
+{
+    if (l->phase == OAE_PHASE_DISCOVER)
+        return 1;
+    return l->phase == OAE_PHASE_LIVE && l->cfg.idle_ns && !busy(l);
 }
 
 void oae_link_stats_get(const oae_link *l, oae_link_stats *o)

@@ -105,6 +105,7 @@ typedef struct oae_link_stats {
     uint64_t offers_dup, offers_gap, offers_refused, offers_wrong_epoch;
     uint64_t delivered, committed, aborted;
     uint64_t timeouts_rto, links_up, links_down, reconciles;
+    uint64_t wakes;         /* beats sent at once for new work while the token was away */
     uint32_t phase;         /* OAE_PHASE_* */
     uint32_t out_hi, out_commit, out_peer_held, out_settled;
     uint32_t in_held, in_delivered, in_released, in_refusing;
@@ -146,6 +147,11 @@ int oae_link_offer(oae_link *l, const uint8_t *payload, size_t len, uint8_t flag
 void oae_link_release(oae_link *l, uint32_t n);
 /* Change the epoch carried in records (the epoch layer calls this after its own AIT). */
 void oae_link_set_epoch(oae_link *l, uint32_t epoch);
+/* 1 while the peer may stay silent for longer than a round trip: DISCOVER, or LIVE with
+ * idle pacing (idle_ns > 0) and nothing to settle.  A pump then waits so that application
+ * calls (offers, a new epoch) can wake it; otherwise the next frame is due within a round
+ * trip and it may simply block on the socket. */
+int oae_link_idle(const oae_link *l);
 
 void oae_link_stats_get(const oae_link *l, oae_link_stats *out);
 /* Snapshot of the durable registers (remembers which snapshot was taken). */

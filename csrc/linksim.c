@@ -33,6 +33,7 @@ typedef struct side {
     uint64_t write_done;
     uint32_t unreleased;
     uint64_t next_release;
+    uint64_t next_offer;    /* offer_ns: when this end offers its next transfer */
     uint32_t restarts;
 } side;
 
@@ -305,7 +306,7 @@ static void app_step(sim *m, int who)
             s->next_release = m->now + c->release_ns;
         }
     }
-    while (s->offered < c->transfers) {
+    while (s->offered < c->transfers && m->now >= s->next_offer) {
         uint8_t p[9];
         uint32_t tid;
         payload_of(who, s->offered + 1, p);
@@ -318,6 +319,10 @@ static void app_step(sim *m, int who)
         }
         s->offered = tid;
         m->res->offered[who]++;
+        if (c->offer_ns) {
+            s->next_offer = m->now + c->offer_ns / 2 + rnd(m) % c->offer_ns;
+            break;
+        }
     }
 }
 
@@ -351,6 +356,9 @@ static uint64_t next_time(sim *m)
             t = s->next_release;
         if (s->l && s->writing && s->write_done < t)
             t = s->write_done;
+        if (s->l && m->cfg->offer_ns && s->offered < m->cfg->transfers &&
+            s->next_offer > m->now && s->next_offer < t)
+            t = s->next_offer; /* (an offer due but refused is retried at the next event) */
     }
     return t < m->now ? m->now : t;
 }
@@ -383,6 +391,7 @@ int oae_sim_run(const oae_sim_config *c, oae_sim_result *res)
         k->rto_ns = c->rto_ns;
         k->dead_ns = c->dead_ns;
         k->hello_ns = c->hello_ns;
+        k->idle_ns = c->idle_ns;
         k->has_key = c->has_key;
         for (int i = 0; i < 16; i++)
             k->key[i] = (uint8_t)(0xA0 + i);

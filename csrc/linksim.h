@@ -26,6 +26,10 @@ typedef struct oae_sim_config {
     uint64_t rto_ns, dead_ns, hello_ns;
     int has_key;
     uint64_t max_virtual_ns;   /* give up (and report a violation) after this much time */
+    uint64_t idle_ns;          /* the engines' idle pacing (0: none) */
+    uint64_t offer_ns;         /* 0: offer as fast as the window allows; else one transfer
+                                  per end about this often (random phase), so that the link
+                                  goes idle between transfers */
 } oae_sim_config;
 
 typedef struct oae_sim_result {

@@ -154,7 +154,7 @@ Event = LinkUp | LinkDown | Delivered | Committed | Aborted | Persist
 STATS_FIELDS = (
     "frames_in frames_accepted frames_out offers_dup offers_gap offers_refused "
     "offers_wrong_epoch delivered committed aborted timeouts_rto links_up links_down "
-    "reconciles phase out_hi out_commit out_peer_held out_settled in_held in_delivered "
+    "reconciles wakes phase out_hi out_commit out_peer_held out_settled in_held in_delivered "
     "in_released in_refusing peer_nonce"
 ).split()
 
@@ -240,6 +240,11 @@ class LinkEngine:
     def set_epoch(self, epoch: int) -> None:
         lib.oae_link_set_epoch(self._l, epoch)
 
+    def idle(self) -> bool:
+        """True while the peer may stay silent for longer than a round trip (DISCOVER, or
+        LIVE with idle pacing and nothing to settle): a pump should wait wakeably."""
+        return bool(lib.oae_link_idle(self._l))
+
     def stats(self) -> dict[str, object]:
         """Counters and registers; `drops` maps each Drop reason to its count."""
         lib.oae_link_stats_get(self._l, self._stats)
@@ -308,6 +313,8 @@ class SimResult:
     links_up: int
     virtual_ns: int
     drops: tuple[dict[Drop, int], dict[Drop, int]]
+    wakes: tuple[int, int] = (0, 0)  # per end: beats sent at once for new work (idle pacing)
+    timeouts_rto: tuple[int, int] = (0, 0)
 
 
 def simulate(
@@ -333,9 +340,13 @@ def simulate(
     hello_ns: int = 100_000,
     keyed: bool = False,
     max_virtual_ns: int = 10**12,
+    idle_ns: int = 0,
+    offer_ns: int = 0,
 ) -> SimResult:
     """Run two C engines over a seeded impaired in-memory wire on a virtual clock
-    (csrc/linksim.c), `transfers` each way, checking the AIT contract as it goes."""
+    (csrc/linksim.c), `transfers` each way, checking the AIT contract as it goes.
+    `offer_ns` > 0 spaces the offers (one per end about that often) so that the link idles
+    between them, paced by `idle_ns`."""
     c = ffi.new("oae_sim_config *")
     c.seed, c.transfers = seed, transfers
     c.loss_ppm, c.dup_ppm = round(loss * 1e6), round(dup * 1e6)
@@ -346,6 +357,7 @@ def simulate(
     c.window, c.beat, c.rx_capacity = window, beat, rx_capacity
     c.rto_ns, c.dead_ns, c.hello_ns = rto_ns, dead_ns, hello_ns
     c.has_key, c.max_virtual_ns = keyed, max_virtual_ns
+    c.idle_ns, c.offer_ns = idle_ns, offer_ns
     r = ffi.new("oae_sim_result *")
     rc = lib.oae_sim_run(c, r)
 
@@ -372,6 +384,8 @@ def simulate(
         drops=tuple(  # type: ignore[arg-type]
             {d: r.stats[w].drops[d] for d in Drop if d != Drop.NONE} for w in (0, 1)
         ),
+        wakes=(r.stats[0].wakes, r.stats[1].wakes),
+        timeouts_rto=(r.stats[0].timeouts_rto, r.stats[1].timeouts_rto),
     )
 
 

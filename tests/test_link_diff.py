@@ -35,6 +35,7 @@ _WEIGHTED = [
     (5, st.tuples(st.just("inject"), side, st.binary(min_size=0, max_size=80))),
     (4, st.just(("flap",))),
     (4, st.tuples(st.just("crash"), side)),
+    (3, st.tuples(st.just("epoch"), side, st.integers(0, 2))),
 ]
 
 
@@ -73,7 +74,7 @@ class World:
             self.log.append(("tx", w, frames))
             self.queue[1 - w].extend(frames)
             self._events(w)
-            self.log.append(("stats", w, e.stats(), e.durable(), e.next_timeout()))
+            self.log.append(("stats", w, e.stats(), e.durable(), e.next_timeout(), e.idle()))
 
     def _events(self, w: int) -> None:
         for ev in self.ends[w].poll_events():
@@ -103,6 +104,8 @@ class World:
             self.log.append(("offer", a[1], self.ends[a[1]].offer(a[2], a[3])))
         elif kind == "release":
             self.ends[a[1]].release(a[2])
+        elif kind == "epoch":
+            self.ends[a[1]].set_epoch(a[2])
         elif kind == "inject":
             self.log.append(("rx", a[1], self.ends[a[1]].on_frame(a[2], now)))
         elif kind == "flap":

@@ -111,3 +111,31 @@ def test_simulator_detects_a_broken_contract() -> None:
     """The checks can fail: a scenario that cannot finish in its time budget is reported."""
     r = simulate(1_000, seed=7, loss=0.10, max_virtual_ns=1_000)
     assert not r.ok and "in time" in r.violation
+
+
+@pytest.mark.parametrize("seed", [21, 22])
+def test_idle_pacing_and_wake_ups_under_impairment(seed: int) -> None:
+    """Offers spaced out so that the link idles between them (paced by the leader) and
+    the follower wakes it for each new transfer; impairments, flaps and crashes on top."""
+    n = 3_000
+    r = simulate(n, seed=seed, idle_ns=200_000, offer_ns=300_000, rto_ns=400_000,
+                 dead_ns=4_000_000, hello_ns=400_000, flap_every_ns=90_000_000,
+                 flap_ns=6_000_000, crash_every_ns=70_000_000, **IMPAIRED)  # fmt: skip
+    assert r.ok, r.violation
+    assert r.offered == (n, n)
+    for w in (0, 1):
+        assert r.committed[w] + r.aborted[w] == n
+        assert r.delivered[w] == r.committed[w]
+    assert r.wakes[1] == 0 and r.flaps > 0 and r.crashes > 0
+
+
+def test_idle_wake_ups_on_a_clean_wire() -> None:
+    """Clean wire: every transfer commits, nearly every one of the follower's (end A)
+    goes out by a wake-up, the leader never wakes, and no re-offer timer fires."""
+    n = 5_000
+    r = simulate(n, seed=23, idle_ns=200_000, offer_ns=1_000_000, rto_ns=400_000,
+                 dead_ns=4_000_000, hello_ns=400_000)  # fmt: skip
+    assert r.ok, r.violation
+    assert r.committed == (n, n)
+    assert r.wakes[0] > 0.9 * n and r.wakes[1] == 0
+    assert r.timeouts_rto == (0, 0)

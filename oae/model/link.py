@@ -334,14 +334,22 @@ class LinkModel:
             or self._reported_delivered() != self.sent_delivered
         )
 
+    def _paces(self) -> bool:
+        """Idle pacing: only the leader holds an idle token (link.c paces())."""
+        return (
+            self.phase == Phase.LIVE
+            and self.config.idle_ns > 0
+            and not self._busy()
+            and self._is_leader()
+        )
+
     def _owe_answer(self, r: Record, now: int) -> None:
         start = (r.seq - r.beat_index) & M32
         if start <= self.answered:
             return
         self.answered = start
         self.t_rto = NEVER
-        busy = self.phase != Phase.LIVE or self._busy()
-        at = now if busy else now + self.config.idle_ns
+        at = now + self.config.idle_ns if self._paces() else now
         if at < self.t_answer:
             self.t_answer = at
 
@@ -606,6 +614,21 @@ class LinkModel:
 
     # ---- application side --------------------------------------------------------------
 
+    def _wake(self, was_busy: bool) -> None:
+        """New work must not wait for idle pacing (link.c wake())."""
+        if self.t_answer != NEVER:
+            self.t_answer = 0
+        elif (
+            self.phase == Phase.LIVE
+            and self.config.idle_ns > 0
+            and not was_busy
+            and not self._is_leader()
+            and self.t_rto != NEVER
+        ):
+            self.t_rto = NEVER
+            self.t_answer = 0
+            self._count("wakes")
+
     def offer(self, payload: bytes, control: bool = False) -> int:
         """Queue a transfer; its tid, or 0 if the engine cannot take it now."""
         if len(payload) > PAYLOAD_MAX:
@@ -618,14 +641,14 @@ class LinkModel:
             or (self.abort_hi and self.out_settled < self.abort_hi)
         ):
             return 0
+        was_busy = self._busy()
         self.out_hi += 1
         t = self.out_hi
         s = self._oslot(t)
         s.state = State.TENTATIVE
         s.flags = Flag.CONTROL if control else 0
         s.payload = bytes(payload)
-        if self.t_answer != NEVER:
-            self.t_answer = 0
+        self._wake(was_busy)
         self._durable_changed()
         return t
 
@@ -634,8 +657,16 @@ class LinkModel:
 
     def set_epoch(self, epoch: int) -> None:
         if epoch != self.cfg_epoch:
+            if self.phase == Phase.LIVE and self.t_answer != NEVER:
+                self.t_answer = 0
             self.cfg_epoch = epoch
             self._durable_changed()
+
+    def idle(self) -> bool:
+        """True while the peer may stay silent for longer than a round trip."""
+        if self.phase == Phase.DISCOVER:
+            return True
+        return self.phase == Phase.LIVE and self.config.idle_ns > 0 and not self._busy()
 
     def stats(self) -> dict[str, object]:
         out: dict[str, object] = dict(self.st.counts)
