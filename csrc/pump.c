@@ -103,10 +103,11 @@ int oae_sock_close(int fd)
 #define WAIT_MAX_US 16384       /* also bounds how long oae_pump_stop takes */
 #define BEAT_WAIT_NS 50000ull   /* how long to wait for the rest of a beat */
 #define NEAR_NS 8000000ull      /* timers closer than this are waited for with ppoll */
+#define IDLE_WAIT_MAX_NS 250000000ull /* an idle loop's longest sleep (stop wakes it anyway) */
 #define LOG_MAGIC 0x4Cu
 
 struct oae_pump {
-    int fd, evfd, flags;
+    int fd, evfd, wakefd, flags;
     uint32_t beat;
     uint64_t wait_us; /* the receive timeout currently set (0: none yet) */
     int logfd;
@@ -117,6 +118,9 @@ struct oae_pump {
     int notified;
     int backed_up; /* the app ring filled up: events wait in the engine */
     int persist_pending; /* the engine asked for its registers to be stored */
+    int sleeping;        /* the loop waits on wakefd too (the link is idle): wake it */
+    int woken;           /* wakefd was written and not yet read */
+    volatile int kick;   /* the application made work (seen by the busy-poll spin) */
     int running;         /* the loop runs: cpuclock is valid */
     clockid_t cpuclock;  /* CPU clock of the pump thread */
     uint64_t cpu_done;   /* CPU time of finished runs */
@@ -178,6 +182,22 @@ int oae_log_decode(const uint8_t *r, oae_event *out)
     return 1;
 }
 
+/* ---- waking the loop ---- */
+
+/* The application made work for the loop (mu held): a loop waiting on an idle link is
+ * woken through wakefd; a loop in a busy exchange sees it at the next frame (within a
+ * round trip), and the busy-poll spin sees `kick`.  Costs nothing but a store while the
+ * link is busy. */
+static void wake_pump(oae_pump *p)
+{
+    p->kick = 1;
+    if (p->sleeping && !p->woken) {
+        uint64_t one = 1;
+        if (write(p->wakefd, &one, sizeof one) == sizeof one)
+            p->woken = 1;
+    }
+}
+
 /* ---- queue of submitted transfers ---- */
 
 static int q_grow(oae_pump *p)
@@ -224,6 +244,8 @@ int oae_pump_submit(oae_pump *p, const uint8_t *payloads, const uint8_t *lens, s
         p->q_count++;
     }
     p->st.queued += n;
+    if (n)
+        wake_pump(p);
     pthread_mutex_unlock(&p->mu);
     return (int)n;
 }
@@ -265,7 +287,7 @@ oae_pump *oae_pump_new(int fd, const oae_link_config *cfg, const oae_link_durabl
         return NULL;
     p->fd = fd;
     p->flags = flags;
-    p->evfd = p->logfd = -1;
+    p->evfd = p->wakefd = p->logfd = -1;
     p->beat = cfg->beat;
     oae_link_config c = *cfg;
     c.persist = state_dir != NULL;
@@ -294,6 +316,11 @@ oae_pump *oae_pump_new(int fd, const oae_link_config *cfg, const oae_link_durabl
         err = errno;
         goto fail;
     }
+    p->wakefd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    if (p->wakefd < 0) {
+        err = errno;
+        goto fail;
+    }
     p->link = oae_link_new(&c, restored);
     if (!p->link) {
         err = EINVAL;
@@ -315,6 +342,7 @@ oae_pump *oae_pump_new(int fd, const oae_link_config *cfg, const oae_link_durabl
     return p;
 fail:
     if (p->evfd >= 0) close(p->evfd);
+    if (p->wakefd >= 0) close(p->wakefd);
     if (p->logfd >= 0) close(p->logfd);
     free(p->app);
     free(p->durable_path);
@@ -330,6 +358,7 @@ void oae_pump_free(oae_pump *p)
     oae_link_free(p->link);
     pthread_mutex_destroy(&p->mu);
     close(p->evfd);
+    close(p->wakefd);
     if (p->logfd >= 0)
         close(p->logfd);
     free(p->app);
@@ -342,6 +371,8 @@ void oae_pump_stop(oae_pump *p)
 {
     p->stop = 1; /* seen within one receive timeout (at most WAIT_MAX_US) */
     __sync_synchronize();
+    uint64_t one = 1; /* and at once by a loop waiting on an idle link */
+    if (write(p->wakefd, &one, sizeof one) < 0) { /* counter full: already woken */ }
 }
 
 int oae_pump_event_fd(const oae_pump *p)
@@ -362,6 +393,8 @@ size_t oae_pump_events(oae_pump *p, oae_pump_event *out, size_t max)
         if (read(p->evfd, &v, sizeof v) < 0) { /* already reset */ }
         p->notified = 0;
     }
+    if (p->backed_up && n)
+        wake_pump(p); /* room again for the events waiting in the engine */
     pthread_mutex_unlock(&p->mu);
     return n;
 }
@@ -377,6 +410,7 @@ void oae_pump_set_epoch(oae_pump *p, uint32_t epoch)
 {
     pthread_mutex_lock(&p->mu);
     oae_link_set_epoch(p->link, epoch);
+    wake_pump(p); /* the registers must be stored, and a held token answered */
     pthread_mutex_unlock(&p->mu);
 }
 
@@ -412,8 +446,9 @@ static int log_write(oae_pump *p, size_t nrec)
     return w == (ssize_t)len ? 0 : (w < 0 ? -errno : -EIO);
 }
 
-/* Move engine events to the log, the app ring or the sink; returns -errno if the state
- * files could not be written (mu held). */
+/* Move engine events to the log (written, not yet synced), the app ring or the sink;
+ * returns -errno if the log could not be written (mu held).  The registers are stored by
+ * persist(), outside mu. */
 static int drain_events(oae_pump *p)
 {
     int rc = 0;
@@ -468,28 +503,50 @@ static int drain_events(oae_pump *p)
     }
     if (nlog)
         rc = rc ? rc : log_write(p, nlog);
-    /* the log must be stable before the registers that count what it holds, and it must
-     * hold every event the engine has produced: while the app ring is full (events still
-     * in the engine) the registers wait, and so does the engine's sending */
-    if (p->persist_pending && p->durable_path && !rc && !p->backed_up) {
-        oae_link_durable d;
-        if (p->logfd >= 0 && fdatasync(p->logfd) < 0)
-            rc = -errno;
-        oae_link_durable_get(p->link, &d);
-        if (!rc)
-            rc = oae_durable_store(p->durable_path, &d);
-        if (!rc) {
-            oae_link_persisted(p->link);
-            p->persist_pending = 0;
-            p->st.persists++;
-        }
-    }
     if (p->app_tail != p->app_head && !p->notified) {
         uint64_t one = 1;
         if (write(p->evfd, &one, sizeof one) == sizeof one)
             p->notified = 1;
     }
     return rc;
+}
+
+/* Store the engine's durable registers if it asked (mu held on entry and on return, but
+ * released during the file I/O, so that application calls do not wait for a whole
+ * fdatasync).  The log must be stable before the registers that count what it holds, and
+ * it must hold every event the engine has produced: the snapshot is taken under mu right
+ * after drain_events() wrote every event to the log, and while the app ring is full
+ * (events still in the engine) the registers wait, and so does the engine's sending.
+ * Only the pump thread feeds frames and timers, so nothing but PERSIST can be produced
+ * while mu is released; an application call that changes a register meanwhile (a new
+ * epoch) moves the engine's generation, and oae_link_persisted() then asks again rather
+ * than marking the newer state stored.  Returns -errno if the state files failed, else how many times the registers were stored. */
+static int persist(oae_pump *p)
+{
+    int stored = 0;
+    for (int round = 0; round < 2; round++) {
+        if (!p->persist_pending || !p->durable_path || p->backed_up)
+            break;
+        oae_link_durable d;
+        oae_link_durable_get(p->link, &d);
+        pthread_mutex_unlock(&p->mu);
+        int rc = 0;
+        if (p->logfd >= 0 && fdatasync(p->logfd) < 0)
+            rc = -errno;
+        if (!rc)
+            rc = oae_durable_store(p->durable_path, &d);
+        pthread_mutex_lock(&p->mu);
+        if (rc)
+            return rc;
+        p->persist_pending = 0;
+        p->st.persists++;
+        oae_link_persisted(p->link); /* queues PERSIST again if the registers moved */
+        rc = drain_events(p);
+        if (rc)
+            return rc;
+        stored++;
+    }
+    return stored;
 }
 
 static void add_error_event(oae_pump *p, int err)
@@ -567,7 +624,7 @@ int oae_pump_run(oae_pump *p)
 {
     int busy = p->flags & OAE_PUMP_BUSY;
     int batch_rx = p->beat > 1; /* beats arrive as bursts: take the rest of one at once */
-    int rc = 0, dontwait = 1, near = 0;
+    int rc = 0, dontwait = 1, near = 0, wakeable = 0;
     uint64_t next = UINT64_MAX;
     pthread_mutex_lock(&p->mu);
     /* thread CPU clocks count from thread start: keep what this thread had before */
@@ -576,7 +633,9 @@ int oae_pump_run(oae_pump *p)
     p->cpu_done -= cpu0;
     pthread_mutex_unlock(&p->mu);
     while (!p->stop) {
-        /* 1. receive: busy-poll and "more may be queued" look without waiting; a timer due
+        /* 1. receive: busy-poll and "more may be queued" look without waiting; an idle
+         * link sleeps in ppoll on the socket and the wake-up eventfd (the application's
+         * new work goes out at once); a timer due
          * soon is waited for with ppoll (precise, hrtimer); otherwise block in recv() like
          * the bare C ping-pong, bounded by SO_RCVTIMEO (which the kernel rounds up to a
          * jiffy, so only for timers far enough away that a jiffy late does not matter) */
@@ -586,7 +645,7 @@ int oae_pump_run(oae_pump *p)
              * a timer is due or the application queued something */
             ssize_t n = recv(p->fd, p->rx_buf[0], sizeof p->rx_buf[0], MSG_DONTWAIT);
             if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK) &&
-                oae_now_ns() < next && !p->q_count && !p->stop) {
+                oae_now_ns() < next && !p->q_count && !p->kick && !p->stop) {
                 sched_yield(); /* ksoftirqd may be the one delivering our next frame */
                 continue;
             }
@@ -595,6 +654,21 @@ int oae_pump_run(oae_pump *p)
                 p->rx_msg[0].msg_len = (unsigned)n;
         } else if (busy || dontwait) {
             k = recvmmsg(p->fd, p->rx_msg, RX_BATCH, MSG_DONTWAIT, NULL);
+        } else if (wakeable) {
+            /* an idle link: sleep until a frame, the next timer, or the application */
+            uint64_t now = oae_now_ns();
+            uint64_t d = next <= now ? 0 : next - now;
+            if (d > IDLE_WAIT_MAX_NS)
+                d = IDLE_WAIT_MAX_NS;
+            struct timespec ts = {.tv_sec = (time_t)(d / 1000000000ull),
+                                  .tv_nsec = (long)(d % 1000000000ull)};
+            struct pollfd pf[2] = {{.fd = p->fd, .events = POLLIN},
+                                   {.fd = p->wakefd, .events = POLLIN}};
+            int r = ppoll(pf, 2, &ts, NULL);
+            p->st.wakeups++;
+            /* (a socket error also shows in revents: the receive reports it) */
+            k = r > 0 && pf[0].revents ? recvmmsg(p->fd, p->rx_msg, RX_BATCH, MSG_DONTWAIT, NULL)
+                                       : 0;
         } else if (near) {
             uint64_t now = oae_now_ns();
             uint64_t d = next <= now ? 0 : next - now;
@@ -628,6 +702,13 @@ int oae_pump_run(oae_pump *p)
             k = finish_beat(p, k);
         uint64_t now = oae_now_ns();
         pthread_mutex_lock(&p->mu);
+        p->sleeping = 0;
+        p->kick = 0;
+        if (p->woken) {
+            uint64_t v;
+            if (read(p->wakefd, &v, sizeof v) < 0) { /* already reset */ }
+            p->woken = 0;
+        }
         for (int i = 0; i < k; i++)
             if (oae_link_on_frame(p->link, p->rx_buf[i], p->rx_msg[i].msg_len, now) ==
                 OAE_DROP_NONE)
@@ -638,8 +719,18 @@ int oae_pump_run(oae_pump *p)
             oae_link_on_timeout(p->link, now);
         offer_queued(p);
         rc = drain_events(p);
+        int stored = rc ? 0 : persist(p);
+        if (stored < 0)
+            rc = stored;
+        else if (stored)
+            now = oae_now_ns(); /* the write took a while */
         size_t ntx = rc ? 0 : oae_link_poll_tx(p->link, p->tx_buf[0], TX_BATCH, now);
         next = oae_link_next_timeout(p->link);
+        if (p->persist_pending && !p->backed_up)
+            next = 0; /* asked again (a register moved during the write): do not wait */
+        /* an idle link may stay silent for long: wait where the application can wake us */
+        wakeable = !busy && oae_link_idle(p->link);
+        p->sleeping = wakeable;
         pthread_mutex_unlock(&p->mu);
         if (rc) /* the state dir failed: stop rather than run without durability */
             break;
@@ -671,7 +762,7 @@ int oae_pump_run(oae_pump *p)
         if (busy) {
             if (!k && !ntx)
                 sched_yield(); /* ksoftirqd may be the one delivering our next frame */
-        } else if (!dontwait) {
+        } else if (!dontwait && !wakeable) {
             near = next != UINT64_MAX && next - now < NEAR_NS;
             set_wait(p, near ? UINT64_MAX : next, now);
         }

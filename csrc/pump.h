@@ -57,12 +57,19 @@ int oae_flood_recv(int fd, uint16_t ethertype, uint32_t run, uint64_t max_ns, oa
  *
  * The thread receives (recv/recvmmsg), feeds the engine, fires its timers, offers queued
  * transfers, moves events out (log + durable registers first, when a state dir is set),
- * and sends (send/sendmmsg), all under one mutex that the application-side calls below
- * also take.  Waiting: busy-poll spins on a non-blocking recv (sched_yield between tries);
- * blocking mode sleeps in ppoll() when an engine timer is due within 8 ms, else in a
- * blocking recv() bounded by SO_RCVTIMEO (jiffy resolution, at most ~16 ms).  Submissions,
- * releases and stop are seen at the next frame or wake-up; a LIVE link exchanges frames at
- * least every idle_ns, so they are not delayed by more than that. */
+ * and sends (send/sendmmsg), under one mutex that the application-side calls below also
+ * take.  The mutex is released while the durable registers are written (fdatasync of the
+ * log, then the register file), so application calls never wait for a disk flush; the
+ * engine is marked persisted only if no register moved meanwhile (else it is stored
+ * again), and it sends nothing until then.  Waiting: busy-poll spins on a non-blocking
+ * recv (sched_yield between tries).  Blocking mode, while the link is idle
+ * (oae_link_idle(): discovering, or LIVE with idle pacing and nothing to settle), sleeps
+ * in ppoll() on the socket and a wake-up eventfd that oae_pump_submit, set_epoch, events
+ * (when the engine's events wait for room) and stop write, so new work goes out at once;
+ * during a busy exchange it blocks in recv() like the bare C ping-pong (the next frame is
+ * due within a round trip, and submissions are seen then), in ppoll() when an engine
+ * timer is due within 8 ms, else bounded by SO_RCVTIMEO (jiffy resolution, at most
+ * ~16 ms). */
 
 /* Event types the pump adds to the engine's OAE_EV_*. */
 enum {

@@ -163,6 +163,65 @@ def test_link_options_are_checked() -> None:
         LinkOptions(beat=3).check()
     with pytest.raises(UsageError, match="window"):
         LinkOptions(window=0).check()
+    with pytest.raises(UsageError, match="twice idle"):
+        LinkOptions(idle=0.02, rto=0.03).check()
+    LinkOptions(idle=0.0, rto=0.001).check()
+
+
+@pytest.mark.parametrize("sender", ["a", "b"])
+async def test_new_work_on_an_idle_link_does_not_wait_for_pacing(veth_pair, sender) -> None:
+    """With a long idle hold (0.3 s), a transfer submitted while the link idles commits
+    in far less than the hold, from either end (leader or follower): the follower's pump
+    is woken in its idle wait and wakes the link; the leader answers its held token."""
+    opts = LinkOptions(idle=0.3, rto=1.0, dead=3.0, hello=0.02)
+    async with (
+        open_link(veth_pair.if_a, veth_pair.ns_a, options=opts) as a,
+        open_link(veth_pair.if_b, veth_pair.ns_b, options=opts) as b,
+    ):
+        with trio.fail_after(10):
+            await a.wait_up()
+            await b.wait_up()
+        src = a if sender == "a" else b
+        times = []
+        for i in range(6):
+            await trio.sleep(0.05 + 0.07 * i)  # land at different points of the hold
+            t0 = trio.current_time()
+            with trio.fail_after(5):
+                out = await src.send(b"%d" % i)
+            assert out.committed
+            times.append(trio.current_time() - t0)
+        assert sorted(times)[len(times) // 2] < 0.1, times
+        # idle again: a few frames per hold, not a stream
+        f0 = a.stats()["frames_out"] + b.stats()["frames_out"]
+        await trio.sleep(1.0)
+        f1 = a.stats()["frames_out"] + b.stats()["frames_out"]
+        assert f1 - f0 <= 2 * (1.0 / 0.3 + 2), f1 - f0
+
+
+async def test_set_epoch_during_persistence_is_stored(veth_pair, tmp_path) -> None:
+    """set_epoch may run while the pump writes the registers (outside its lock): the
+    newer epoch must still reach the register file (it is stored again)."""
+    from oae._pump import ffi, lib
+
+    opts = LinkOptions(idle=0.01, rto=0.05, hello=0.02)
+    async with (
+        open_link(veth_pair.if_a, veth_pair.ns_a, options=opts, state_dir=tmp_path / "a") as a,
+        open_link(veth_pair.if_b, veth_pair.ns_b, options=opts, state_dir=tmp_path / "b") as b,
+    ):
+        with trio.fail_after(10):
+            await a.wait_up()
+            await b.wait_up()
+        for epoch in range(1, 40):
+            a.submit([b"e%d" % epoch])
+            a.set_epoch(epoch)
+            b.set_epoch(epoch)
+            await trio.sleep(0.002)
+        await trio.sleep(0.3)
+        assert a.stats()["pump"]["persists"] > 0
+    for side in ("a", "b"):
+        d = ffi.new("oae_link_durable *")
+        assert lib.oae_durable_load(str(tmp_path / side / "durable").encode(), d) == 0
+        assert d.epoch == 39
 
 
 async def test_keyed_link_comes_up_and_a_wrong_key_never_binds(veth_pair) -> None:
