@@ -103,6 +103,11 @@ class LinkOptions:
                 raise UsageError(f"{name} {getattr(self, name)}: must be > 0 seconds")
         if self.idle < 0:
             raise UsageError(f"idle {self.idle}: must be >= 0 seconds")
+        if self.idle and self.rto < 2 * self.idle:
+            raise UsageError(
+                f"rto {self.rto}: must be at least twice idle ({self.idle}) seconds, or it "
+                "fires while the peer holds an idle token"
+            )
 
 
 @dataclass
