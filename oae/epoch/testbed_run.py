@@ -64,6 +64,8 @@ def transition_timeout(topo: Topology) -> float:
     there when others load this machine's 2 cores)."""
     diameter = max(topo.eccentricity(v) for v in range(topo.n))
     return max(TRANSITION_TIMEOUT, 2.0 * diameter)
+
+
 ALGORITHMS = ("bilateral", "snap-t", "rolling", "2pc")
 # Clock baselines: the transition starts, each node acts at start + LEAD + its skew (the
 # simulated baselines' 50 us skew, 200 us log-normal write; LEAD is within the window in
@@ -131,6 +133,8 @@ class _Host:
         self.converged: set[Wave] = set()
         self.aborted: set[Wave] = set()
         self.mixed_frames = self.bad_messages = self.app_received = 0
+        self.link_downs = self.lost_control = 0
+        self._counted: set[int] = set()  # link objects whose down events were counted
         self.transfer_s: list[float] = []
 
     async def serve(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -240,8 +244,13 @@ class _Host:
             self.app_received += tpc.app_received
             self.bad_messages += tpc.bad_messages
             self.transfer_s += tpc.transfer_s
-            tpc.mixed_frames = tpc.app_received = tpc.bad_messages = 0
+            self.lost_control += tpc.lost
+            tpc.mixed_frames = tpc.app_received = tpc.bad_messages = tpc.lost = 0
             tpc.transfer_s = []
+        for link in self.links.values():
+            if id(link) not in self._counted:
+                self._counted.add(id(link))
+                self.link_downs += link.counters["links_down"]
 
     def crash(self) -> None:
         self.harvest()
@@ -546,6 +555,12 @@ async def run_on_testbed(
         "mixed_epoch_states": mixed_states,
         "probes": probes,
         "bad_messages": sum(h.bad_messages for h in hosts),
+        # link-end down events (crashes, missed hellos under load) and, for 2pc, CONTROL
+        # messages lost with a failed link (2pc re-sends none; its timeout aborts)
+        "link_downs": sum(h.link_downs for h in hosts),
+        "lost_control_messages": (
+            sum(h.lost_control for h in hosts) if algorithm == "2pc" else None
+        ),
     }
 
 

@@ -121,6 +121,7 @@ class TwoPCNode:
         self._changed = trio.Event()
         self.transfer_s: list[float] = []  # CONTROL transfer latencies (send -> outcome)
         self.app_received = self.mixed_frames = self.bad_messages = 0
+        self.lost = 0  # CONTROL messages whose transfer aborted or whose link stopped
 
     # ------------------------------------------------------------ driving the process
     def call(self, fn: Callable[[], T]) -> T:
@@ -142,7 +143,8 @@ class TwoPCNode:
         try:
             batch = link.submit([payload], control=True)
         except LinkError:
-            return  # the link stopped: the message is lost, timers re-ask
+            self.lost += 1  # the link stopped: the message is lost, timers re-ask
+            return
         assert self.nursery is not None and batch is not None
         self.nursery.start_soon(self._outcome, batch)
 
@@ -151,10 +153,13 @@ class TwoPCNode:
         t0 = trio.current_time()
         while batch.remaining:
             if batch.done.is_set():
-                return  # the link stopped before the outcome
+                self.lost += 1  # the link stopped before the outcome
+                return
             await batch.done.wait()
         self.transfer_s.append(trio.current_time() - t0)
-        # An aborted transfer is a lost message (the simulated _Routed ignores it too).
+        outcome = batch.results[0]
+        if outcome is not None and not outcome.committed:
+            self.lost += 1  # aborted: lost, as the simulated _Routed ignores it too
 
     def start_timer(self, delay_s: float, token: object) -> None:
         assert self.nursery is not None
