@@ -134,7 +134,8 @@ class _Host:
         self.aborted: set[Wave] = set()
         self.mixed_frames = self.bad_messages = self.app_received = 0
         self.link_downs = self.lost_control = 0
-        self._counted: set[int] = set()  # link objects whose down events were counted
+        # link objects whose down events were counted (kept, so no id is reused)
+        self._counted: dict[int, Any] = {}
         self.transfer_s: list[float] = []
 
     async def serve(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -249,7 +250,7 @@ class _Host:
             tpc.transfer_s = []
         for link in self.links.values():
             if id(link) not in self._counted:
-                self._counted.add(id(link))
+                self._counted[id(link)] = link
                 self.link_downs += link.counters["links_down"]
 
     def crash(self) -> None:
