@@ -80,6 +80,12 @@ def run(opts: BenchOptions) -> dict:
             say = _progress(opts.progress, key)
             r = trio.run(run_on_testbed, tb, epochs, 1, 0, say)
             t = trio.run(partial(run_on_testbed, tb, epochs, 1, 0, say, algorithm="2pc"))
+        for x in (r, t):
+            say(
+                f"{x['algorithm']}: committed {x['committed']}, aborted {x['aborted']}, "
+                f"stuck {x['stuck']}; link-end downs {x['link_downs']}, lost CONTROL "
+                f"messages {x['lost_control_messages']}"
+            )
         median = r["median_convergence_us"]
         path = r["critical_path_exchanges"]
         exchange = r["median_link_rtt_us"]
