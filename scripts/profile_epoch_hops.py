@@ -139,7 +139,13 @@ def main() -> None:
         print(k, r.get(k))
 
     def ms(xs: list[float]) -> str:
-        return f"n={len(xs)} median {st.median(xs) * 1e3:.2f} ms" if xs else "n=0"
+        if not xs:
+            return "n=0"
+        p90 = sorted(xs)[int(0.9 * (len(xs) - 1))]
+        return (
+            f"n={len(xs)} median {st.median(xs) * 1e3:.2f} ms, mean {st.mean(xs) * 1e3:.2f}, "
+            f"p90 {p90 * 1e3:.2f}"
+        )
 
     print("epoch FileStore writes", ms(WRITES), f"({len(WRITES) / epochs:.0f} per transition)")
     print("CONTROL transfer (send -> outcome)", ms(TRANSFERS))
