@@ -520,7 +520,8 @@ static int drain_events(oae_pump *p)
  * Only the pump thread feeds frames and timers, so nothing but PERSIST can be produced
  * while mu is released; an application call that changes a register meanwhile (a new
  * epoch) moves the engine's generation, and oae_link_persisted() then asks again rather
- * than marking the newer state stored.  Returns -errno if the state files failed, else how many times the registers were stored. */
+ * than marking the newer state stored.  Returns -errno if the state files failed, else
+ * how many times the registers were stored. */
 static int persist(oae_pump *p)
 {
     int stored = 0;

@@ -166,6 +166,12 @@ def test_link_options_are_checked() -> None:
     with pytest.raises(UsageError, match="twice idle"):
         LinkOptions(idle=0.02, rto=0.03).check()
     LinkOptions(idle=0.0, rto=0.001).check()
+    # an rto nobody chose follows idle (also through open_link's overrides)
+    assert LinkOptions().rto == 0.02 and LinkOptions(idle=0.05).rto == 0.1
+    merged = LinkOptions(**{**LinkOptions().__dict__, "idle": 0.03})
+    assert merged.rto == pytest.approx(0.06)
+    merged.check()
+    assert LinkOptions(**{**LinkOptions(rto=0.5).__dict__, "idle": 0.03}).rto == 0.5
 
 
 @pytest.mark.parametrize("sender", ["a", "b"])

@@ -74,6 +74,11 @@ class Message:
     control: bool = False
 
 
+class _AutoRto(float):
+    """An rto nobody chose: max(0.02 s, 2 * idle), derived again whenever the options are
+    rebuilt with another idle (open_link's overrides, dataclasses.replace)."""
+
+
 @dataclass(frozen=True)
 class LinkOptions:
     """Engine and pump settings; the defaults suit a node daemon on a LAN or veth."""
@@ -81,15 +86,21 @@ class LinkOptions:
     window: int = 64
     beat: int = 1
     rx_capacity: int = 4096
-    rto: float = 0.02
+    rto: float = _AutoRto(0.02)  # unless given: max(0.02, 2 * idle)
     dead: float = 1.0
     hello: float = 0.05
-    idle: float = 0.001
+    # the leader's answer delay on an idle link (new work wakes the link at once): an idle
+    # link carries 2 frames per idle + round trip; rto must be >= 2 * idle
+    idle: float = 0.01
     epoch: int = 0
     busy: bool = False
     bypass: bool = False
     sink: bool = False
     quiet: bool = False
+
+    def __post_init__(self) -> None:
+        if isinstance(self.rto, _AutoRto) and isinstance(self.idle, (int, float)):
+            object.__setattr__(self, "rto", _AutoRto(max(0.02, 2 * self.idle)))
 
     def check(self) -> None:
         if not 1 <= self.window <= lib.OAE_LINK_WINDOW_MAX:
