@@ -146,19 +146,17 @@ class TwoPCNode:
             self.lost += 1  # the link stopped: the message is lost, timers re-ask
             return
         assert self.nursery is not None and batch is not None
-        self.nursery.start_soon(self._outcome, batch)
+        self.nursery.start_soon(self._outcome, link, batch, trio.current_time())
 
-    async def _outcome(self, batch: Any) -> None:
-        # Timed as EpochNode times bilateral's CONTROL transfers (from this task's start).
-        t0 = trio.current_time()
-        while batch.remaining:
-            if batch.done.is_set():
-                self.lost += 1  # the link stopped before the outcome
-                return
-            await batch.done.wait()
+    async def _outcome(self, link: Any, batch: Any, t0: float) -> None:
+        """Timed as EpochNode times bilateral's CONTROL transfers: submit to outcome."""
+        try:
+            outcomes = await link.wait_outcomes(batch)
+        except LinkError:
+            self.lost += 1  # the link stopped before the outcome
+            return
         self.transfer_s.append(trio.current_time() - t0)
-        outcome = batch.results[0]
-        if outcome is not None and not outcome.committed:
+        if outcomes and not outcomes[0].committed:
             self.lost += 1  # aborted: lost, as the simulated _Routed ignores it too
 
     def start_timer(self, delay_s: float, token: object) -> None:
