@@ -129,6 +129,7 @@ class _Host:
         self.current = 0  # clock baselines: the epoch this node tags and runs now
         self.epoch_file = work / "clock-epoch.json"
         self.scope: trio.CancelScope | None = None
+        self.closed = trio.Event()  # set when the current incarnation has closed its links
         self.nursery: trio.Nursery | None = None
         self.converged: set[Wave] = set()
         self.aborted: set[Wave] = set()
@@ -139,42 +140,47 @@ class _Host:
         self.transfer_s: list[float] = []
 
     async def serve(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        with trio.CancelScope() as scope:
-            self.scope = scope
-            async with AsyncExitStack() as stack:
-                links = {}
-                for peer, (iface, lname) in self.ends.items():
-                    links[peer] = await stack.enter_async_context(
-                        open_link(
-                            iface, self.ns, state_dir=self.work / f"link-{lname}", options=LINK
+        self.closed = trio.Event()
+        try:
+            with trio.CancelScope() as scope:
+                self.scope = scope
+                async with AsyncExitStack() as stack:
+                    links = {}
+                    for peer, (iface, lname) in self.ends.items():
+                        links[peer] = await stack.enter_async_context(
+                            open_link(
+                                iface, self.ns, state_dir=self.work / f"link-{lname}", options=LINK
+                            )
                         )
-                    )
-                self.links = links
-                nursery = await stack.enter_async_context(trio.open_nursery())
-                self.nursery = nursery
-                if self.algorithm == "bilateral":
-                    self.node = await stack.enter_async_context(
-                        open_epoch_node(self.i, links, self.work, tag_epochs=True)
-                    )
-                    nursery.start_soon(self._drain, self.node)
-                elif self.algorithm == "2pc":
-                    assert self.net is not None
-                    self.work.mkdir(parents=True, exist_ok=True)
-                    self.tpc = TwoPCNode(self.i, links, self.work, self.net)
-                    await nursery.start(self.tpc.run)
-                else:
-                    self.work.mkdir(parents=True, exist_ok=True)
-                    self.current = _read_epoch(self.epoch_file)
-                    for link in links.values():
-                        if self.algorithm == "rolling":
-                            link.set_epoch(self.current)
-                        nursery.start_soon(self._receive, link)
-                if self.app_period > 0:
-                    for peer in links:
-                        nursery.start_soon(self._traffic, peer)
-                self.alive = True
-                task_status.started()
-                await trio.sleep_forever()
+                    self.links = links
+                    nursery = await stack.enter_async_context(trio.open_nursery())
+                    self.nursery = nursery
+                    if self.algorithm == "bilateral":
+                        self.node = await stack.enter_async_context(
+                            open_epoch_node(self.i, links, self.work, tag_epochs=True)
+                        )
+                        nursery.start_soon(self._drain, self.node)
+                    elif self.algorithm == "2pc":
+                        assert self.net is not None
+                        self.work.mkdir(parents=True, exist_ok=True)
+                        self.tpc = TwoPCNode(self.i, links, self.work, self.net)
+                        await nursery.start(self.tpc.run)
+                    else:
+                        self.work.mkdir(parents=True, exist_ok=True)
+                        self.current = _read_epoch(self.epoch_file)
+                        for link in links.values():
+                            if self.algorithm == "rolling":
+                                link.set_epoch(self.current)
+                            nursery.start_soon(self._receive, link)
+                    if self.app_period > 0:
+                        for peer in links:
+                            nursery.start_soon(self._traffic, peer)
+                    self.alive = True
+                    task_status.started()
+                    await trio.sleep_forever()
+        finally:
+            # every link end closed (its state dir unlocked): a restart may reopen them
+            self.closed.set()
 
     async def _drain(self, node: EpochNode) -> None:
         """Bilateral: the node counted the delivery; nothing else reads the payloads."""
@@ -401,6 +407,9 @@ async def run_on_testbed(
                 counts["crashes"] += 1
                 h.crash()
                 await trio.sleep(down)
+                # A real crash frees the link ends at once; here their close may still be
+                # under way (a pump thread finishing its writes): restart after it.
+                await h.closed.wait()
                 await nursery.start(h.serve)
 
             def probe_mixed() -> bool:
