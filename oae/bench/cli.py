@@ -33,7 +33,7 @@ PARTS: dict[str, tuple[str, str]] = {
     "sweep": ("oae.bench.sweep", "commits/s and frames/s vs beat and vs window, vs C flood"),
     "convergence_testbed": (
         "oae.bench.testbed_convergence",
-        "bilateral convergence on real frames vs critical path x C ping-pong RTT, same links",
+        "bilateral and 2pc convergence on real frames vs critical path x link exchange, same run",
     ),
     "latency": (
         "oae.bench.latency",

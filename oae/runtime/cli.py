@@ -118,8 +118,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--idle",
         type=float,
-        default=0.001,
-        help="token answer delay in s when nothing is pending (default 0.001)",
+        default=0.01,
+        help="how long the leader holds the token when nothing is pending, in s (default"
+        " 0.01; new work wakes the link at once; the re-offer timer follows: 2 x idle)",
     )
     p.add_argument("--busy", action="store_true", help="busy-poll (one core per link)")
     p.add_argument(
