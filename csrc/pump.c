@@ -111,6 +111,7 @@ struct oae_pump {
     uint32_t beat;
     uint64_t wait_us; /* the receive timeout currently set (0: none yet) */
     int logfd;
+    int log_dirty; /* events.log written since its last fdatasync (pump thread only) */
     char *durable_path;
     oae_link *link;
     pthread_mutex_t mu;
@@ -443,6 +444,7 @@ static int log_write(oae_pump *p, size_t nrec)
 {
     size_t len = nrec * OAE_LOG_REC_LEN;
     ssize_t w = write(p->logfd, p->logbuf, len);
+    p->log_dirty = 1;
     return w == (ssize_t)len ? 0 : (w < 0 ? -errno : -EIO);
 }
 
@@ -530,15 +532,20 @@ static int persist(oae_pump *p)
             break;
         oae_link_durable d;
         oae_link_durable_get(p->link, &d);
+        /* a persist that logged nothing (an offer, a hold) costs the register store only */
+        int sync_log = p->logfd >= 0 && p->log_dirty;
+        p->log_dirty = 0;
         pthread_mutex_unlock(&p->mu);
         int rc = 0;
-        if (p->logfd >= 0 && fdatasync(p->logfd) < 0)
+        if (sync_log && fdatasync(p->logfd) < 0)
             rc = -errno;
         if (!rc)
             rc = oae_durable_store(p->durable_path, &d);
         pthread_mutex_lock(&p->mu);
-        if (rc)
+        if (rc) {
+            p->log_dirty |= sync_log;
             return rc;
+        }
         p->persist_pending = 0;
         p->st.persists++;
         oae_link_persisted(p->link); /* queues PERSIST again if the registers moved */

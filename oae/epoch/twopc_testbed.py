@@ -22,7 +22,6 @@ the simulation. Checkpoints are instantaneous, as bilateral's on the testbed.
 from __future__ import annotations
 
 import json
-import os
 import struct
 from collections.abc import Callable, Mapping
 from dataclasses import asdict
@@ -32,6 +31,7 @@ from typing import Any, TypeVar
 import trio
 
 from oae.epoch.baselines import SimpleStore, TwoPC, _TwoPCProcess
+from oae.epoch.durable import SlotFile
 from oae.epoch.sim import Topology
 from oae.runtime.link import LinkError
 
@@ -40,30 +40,18 @@ T = TypeVar("T")
 
 def load_store(path: Path) -> SimpleStore:
     """A 2pc node's durable store (a fresh one if none was written)."""
-    try:
-        data = json.loads(path.read_text())
-    except FileNotFoundError:
+    raw = SlotFile(path, "2pc store").read()
+    if raw is None:
         return SimpleStore()
+    data = json.loads(raw)
     data["log"] = {int(k): v for k, v in data["log"].items()}
     return SimpleStore(**data)
 
 
 def save_store(path: Path, store: SimpleStore) -> None:
-    """Atomically and durably replace the store (as FileStore: temp, fdatasync, rename,
-    directory fsync)."""
-    tmp = path.with_suffix(".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-    try:
-        os.write(fd, json.dumps(asdict(store), sort_keys=True).encode())
-        os.fdatasync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    dfd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
+    """Durably replace the store (SlotFile: in place, one fdatasync, as FileStore), so
+    2pc pays for its records what bilateral pays for its own."""
+    SlotFile(path, "2pc store").write(json.dumps(asdict(store), sort_keys=True).encode())
 
 
 def _snapshot(s: SimpleStore) -> tuple[Any, ...]:
