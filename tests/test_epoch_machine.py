@@ -326,3 +326,24 @@ def test_a_restarted_node_that_forgot_a_wave_releases_a_prepared_neighbour() -> 
     net.settle()
     assert all(m.in_wave() is None for m in net.m)
     assert net.stores[2].load().prepared is None
+
+
+def test_a_deferred_wave_joined_later_answers_every_sender() -> None:
+    """Triangle: node 0 is in its own wave W0 when PROPOSE(W2) of the higher wave W2
+    arrives from 2 and, through 1, from 1: it defers W2. W0 is refused and aborts; node 0
+    joins W2 under parent 1 and counts 2's PROPOSE as 2's answer (a crossing edge) — but 2
+    waits for 0's answer too, which only 0's own crossing PROPOSE(W2) gives it. (Shrunk
+    from a Hypothesis schedule on the 5-node graph: the wave stayed undecided forever.)"""
+    net = Net(3, [(0, 1), (1, 2), (2, 0)])
+    net.settle()
+    net.propose(0)  # W0 = (1, 1, 0)
+    net.propose(2)  # W2 = (1, 1, 2) > W0
+    net.deliver((2, 1))  # 1 joins W2 under 2 and forwards PROPOSE(W2) to 0
+    net.deliver((2, 0))  # 0, in W0, defers W2 (sender 2) ...
+    net.deliver((1, 0))  # ... and again (sender 1)
+    w0, w2 = net.proposed
+    assert net.m[0].deferred == {w2: {1, 2}}  # type: ignore[union-attr]
+    net.settle()
+    assert net.decided == {w0: {False}, w2: {True}}
+    assert all(m.epoch == 1 and m.in_wave() is None for m in net.m)  # type: ignore[union-attr]
+    assert w2 in net.converged

@@ -337,7 +337,10 @@ class EpochMachine:
         ):
             self._abort(w, out)
             return
-        for n in sorted(st.waiting):
+        # PROPOSE on every other link, also to the `marked` neighbours (the senders of a
+        # deferred wave, already answered): each of them waits for our crossing PROPOSE
+        # as its answer, and it is our marker for the channel towards it.
+        for n in others:
             self._send(n, Message(Kind.PROPOSE, w), out)
         self._progress(out)
 
