@@ -423,11 +423,19 @@ async def run_on_testbed(
                     return len({e for e, _ in restore_2pc(stores).values()}) != 1
                 return len({h.durable_epoch() for h in hosts}) != 1
 
+            probes_pending = 0
+
             async def probe_at(after: float) -> None:
-                nonlocal mixed_states, probes
+                nonlocal mixed_states, probes, probes_pending
                 await trio.sleep(after)
                 probes += 1
                 mixed_states += probe_mixed()
+                probes_pending -= 1
+
+            def start_probe(after: float) -> None:
+                nonlocal probes_pending
+                probes_pending += 1
+                nursery.start_soon(probe_at, after)
 
             async def fire(h: _Host, at: float, target: int, persist_s: float) -> None:
                 await trio.sleep_until(at)
@@ -456,7 +464,7 @@ async def run_on_testbed(
                     if wave is None:
                         raise LinkError(f"node {names[who]} stayed busy: " + _busy(hosts))
                     t0 = trio.current_time()
-                    nursery.start_soon(probe_at, probe_after)
+                    start_probe(probe_after)
                     with trio.move_on_after(limit):
                         while (result := host.outcome(wave)) is None:
                             await trio.sleep(0.002)
@@ -473,7 +481,7 @@ async def run_on_testbed(
                                 await trio.sleep(0.01)
                     if began:
                         t0 = trio.current_time()
-                        nursery.start_soon(probe_at, probe_after)
+                        start_probe(probe_after)
                         done = twopc.tracker.done
                         with trio.move_on_after(limit):
                             # Polled as bilateral's outcome is: convergence is the
@@ -497,7 +505,7 @@ async def run_on_testbed(
                     # Every node acts at its own clock's instant; none waits for another.
                     target += 1
                     t0 = trio.current_time()
-                    nursery.start_soon(probe_at, probe_after)
+                    start_probe(probe_after)
                     last = t0
                     for h, skew in zip(hosts, skews, strict=True):
                         at = max(t0, t0 + LEAD + skew + clock_rng.gauss(0.0, skew_us / 4) * 1e-6)
@@ -538,6 +546,8 @@ async def run_on_testbed(
                         f"{k + 1}/{epochs}: {kind}"
                     )
             await all_ready()
+            while probes_pending:  # the last transition's probe may still be asleep
+                await trio.sleep(0.01)
             for h in hosts:
                 h.harvest()
             nursery.cancel_scope.cancel()
