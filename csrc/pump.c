@@ -128,6 +128,8 @@ struct oae_pump {
     /* application events: a ring, guarded by mu */
     oae_pump_event *app;
     uint32_t app_head, app_tail;
+    /* events before app_vis may be taken: the durable state that covers them is stored */
+    uint32_t app_vis;
     /* transfers queued by the application, not yet offered: a growable ring, under mu */
     uint8_t *q_payload, *q_len;
     uint64_t *q_cookie;
@@ -385,11 +387,11 @@ size_t oae_pump_events(oae_pump *p, oae_pump_event *out, size_t max)
 {
     size_t n = 0;
     pthread_mutex_lock(&p->mu);
-    while (n < max && p->app_head != p->app_tail) {
+    while (n < max && p->app_head != p->app_vis) {
         out[n++] = p->app[p->app_head % APP_RING];
         p->app_head++;
     }
-    if (p->app_head == p->app_tail && p->notified) {
+    if (p->app_head == p->app_vis && p->notified) {
         uint64_t v;
         if (read(p->evfd, &v, sizeof v) < 0) { /* already reset */ }
         p->notified = 0;
@@ -439,6 +441,17 @@ int oae_pump_transfer_state(oae_pump *p, int incoming, uint32_t tid)
 }
 
 /* ---- the loop ---- */
+
+/* Let the application take the events before `upto` (mu held). */
+static void publish(oae_pump *p, uint32_t upto)
+{
+    p->app_vis = upto;
+    if (p->app_vis != p->app_head && !p->notified) {
+        uint64_t one = 1;
+        if (write(p->evfd, &one, sizeof one) == sizeof one)
+            p->notified = 1;
+    }
+}
 
 static int log_write(oae_pump *p, size_t nrec)
 {
@@ -505,11 +518,11 @@ static int drain_events(oae_pump *p)
     }
     if (nlog)
         rc = rc ? rc : log_write(p, nlog);
-    if (p->app_tail != p->app_head && !p->notified) {
-        uint64_t one = 1;
-        if (write(p->evfd, &one, sizeof one) == sizeof one)
-            p->notified = 1;
-    }
+    /* a delivery the application may act on must be durable first: while a store is
+     * pending, new events wait for persist() (as before the store left mu); a full ring
+     * publishes at once, since the store itself waits for the application to drain it */
+    if (rc || !p->durable_path || !p->persist_pending || p->backed_up)
+        publish(p, p->app_tail);
     return rc;
 }
 
@@ -533,6 +546,7 @@ static int persist(oae_pump *p)
         oae_link_durable d;
         oae_link_durable_get(p->link, &d);
         /* a persist that logged nothing (an offer, a hold) costs the register store only */
+        uint32_t covered = p->app_tail; /* the events this snapshot makes durable */
         int sync_log = p->logfd >= 0 && p->log_dirty;
         p->log_dirty = 0;
         pthread_mutex_unlock(&p->mu);
@@ -548,6 +562,7 @@ static int persist(oae_pump *p)
         }
         p->persist_pending = 0;
         p->st.persists++;
+        publish(p, covered);
         oae_link_persisted(p->link); /* queues PERSIST again if the registers moved */
         rc = drain_events(p);
         if (rc)
@@ -565,9 +580,7 @@ static void add_error_event(oae_pump *p, int err)
     a->ev.type = OAE_PEV_ERROR;
     a->ev.info = (uint32_t)err;
     p->app_tail++;
-    uint64_t one = 1;
-    if (write(p->evfd, &one, sizeof one) == sizeof one)
-        p->notified = 1;
+    publish(p, p->app_tail);
     pthread_mutex_unlock(&p->mu);
 }
 
