@@ -675,30 +675,22 @@ int oae_pump_run(oae_pump *p)
                 p->rx_msg[0].msg_len = (unsigned)n;
         } else if (busy || dontwait) {
             k = recvmmsg(p->fd, p->rx_msg, RX_BATCH, MSG_DONTWAIT, NULL);
-        } else if (wakeable) {
-            /* an idle link: sleep until a frame, the next timer, or the application */
+        } else if (wakeable || near) {
+            /* a timer due soon, or an idle link: sleep until a frame or the next timer,
+             * and on an idle link also until the application makes work (wakefd) */
             uint64_t now = oae_now_ns();
             uint64_t d = next <= now ? 0 : next - now;
-            if (d > IDLE_WAIT_MAX_NS)
+            if (wakeable && d > IDLE_WAIT_MAX_NS)
                 d = IDLE_WAIT_MAX_NS;
             struct timespec ts = {.tv_sec = (time_t)(d / 1000000000ull),
                                   .tv_nsec = (long)(d % 1000000000ull)};
             struct pollfd pf[2] = {{.fd = p->fd, .events = POLLIN},
                                    {.fd = p->wakefd, .events = POLLIN}};
-            int r = ppoll(pf, 2, &ts, NULL);
+            int r = ppoll(pf, wakeable ? 2 : 1, &ts, NULL);
             p->st.wakeups++;
             /* (a socket error also shows in revents: the receive reports it) */
             k = r > 0 && pf[0].revents ? recvmmsg(p->fd, p->rx_msg, RX_BATCH, MSG_DONTWAIT, NULL)
                                        : 0;
-        } else if (near) {
-            uint64_t now = oae_now_ns();
-            uint64_t d = next <= now ? 0 : next - now;
-            struct timespec ts = {.tv_sec = (time_t)(d / 1000000000ull),
-                                  .tv_nsec = (long)(d % 1000000000ull)};
-            struct pollfd pf = {.fd = p->fd, .events = POLLIN};
-            int r = ppoll(&pf, 1, &ts, NULL);
-            p->st.wakeups++;
-            k = r > 0 ? recvmmsg(p->fd, p->rx_msg, RX_BATCH, MSG_DONTWAIT, NULL) : 0;
         } else {
             ssize_t n = recv(p->fd, p->rx_buf[0], sizeof p->rx_buf[0], 0);
             k = n < 0 ? -1 : 1;

@@ -36,11 +36,12 @@ from oae.epoch.sim import Topology
 from oae.runtime.link import LinkError
 
 T = TypeVar("T")
+_WHAT = "2pc store"  # names the file in errors
 
 
 def load_store(path: Path) -> SimpleStore:
     """A 2pc node's durable store (a fresh one if none was written)."""
-    raw = SlotFile(path, "2pc store").read()
+    raw = SlotFile(path, _WHAT).read()
     if raw is None:
         return SimpleStore()
     data = json.loads(raw)
@@ -48,15 +49,14 @@ def load_store(path: Path) -> SimpleStore:
     return SimpleStore(**data)
 
 
+def _encode(store: SimpleStore) -> bytes:
+    return json.dumps(asdict(store), sort_keys=True).encode()
+
+
 def save_store(path: Path, store: SimpleStore) -> None:
     """Durably replace the store (SlotFile: in place, one fdatasync, as FileStore), so
     2pc pays for its records what bilateral pays for its own."""
-    SlotFile(path, "2pc store").write(json.dumps(asdict(store), sort_keys=True).encode())
-
-
-def _snapshot(s: SimpleStore) -> tuple[Any, ...]:
-    return (s.epoch, tuple(sorted(s.log.items())), s.prepared, s.coordinating, s.coordinator,
-            s.committed_tx, s.led, s.released)  # fmt: skip
+    SlotFile(path, _WHAT).write(_encode(store))
 
 
 class TwoPCNet:
@@ -101,7 +101,7 @@ class TwoPCNode:
         self.v, self.links, self.net = v, dict(links), net
         self.path = Path(state_dir) / "2pc.json"
         self.store = load_store(self.path)
-        self._saved = _snapshot(self.store)
+        self._saved = _encode(self.store)
         self.proc = _TwoPCProcess(net, v, self.store, net.algo)  # type: ignore[arg-type]
         self.pending: list[tuple[int, bytes]] = []
         self.alive = False
@@ -115,10 +115,10 @@ class TwoPCNode:
     def call(self, fn: Callable[[], T]) -> T:
         """One event into the process; then its store made durable, then its sends."""
         result = fn()
-        snap = _snapshot(self.store)
-        if snap != self._saved:
-            save_store(self.path, self.store)
-            self._saved = snap
+        data = _encode(self.store)
+        if data != self._saved:  # written only when the event changed it
+            SlotFile(self.path, _WHAT).write(data)
+            self._saved = data
         out, self.pending = self.pending, []
         for w, payload in out:
             self._submit(w, payload)
