@@ -83,6 +83,11 @@ def test_quick_suite_document(tmp_path: Path, capsys: pytest.CaptureFixture[str]
         assert real["ring4_ratio_vs_c"] == pytest.approx(
             real["ring4_bilateral_us"] / real["ring4_c_bound_us"]
         )
+        # a one-way delivery is part of its own transfer: shorter, and the floor follows
+        assert 0 < real["ring4_control_delivery_us"] < real["ring4_link_exchange_us"]
+        assert real["ring4_ratio_floor"] == pytest.approx(
+            2 * real["ring4_control_delivery_us"] / real["ring4_link_exchange_us"]
+        )
         tb = p["testbed"]
         assert tb["bridge_vs_direct_ratio"] == pytest.approx(
             tb["bridge_frames_per_s"] / tb["direct_veth_frames_per_s"]

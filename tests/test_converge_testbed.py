@@ -55,6 +55,7 @@ def test_bilateral_never_mixes_and_baselines_do(testbed, source: str) -> None:
     assert r["mixed_epoch_frames"] == 0 and r["mixed_epoch_states"] == 0
     assert r["probes"] >= 2 * EPOCHS and r["bad_messages"] == 0
     assert r["median_convergence_us"] > 0 and r["median_link_rtt_us"] > 0
+    assert 0 < r["median_control_delivery_us"] < r["median_link_rtt_us"]
     for algorithm in ("snap-t", "rolling"):
         base = _run(tb, algorithm)
         assert base["algorithm"] == algorithm and base["crashes"] > 0

@@ -111,6 +111,12 @@ RULES: dict[str, list[Rule]] = {
         Rule(r"(\w+?\d+)_link_exchange_us", "measured", _C_PINGPONG, r"\1_c_rtt_us"),
         Rule(r"(\w+?\d+)_ratio_vs_c", "ratio", _C_BOUND, r"\1_c_bound_us"),
         Rule(r"(\w+?\d+)_ratio_vs_exchange", "ratio", _X_BOUND, r"\1_link_exchange_us"),
+        Rule(r"(\w+?\d+)_control_delivery_us", "measured",
+             "median CONTROL transfer latency (send to outcome), same run",
+             r"\1_link_exchange_us"),
+        Rule(r"(\w+?\d+)_ratio_floor", "diagnostic",
+             "the floor the link's own delivery sets under ratio_vs_exchange: 2 x median "
+             "one-way CONTROL delivery / median CONTROL transfer latency, same run"),
         Rule(r"(\w+?\d+)_(committed|critical_path_exchanges)|epochs", "parameter",
              "a count or a property of the topology, not compared"),
         # 2pc on the same testbed, same run: its critical path is counted as bilateral's

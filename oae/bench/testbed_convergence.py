@@ -10,6 +10,10 @@ protocol's real link exchange); and two bounds — critical-path link exchanges 
 initiator's eccentricity) times the C round trip, and times the CONTROL latency.
 Convergence / C bound says how far the whole stack is from the wire; convergence /
 exchange bound says how far the wave is from its own critical path (issue 6's ratio).
+The wave's 2 x path one-way hops each ride a CONTROL transfer and go on at its delivery,
+which AIT allows only after the offer, the peer's hold and the commit (3 of the
+transfer's 4 legs, 2 of its 3 durable stores); so the run also reports the median
+one-way delivery and the floor it sets under that ratio, 2 x delivery / CONTROL latency.
 Then, on the same testbed, `epochs` transitions of `2pc` (the simulated baseline's
 algorithm on the same links, oae.epoch.twopc_testbed), coordinated by node 0: its
 convergence (proposal to the coordinator holding every node's commit ACK), its critical
@@ -99,6 +103,8 @@ def run(opts: BenchOptions) -> dict:
             median / (path * c_rtt) if median and path else None  # type: ignore[operator]
         )
         out[f"{key}_ratio_vs_exchange"] = r["convergence_ratio"]
+        out[f"{key}_control_delivery_us"] = r["median_control_delivery_us"]
+        out[f"{key}_ratio_floor"] = r["delivery_floor_ratio"]
         median2 = t["median_convergence_us"]
         out[f"{key}_2pc_us"] = median2
         out[f"{key}_2pc_committed"] = t["committed"]
@@ -121,6 +127,10 @@ def run(opts: BenchOptions) -> dict:
                 f"{key}_link_exchange_us": "µs median CONTROL transfer latency (send to outcome)",
                 f"{key}_ratio_vs_c": "x (convergence / C bound)",
                 f"{key}_ratio_vs_exchange": "x (convergence / critical path x CONTROL latency)",
+                f"{key}_control_delivery_us": "µs median one-way CONTROL delivery (submit to "
+                "the peer link handing it over, durable at the peer)",
+                f"{key}_ratio_floor": "x (2 x delivery / CONTROL latency: ratio_vs_exchange "
+                "if every wave hop cost only the link's delivery)",
                 f"{key}_2pc_us": "µs median 2pc convergence (proposal to every commit ACK "
                 "at the coordinator)",
                 f"{key}_2pc_committed": "transitions committed",

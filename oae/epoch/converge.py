@@ -391,6 +391,8 @@ def _print(
         "critical_path_exchanges",
         "convergence_ratio",
         "median_link_rtt_us",
+        "median_control_delivery_us",
+        "delivery_floor_ratio",
         "mixed_epoch_frames",
         "app_frames",
         "uncommitted_tag_frames",

@@ -23,6 +23,7 @@ the last is written. The checkpoint of e+1 is written by the `checkpoint` callba
 from __future__ import annotations
 
 import math
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -45,6 +46,7 @@ from oae.epoch.machine import (
 from oae.epoch.messages import Wave
 
 Checkpoint = Callable[[Wave], Awaitable[bool]]
+CONTROL_LOG = 1 << 16  # CONTROL sends and deliveries kept for measurement
 
 
 async def _no_checkpoint(wave: Wave) -> bool:
@@ -82,6 +84,9 @@ class EpochNode:
         self.persists = 0  # epoch records written (consecutive ones count once)
         self.decided: dict[Wave, bool] = {}
         self.transfer_s: list[float] = []  # CONTROL transfer latencies (submit -> outcome)
+        # (sent, neighbour, payload, trio time) of CONTROL messages, submitted here (sent)
+        # or handed over by the link (not sent): the one-way delivery is measured from it
+        self.control_log: deque[tuple[bool, int, bytes, float]] = deque(maxlen=CONTROL_LOG)
         self.converged: set[Wave] = set()
         self._changed: trio.Event | None = None  # created only when someone waits
         self._inbox_send, self._inbox = trio.open_memory_channel[tuple[int, bytes]](math.inf)
@@ -145,9 +150,9 @@ class EpochNode:
                 link = self.links[a.link]
                 batch = link.submit([a.payload], control=True)
                 assert self._nursery is not None and batch is not None
-                self._nursery.start_soon(
-                    self._control_outcome, a.link, a.payload, batch, trio.current_time()
-                )
+                t0 = trio.current_time()
+                self.control_log.append((True, a.link, a.payload, t0))
+                self._nursery.start_soon(self._control_outcome, a.link, a.payload, batch, t0)
             elif isinstance(a, Persist):
                 j = i + 1
                 while j <= last and isinstance(actions[j], Discard):
@@ -183,6 +188,7 @@ class EpochNode:
         async for msg in self.links[n].received():
             self._sync(n)
             if msg.control:
+                self.control_log.append((False, n, msg.payload, msg.at))
                 self._do(self.machine.receive(n, msg.payload))
             else:
                 # The engine already refused offers tagged with another epoch.

@@ -138,6 +138,10 @@ class _Host:
         # link objects whose down events were counted (kept, so no id is reused)
         self._counted: dict[int, Any] = {}
         self.transfer_s: list[float] = []
+        # first submit / first hand-over time of each CONTROL message (sender, receiver,
+        # payload): bilateral's one-way link delivery is measured from the two
+        self.control_sent: dict[tuple[int, int, bytes], float] = {}
+        self.control_delivered: dict[tuple[int, int, bytes], float] = {}
 
     async def serve(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         self.closed = trio.Event()
@@ -245,6 +249,12 @@ class _Host:
             node.machine.bad_messages = 0
             self.transfer_s += node.transfer_s
             node.transfer_s = []
+            for sent, peer, payload, t in node.control_log:
+                if sent:
+                    self.control_sent.setdefault((self.i, peer, payload), t)
+                else:
+                    self.control_delivered.setdefault((peer, self.i, payload), t)
+            node.control_log.clear()
         tpc = self.tpc
         if tpc is not None:
             self.mixed_frames += tpc.mixed_frames
@@ -553,6 +563,11 @@ async def run_on_testbed(
             nursery.cancel_scope.cancel()
     xfer = [t * 1e6 for h in hosts for t in h.transfer_s]
     rtt = quantile(xfer, 0.5)
+    sent = {k: t for h in hosts for k, t in h.control_sent.items()}
+    delivery = quantile(
+        [(t - sent[k]) * 1e6 for h in hosts for k, t in h.control_delivered.items() if k in sent],
+        0.5,
+    )
     median = quantile(conv, 0.5)
     path = quantile(paths, 0.5) if algorithm in ("bilateral", "2pc") else 0.0
     return {
@@ -570,6 +585,11 @@ async def run_on_testbed(
         "critical_path_exchanges": path,
         "median_link_rtt_us": rtt,
         "convergence_ratio": None if not (median and path and rtt) else median / (path * rtt),
+        # bilateral: one CONTROL message's submit to the peer link handing it over (its
+        # durable delivery), and the ratio a wave of 2 x path such hops would have if each
+        # cost only that delivery (nothing of the epoch layer): the link's own floor
+        "median_control_delivery_us": delivery,
+        "delivery_floor_ratio": None if not (delivery and rtt) else 2 * delivery / rtt,
         "mixed_epoch_frames": sum(h.mixed_frames for h in hosts),
         "app_frames": sum(h.app_received for h in hosts),
         "mixed_epoch_states": mixed_states,

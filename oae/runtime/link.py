@@ -67,11 +67,13 @@ class Outcome:
 
 @dataclass(frozen=True)
 class Message:
-    """A transfer delivered to this end (exactly once)."""
+    """A transfer delivered to this end (exactly once). `at` is trio.current_time() when
+    the link handed it to this process (after its durable store), before any task took it."""
 
     tid: int
     payload: bytes
     control: bool = False
+    at: float = 0.0
 
 
 class _AutoRto(float):
@@ -382,7 +384,8 @@ class Link:
         if t == lib.OAE_EV_DELIVERED:
             self.counters["delivered"] += 1
             payload = bytes(ffi.buffer(ev.payload, ev.length))
-            self._inbox.append(Message(ev.tid, payload, bool(ev.data_flags & lib.OAE_F_CONTROL)))
+            control = bool(ev.data_flags & lib.OAE_F_CONTROL)
+            self._inbox.append(Message(ev.tid, payload, control, trio.current_time()))
             self._inbox_event.set()
         elif t in (lib.OAE_EV_COMMITTED, lib.OAE_EV_ABORTED):
             committed = t == lib.OAE_EV_COMMITTED
