@@ -122,7 +122,6 @@ struct oae_pump {
     int sleeping;        /* the loop waits on wakefd too (the link is idle): wake it */
     int woken;           /* wakefd was written and not yet read */
     volatile int kick;   /* the application made work (seen by the busy-poll spin) */
-    int hold;            /* oae_pump_hold depth: no frame is sent while > 0 */
     int running;         /* the loop runs: cpuclock is valid */
     clockid_t cpuclock;  /* CPU clock of the pump thread */
     uint64_t cpu_done;   /* CPU time of finished runs */
@@ -407,16 +406,6 @@ void oae_pump_release(oae_pump *p, uint32_t n)
 {
     pthread_mutex_lock(&p->mu);
     oae_link_release(p->link, n);
-    pthread_mutex_unlock(&p->mu);
-}
-
-void oae_pump_hold(oae_pump *p, int on)
-{
-    pthread_mutex_lock(&p->mu);
-    if (on)
-        p->hold++;
-    else if (p->hold > 0 && --p->hold == 0)
-        wake_pump(p); /* the loop waits where this wakes it: send what was held */
     pthread_mutex_unlock(&p->mu);
 }
 
@@ -748,15 +737,12 @@ int oae_pump_run(oae_pump *p)
             rc = stored;
         else if (stored)
             now = oae_now_ns(); /* the write took a while */
-        size_t ntx =
-            rc || p->hold ? 0 : oae_link_poll_tx(p->link, p->tx_buf[0], TX_BATCH, now);
-        /* held: nothing is due before oae_pump_hold(p, 0), which wakes us */
-        next = p->hold ? UINT64_MAX : oae_link_next_timeout(p->link);
+        size_t ntx = rc ? 0 : oae_link_poll_tx(p->link, p->tx_buf[0], TX_BATCH, now);
+        next = oae_link_next_timeout(p->link);
         if (p->persist_pending && !p->backed_up)
             next = 0; /* asked again (a register moved during the write): do not wait */
-        /* an idle link may stay silent for long, a held one sends nothing that would bring
-         * an answer: wait where the application can wake us */
-        wakeable = !busy && (p->hold || oae_link_idle(p->link));
+        /* an idle link may stay silent for long: wait where the application can wake us */
+        wakeable = !busy && oae_link_idle(p->link);
         p->sleeping = wakeable;
         pthread_mutex_unlock(&p->mu);
         if (rc) /* the state dir failed: stop rather than run without durability */

@@ -125,11 +125,6 @@ int oae_pump_submit(oae_pump *p, const uint8_t *payloads, const uint8_t *lens, s
 size_t oae_pump_backlog(oae_pump *p);
 /* The application consumed n delivered transfers. */
 void oae_pump_release(oae_pump *p, uint32_t n);
-/* Hold every frame of the link (on = 1) until as many oae_pump_hold(p, 0) calls: the
- * loop still receives, stores its registers and queues events, but sends nothing.  For
- * the application's own durable write, which the transfers it submits meanwhile must not
- * overtake on the wire, done in parallel with the link's store instead of before it. */
-void oae_pump_hold(oae_pump *p, int on);
 void oae_pump_set_epoch(oae_pump *p, uint32_t epoch);
 void oae_pump_stats_get(oae_pump *p, oae_link_stats *ls, oae_pump_stats *ps);
 int oae_pump_transfer_state(oae_pump *p, int incoming, uint32_t tid);

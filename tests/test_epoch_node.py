@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -20,7 +18,7 @@ import trio
 from trio.testing import wait_all_tasks_blocked
 
 from oae.epoch.durable import FileStore
-from oae.epoch.machine import Discard, LinkEpoch, Persist, Send
+from oae.epoch.machine import Discard, Persist
 from oae.epoch.messages import GENESIS, Kind, Message, Wave
 from oae.epoch.node import EpochNode, open_epoch_node
 from oae.runtime.link import Message as LinkMessage
@@ -97,8 +95,7 @@ async def test_tagged_application_frames_count_mixed_epochs(veth_pair, tmp_path)
 class FakeLink:
     """What EpochNode uses of a runtime Link, in memory. Submissions and epoch switches
     are appended to a log shared by every end, in the order this end got them (the order
-    the pump would keep), and ("wire", payload) when the transfer may leave (at once, or
-    when the last `holding` block ends); `flush` delivers them to the peer in that order."""
+    the pump would keep); `flush` delivers them to the peer in that order."""
 
     def __init__(self, name: str, log: list[tuple[str, str, Any]]) -> None:
         self.name, self.log = name, log
@@ -109,14 +106,10 @@ class FakeLink:
         self.unsettled: list[Any] = []  # application transfers delivered, outcome held
         self._in, self._out = trio.open_memory_channel[LinkMessage](math.inf)
         self._state = trio.Event()
-        self.held = 0
-        self._unsent: list[bytes] = []
 
     def submit(self, payloads: list[bytes], control: bool = False) -> Any:
         (payload,) = payloads
         self.log.append((self.name, "control" if control else "app", payload))
-        self._unsent.append(payload)
-        self._send_unsent()
         batch = SimpleNamespace(outcome=None, done=trio.Event())
         self.queue.append((control, payload, batch))
         return batch
@@ -127,18 +120,6 @@ class FakeLink:
 
     def set_epoch(self, epoch: int) -> None:
         self.log.append((self.name, "epoch", epoch))
-
-    @contextmanager
-    def holding(self) -> Iterator[None]:
-        self.held += 1
-        yield
-        self.held -= 1
-        self._send_unsent()
-
-    def _send_unsent(self) -> None:
-        if not self.held:
-            self.log += [(self.name, "wire", p) for p in self._unsent]
-            self._unsent.clear()
 
     async def received(self) -> Any:
         async for msg in self._out:
@@ -169,7 +150,7 @@ async def flush(*links: FakeLink) -> None:
         moved = False
         for lk in links:
             assert lk.peer is not None
-            while lk.queue and not lk.held:
+            while lk.queue:
                 control, payload, batch = lk.queue.pop(0)
                 lk.peer._in.send_nowait(LinkMessage(0, payload, control))
                 (settle if control else lk.unsettled.append)(batch)
@@ -231,9 +212,8 @@ async def test_actions_reach_links_in_order_without_waiting_for_app_outcomes(
         wave = await a.propose()
         assert wave is not None
         tail = log[log.index(("a", "app", (0).to_bytes(4, "big") + b"before")) :]
-        # outcome still pending
-        assert [e[1] for e in tail] == ["app", "wire", "persist", "control", "wire"]
-        assert tail[3][2] == ctl(Kind.PROPOSE, wave) and not sent
+        assert [e[1] for e in tail] == ["app", "persist", "control"]  # outcome still pending
+        assert tail[2][2] == ctl(Kind.PROPOSE, wave) and not sent
         await flush(la, lb)
         assert wave in a.converged and b.machine.epoch == 1
         assert a.machine.mixed_frames == b.machine.mixed_frames == b.mixed_app_frames == 0
@@ -241,19 +221,17 @@ async def test_actions_reach_links_in_order_without_waiting_for_app_outcomes(
         def at(entry: tuple[str, str, Any]) -> int:
             return log.index(entry)
 
-        # b: prepared durable before ACCEPT leaves, committed durable before its COMMIT
-        # leaves (each submitted before the write, held meanwhile), and its link switched
-        # only after it sent COMMIT (and heard a's)
+        # b: prepared durable before ACCEPT, committed durable before its COMMIT, and its
+        # link switched only after it sent COMMIT (and heard a's)
         b_persists = [i for i, e in enumerate(log) if e[:2] == ("b", "persist")]
         prepared = next(i for i in b_persists if log[i][2].prepared == wave)
         committed = next(i for i in b_persists if log[i][2].committed == wave)
-        assert at(("b", "control", ctl(Kind.ACCEPT, wave))) < prepared
-        assert prepared < at(("b", "wire", ctl(Kind.ACCEPT, wave)))
-        assert at(("b", "control", ctl(Kind.COMMIT, wave))) < committed
-        assert committed < at(("b", "wire", ctl(Kind.COMMIT, wave))) < at(("b", "epoch", 1))
+        assert prepared < at(("b", "control", ctl(Kind.ACCEPT, wave)))
+        assert committed < at(("b", "control", ctl(Kind.COMMIT, wave)))
+        assert at(("b", "control", ctl(Kind.COMMIT, wave))) < at(("b", "epoch", 1))
         a_commit = next(i for i, e in enumerate(log) if e[:2] == ("a", "persist")
                         and e[2].committed == wave)  # fmt: skip
-        assert a_commit < at(("a", "wire", ctl(Kind.COMMIT, wave))) < at(("a", "epoch", 1))
+        assert a_commit < at(("a", "control", ctl(Kind.COMMIT, wave))) < at(("a", "epoch", 1))
         # the held application frame settles now; the next one goes out tagged 1, after
         # the switch
         settle(la.unsettled.pop())
@@ -319,32 +297,3 @@ async def test_consecutive_records_are_written_once(tmp_path: Path) -> None:
     assert written == [r2] and node.persists == 1
     node._do([Persist(r3)])
     assert written == [r2, r3]
-
-
-async def test_sends_after_a_record_are_held_until_it_is_durable(tmp_path: Path) -> None:
-    """The Sends right after a record are submitted before its write and leave only once
-    it is durable; any other action waits for the write; a failed write keeps them held
-    for good."""
-    log: list[tuple[str, str, Any]] = []
-    la, _ = fake_pair(log, tmp_path)
-    node = EpochNode(0, {1: la}, tmp_path / "a")
-    logged_writes(node, "a", log)
-    r0 = node.machine.rec
-    r1, r2 = (r0.evolve(next_attempt=r0.next_attempt + k) for k in (1, 2))
-    async with trio.open_nursery() as nursery:
-        node._nursery = nursery
-        node._do([Persist(r1), Send(1, b"x"), Send(1, b"y"), LinkEpoch(1, 1), Send(1, b"z")])
-        assert [e[1:] for e in log] == [
-            ("control", b"x"), ("control", b"y"), ("persist", r1), ("wire", b"x"),
-            ("wire", b"y"), ("epoch", 1), ("control", b"z"), ("wire", b"z"),
-        ]  # fmt: skip
-        assert node.persists == 1 and not la.held
-
-        def full_disk(rec: Any) -> None:
-            raise OSError(28, "No space left on device")
-
-        node.store.write = full_disk  # type: ignore[method-assign]
-        with pytest.raises(OSError):
-            node._do([Persist(r2), Send(1, b"w")])
-        assert log[-1] == ("a", "control", b"w") and la.held == 1
-        nursery.cancel_scope.cancel()

@@ -204,41 +204,6 @@ async def test_new_work_on_an_idle_link_does_not_wait_for_pacing(veth_pair, send
         assert f1 - f0 <= 2 * (1.0 / 0.3 + 2), f1 - f0
 
 
-@pytest.mark.parametrize("sender", ["a", "b"])
-async def test_holding_keeps_frames_in_until_the_block_ends(veth_pair, tmp_path, sender) -> None:
-    """Inside Link.holding() the link stores a submitted transfer but sends nothing (not
-    even token answers), holds nest, and the end of the last one sends at once, from
-    either end; a block that raises leaves the frames held."""
-    async with (
-        open_link(veth_pair.if_a, veth_pair.ns_a, state_dir=tmp_path / "a") as a,
-        open_link(veth_pair.if_b, veth_pair.ns_b, state_dir=tmp_path / "b") as b,
-    ):
-        with trio.fail_after(10):
-            await a.wait_up()
-            await b.wait_up()
-        src, dst = (a, b) if sender == "a" else (b, a)
-        stored0 = src.stats()["pump"]["persists"]
-        with src.holding():
-            with src.holding():
-                batch = src.submit([b"held"])
-                await trio.sleep(0.05)  # the store is done, the frames are not sent
-                out0 = src.stats()["frames_out"]
-            await trio.sleep(0.15)
-            assert src.stats()["frames_out"] == out0
-            assert dst.counters["delivered"] == 0
-            assert src.stats()["pump"]["persists"] > stored0  # the new tid, stored anyway
-        with trio.fail_after(5):
-            (out,) = await src.wait_outcomes(batch)
-        assert out.committed and dst.counters["delivered"] == 1
-        assert src.up and dst.up
-        with pytest.raises(RuntimeError), src.holding():
-            raise RuntimeError("the record these frames depend on failed")
-        out0 = src.stats()["frames_out"]
-        src.submit([b"never"])
-        await trio.sleep(0.2)
-        assert src.stats()["frames_out"] == out0 and dst.counters["delivered"] == 1
-
-
 async def test_set_epoch_during_persistence_is_stored(veth_pair, tmp_path) -> None:
     """set_epoch may run while the pump writes the registers (outside its lock): the
     newer epoch must still reach the register file (it is stored again)."""

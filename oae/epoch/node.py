@@ -14,13 +14,10 @@ deliveries to `received()`. The link's LIVE/down changes and reconnections becom
 link_up/link_down through a watcher woken by the link's state-change notification
 (`Link.wait_state_change`) and, before every delivery, the same check (`_sync`), so no
 message of a new link session is taken under the old session's state. The durable
-record lives in `state_dir/epoch.json` (FileStore: two slots updated in place, one
-fdatasync), written synchronously before any later action takes effect (a worker thread
-was tried and was slower under load: docs/convergence.md §11.4); the CONTROL messages
-that directly follow a record are submitted before its write, their links holding every
-frame until it is durable (`Link.holding`), so the links' own stores overlap it; of
-several consecutive records only the last is written. The checkpoint of e+1 is written
-by the `checkpoint` callback.
+record lives in `state_dir/epoch.json` (FileStore: two slots updated in
+place, one fdatasync), written synchronously before any later action (a worker thread was tried and
+was slower under load: docs/convergence.md §11.4); of several consecutive records only
+the last is written. The checkpoint of e+1 is written by the `checkpoint` callback.
 """
 
 from __future__ import annotations
@@ -28,13 +25,13 @@ from __future__ import annotations
 import math
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from contextlib import ExitStack, asynccontextmanager
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import trio
 
-from oae.epoch.durable import DurableRecord, FileStore
+from oae.epoch.durable import FileStore
 from oae.epoch.machine import (
     Action,
     Capture,
@@ -144,59 +141,36 @@ class EpochNode:
     def _do(self, actions: list[Action]) -> None:
         """Perform `actions` in order, synchronously: each Send and LinkEpoch reaches its
         link (Link.submit / Link.set_epoch) in the machine's order, and a Persist is
-        durable before any later action takes effect. The Sends that directly follow a
-        Persist are submitted before its write, their links holding every frame until the
-        record is durable (Link.holding): the link's store of the new transfer and the
-        record's fdatasync overlap, and nothing that depends on the record leaves before
-        it. Any other action waits for the write. Of consecutive Persists (nothing in
-        between but no-op Discards) only the last record is written: records only move
-        forward, and nothing that depends on the earlier ones happens before it is
-        durable."""
+        durable before any later action. Of consecutive Persists (nothing in between but
+        no-op Discards) only the last record is written: records only move forward, and
+        nothing that depends on the earlier ones happens before it is durable."""
         last = len(actions) - 1
-        with ExitStack() as held:  # an exception (a failed write) leaves the frames held
-            record: DurableRecord | None = None  # written before any action but a Send
-            holding: set[int] = set()
-            for i, a in enumerate(actions):
-                if isinstance(a, Discard):
-                    continue
-                if record is not None and not isinstance(a, Send):
-                    self._write(record, held)
-                    record = None
-                    holding.clear()
-                if isinstance(a, Send):
-                    link = self.links[a.link]
-                    if record is not None and a.link not in holding:
-                        holding.add(a.link)
-                        held.enter_context(link.holding())
-                    batch = link.submit([a.payload], control=True)
-                    assert self._nursery is not None and batch is not None
-                    t0 = trio.current_time()
-                    self.control_log.append((True, a.link, a.payload, t0))
-                    self._nursery.start_soon(self._control_outcome, a.link, a.payload, batch, t0)
-                elif isinstance(a, Persist):
-                    j = i + 1
-                    while j <= last and isinstance(actions[j], Discard):
-                        j += 1
-                    if j > last or not isinstance(actions[j], Persist):
-                        record = a.record  # else a later record in this run supersedes it
-                elif isinstance(a, Capture):
-                    assert self._nursery is not None
-                    self._nursery.start_soon(self._write_checkpoint, a.wave)
-                elif isinstance(a, LinkEpoch):
-                    self.links[a.link].set_epoch(a.epoch)
-                elif isinstance(a, Decided):
-                    self.decided[a.wave] = a.committed
-                elif isinstance(a, Converged):
-                    self.converged.add(a.wave)
-            if record is not None:
-                self._write(record, held)
+        for i, a in enumerate(actions):
+            if isinstance(a, Send):
+                link = self.links[a.link]
+                batch = link.submit([a.payload], control=True)
+                assert self._nursery is not None and batch is not None
+                t0 = trio.current_time()
+                self.control_log.append((True, a.link, a.payload, t0))
+                self._nursery.start_soon(self._control_outcome, a.link, a.payload, batch, t0)
+            elif isinstance(a, Persist):
+                j = i + 1
+                while j <= last and isinstance(actions[j], Discard):
+                    j += 1
+                if j <= last and isinstance(actions[j], Persist):
+                    continue  # a later record in this run supersedes it
+                self.store.write(a.record)  # durable before any later action
+                self.persists += 1
+            elif isinstance(a, Capture):
+                assert self._nursery is not None
+                self._nursery.start_soon(self._write_checkpoint, a.wave)
+            elif isinstance(a, LinkEpoch):
+                self.links[a.link].set_epoch(a.epoch)
+            elif isinstance(a, Decided):
+                self.decided[a.wave] = a.committed
+            elif isinstance(a, Converged):
+                self.converged.add(a.wave)
         self._notify()
-
-    def _write(self, record: DurableRecord, held: ExitStack) -> None:
-        """Make `record` durable, then let the held links send."""
-        self.store.write(record)
-        self.persists += 1
-        held.close()
 
     async def _write_checkpoint(self, wave: Wave) -> None:
         ok = await self.checkpoint(wave)

@@ -333,17 +333,6 @@ class Link:
     def set_epoch(self, epoch: int) -> None:
         lib.oae_pump_set_epoch(self._pump, epoch)
 
-    @contextmanager
-    def holding(self) -> Iterator[None]:
-        """No frame of this link goes out while the block runs (the pump still receives
-        and stores its registers): for a durable write of the application's own, done
-        here in parallel with the link's store, that the transfers submitted inside must
-        not overtake on the wire. If the block raises, the frames stay held: what they
-        depended on failed, and the link is of no further use to this caller."""
-        lib.oae_pump_hold(self._pump, 1)
-        yield
-        lib.oae_pump_hold(self._pump, 0)
-
     # ---- internals -------------------------------------------------------------------
 
     def _raise_if_broken(self) -> None:
