@@ -12,7 +12,7 @@ Convergence / C bound says how far the whole stack is from the wire; convergence
 exchange bound says how far the wave is from its own critical path (issue 6's ratio).
 The wave's 2 x path one-way hops each ride a CONTROL transfer and go on at its delivery,
 which AIT allows only after the offer, the peer's hold and the commit (3 of the
-transfer's 4 legs, 3 of its 5 fdatasyncs); so the run also reports the median
+transfer's 4 legs, and all of its durable stores); so the run also reports the median
 one-way delivery and the floor it sets under that ratio, 2 x delivery / CONTROL latency.
 Then, on the same testbed, `epochs` transitions of `2pc` (the simulated baseline's
 algorithm on the same links, oae.epoch.twopc_testbed), coordinated by node 0: its
