@@ -82,12 +82,12 @@ def submit(self, payloads, control=False):  # type: ignore[no-untyped-def]
     return _submit(self, payloads, control)
 
 
-def on_event(self, pe):  # type: ignore[no-untyped-def]
+def on_event(self, pe, now):  # type: ignore[no-untyped-def]
     ev = pe.ev
     if ev.type == linkm.lib.OAE_EV_DELIVERED and ev.data_flags & linkm.lib.OAE_F_CONTROL:
         payload = bytes(linkm.ffi.buffer(ev.payload, ev.length))
         DISP[(id(self), payload)] = pc()
-    return _on_event(self, pe)
+    return _on_event(self, pe, now)
 
 
 def receive(self, link, payload):  # type: ignore[no-untyped-def]

@@ -14,10 +14,10 @@ deliveries to `received()`. The link's LIVE/down changes and reconnections becom
 link_up/link_down through a watcher woken by the link's state-change notification
 (`Link.wait_state_change`) and, before every delivery, the same check (`_sync`), so no
 message of a new link session is taken under the old session's state. The durable
-record lives in `state_dir/epoch.json` (FileStore: two slots updated in
-place, one fdatasync), written synchronously before any later action (a worker thread was tried and
-was slower under load: docs/convergence.md §11.4); of several consecutive records only
-the last is written. The checkpoint of e+1 is written by the `checkpoint` callback.
+record lives in `state_dir/epoch.json` (FileStore: two slots updated in place, one
+fdatasync), written synchronously before any later action (a worker thread was tried
+and was slower under load: docs/convergence.md §11.4); of several consecutive records
+only the last is written. The checkpoint of e+1 is written by the `checkpoint` callback.
 """
 
 from __future__ import annotations

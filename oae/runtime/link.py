@@ -373,19 +373,20 @@ class Link:
             await trio.lowlevel.wait_readable(efd)
             while True:
                 n = lib.oae_pump_events(self._pump, buf, EVENT_BATCH)
+                now = trio.current_time()  # when this batch was handed over
                 for i in range(n):
-                    self._on_event(buf[i])
+                    self._on_event(buf[i], now)
                 if n < EVENT_BATCH:
                     break
 
-    def _on_event(self, pe: Any) -> None:
+    def _on_event(self, pe: Any, now: float) -> None:
         ev = pe.ev
         t = ev.type
         if t == lib.OAE_EV_DELIVERED:
             self.counters["delivered"] += 1
             payload = bytes(ffi.buffer(ev.payload, ev.length))
             control = bool(ev.data_flags & lib.OAE_F_CONTROL)
-            self._inbox.append(Message(ev.tid, payload, control, trio.current_time()))
+            self._inbox.append(Message(ev.tid, payload, control, now))
             self._inbox_event.set()
         elif t in (lib.OAE_EV_COMMITTED, lib.OAE_EV_ABORTED):
             committed = t == lib.OAE_EV_COMMITTED
