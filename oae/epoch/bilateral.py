@@ -1,38 +1,62 @@
 """The bilateral convergence protocol on the simulator: `EpochMachine` behind a thin
-process adapter (the same shape of adapter runs it on real links: it only turns actions
-into sends, durable writes and checkpoint writes)."""
+process adapter on gated links (oae.epoch.sim.LegSim; the same shape of adapter runs it
+on real links: it turns link events into machine inputs, and actions into link calls,
+durable writes and checkpoint writes)."""
 
 from __future__ import annotations
 
 import copy
 
+from oae.epoch import legs
 from oae.epoch.durable import MemoryStore
 from oae.epoch.machine import (
     Action,
     Capture,
+    Commit,
     Converged,
     Decided,
     Discard,
     EpochMachine,
+    Hold,
     LinkEpoch,
+    Offer,
     Persist,
-    Send,
+    Refuse,
+    Report,
+    Reset,
 )
 from oae.epoch.messages import Wave
-from oae.epoch.sim import NetParams, Process, Sim, Topology
+from oae.epoch.sim import (
+    GatedProcess,
+    LegSim,
+    LinkDown,
+    LinkEvent,
+    LinkUp,
+    NetParams,
+    Sim,
+    Topology,
+)
+
+_GATE_CALLS = {Hold: "hold", Refuse: "refuse", Commit: "commit", Report: "report"}
 
 
-class BilateralProcess(Process):
+class BilateralProcess(GatedProcess):
     """One node: an EpochMachine, its MemoryStore, and the simulator as its world."""
 
-    def __init__(self, sim: Sim, v: int, nbrs: list[int], store: MemoryStore, algo: Bilateral):
+    def __init__(
+        self, sim: LegSim, v: int, nbrs: list[int], store: MemoryStore, algo: Bilateral
+    ) -> None:
         self.sim, self.v, self.store, self.algo = sim, v, store, algo
         self.m = EpochMachine(v, nbrs, store.load())
 
     def do(self, actions: list[Action]) -> None:
         for a in actions:
-            if isinstance(a, Send):
-                self.sim.send(self.v, a.link, a.payload)
+            if isinstance(a, Offer):
+                self.sim.offer(self.v, a.link, a.payload, a.gated)
+            elif isinstance(a, Hold | Refuse | Commit | Report):
+                self.sim.gate(self.v, a.link, _GATE_CALLS[type(a)], a.tid)
+            elif isinstance(a, Reset):
+                self.sim.reset(self.v, a.link)
             elif isinstance(a, Persist):
                 self.store.write(a.record)
             elif isinstance(a, Capture):
@@ -41,6 +65,7 @@ class BilateralProcess(Process):
             elif isinstance(a, Discard):
                 self.sim.discard(self.v, a.wave.epoch)
             elif isinstance(a, LinkEpoch):
+                self.sim.set_epoch(self.v, a.link, a.epoch)
                 self.algo.link_switched(self.v, a.link, a.epoch, self.sim.now)
             elif isinstance(a, Decided):
                 self.algo.decided(a.wave, a.committed, self.sim.now)
@@ -50,17 +75,35 @@ class BilateralProcess(Process):
     def start(self) -> None:
         self.do(self.m.start())
 
-    def link_up(self, link: int) -> None:
-        self.do(self.m.link_up(link))
+    def link_event(self, link: int, ev: LinkEvent) -> bool:
+        m = self.m
+        accepted = True
+        if isinstance(ev, LinkUp):
+            self.do(m.link_up(link))
+        elif isinstance(ev, LinkDown):
+            self.do(m.link_down(link))
+        elif isinstance(ev, legs.Offered):
+            self.do(m.offered(link, ev.tid, ev.payload, ev.info))
+        elif isinstance(ev, legs.Reflected):
+            self.do(m.reflected(link, ev.tid))
+        elif isinstance(ev, legs.Delivered):
+            x = ev.xfer
+            if x.control:
+                assert isinstance(x.data, bytes)
+                self.do(m.delivered(link, x.tid, x.data))
+            else:
+                _, tag = x.data  # type: ignore[misc]
+                accepted, actions = m.app_frame(link, x.tid, tag)
+                self.do(actions)
+        elif ev.xfer.control:
+            payload = ev.xfer.data if isinstance(ev.xfer.data, bytes) else None
+            self.do(m.outcome(link, ev.xfer.tid, ev.committed, payload, ev.by_round))
+        else:
+            self.do(m.app_settled(link))
+        return accepted
 
-    def link_down(self, link: int) -> None:
-        self.do(self.m.link_down(link))
-
-    def message(self, link: int, payload: bytes) -> None:
-        self.do(self.m.receive(link, payload))
-
-    def transfer_aborted(self, link: int, payload: bytes) -> None:
-        self.do(self.m.transfer_aborted(link, payload))
+    def app_sent(self, link: int) -> None:
+        self.m.app_sent(link)
 
     def checkpoint_done(self, token: object, ok: bool) -> None:
         assert isinstance(token, Wave)
@@ -68,10 +111,6 @@ class BilateralProcess(Process):
 
     def send_epoch(self, link: int) -> int | None:
         return self.m.send_epoch(link)
-
-    def frame_received(self, link: int, tag: int) -> tuple[bool, bool]:
-        ok = self.m.frame_received(link, tag)
-        return ok, not ok
 
     def committed_epoch(self) -> int:
         return self.m.epoch
@@ -82,6 +121,7 @@ class Bilateral:
 
     name = "bilateral"
     checks_cut = True
+    sim_class = LegSim
 
     def __init__(self) -> None:
         self.decisions: dict[Wave, tuple[bool, float]] = {}
@@ -91,8 +131,8 @@ class Bilateral:
         self.n_link_ends = 0
         self.current: Wave | None = None
 
-    def factory(self, sim: Sim, v: int, nbrs: list[int], store: object) -> Process:
-        assert isinstance(store, MemoryStore)
+    def factory(self, sim: Sim, v: int, nbrs: list[int], store: object) -> GatedProcess:
+        assert isinstance(store, MemoryStore) and isinstance(sim, LegSim)
         self.n_link_ends = 2 * len(sim.topo.edges)
         return BilateralProcess(sim, v, nbrs, store, self)
 
@@ -144,7 +184,8 @@ class Bilateral:
 
     @staticmethod
     def critical_path_exchanges(topo: Topology, initiator: int) -> float:
-        """Prepare echo (out and back) plus commit echo: 2 x eccentricity round trips."""
+        """PROPOSE out, ACCEPT back, COMMIT out, DONE back: 4 x eccentricity one-way legs,
+        2 x eccentricity round trips."""
         return 2.0 * topo.eccentricity(initiator)
 
     def recovered(self, sim: Sim) -> dict[int, tuple[int, dict[int, int]]]:
@@ -153,7 +194,7 @@ class Bilateral:
         stores = [copy.deepcopy(slot.store) for slot in sim.nodes]
         it = iter(stores)
         probe = Bilateral()
-        rsim = Sim(
+        rsim = LegSim(
             sim.topo,
             NetParams(app_period_us=0.0, rtt_us=sim.p.rtt_us),
             seed=0,

@@ -4,13 +4,14 @@ Each message travels as the CONTROL payload of one AIT transfer (docs/protocol.m
 16 payload bytes, flags bit 2 set), so every encoding here is at most 16 bytes. A wave
 (one attempt to move the cluster from epoch e to e+1) is named by `Wave(epoch, attempt,
 initiator)`; waves are totally ordered by that tuple, which is how concurrent proposals of
-the same epoch are resolved. Layout (big-endian):
+the same epoch are resolved. PROPOSE travels as a link's gated wave transfer, whose legs
+are the wave's phases (docs/convergence.md §3); the others are status messages, ordinary
+CONTROL transfers used when a link restarted under a wave. Layout (big-endian):
 
     byte 0      0xE0 | type (type in the low nibble; the high nibble tags the layer)
     bytes 1-4   epoch
     bytes 5-8   attempt
     bytes 9-12  initiator node id
-    byte 13     reason (REFUSE only)
 """
 
 from __future__ import annotations
@@ -23,7 +24,6 @@ from oae.errors import OaeError
 
 MAGIC = 0xE0
 _WAVE = struct.Struct(">BIII")
-_REFUSE = struct.Struct(">BIIIB")
 MAX_U32 = 0xFFFFFFFF
 
 
@@ -32,23 +32,15 @@ class MessageError(OaeError):
 
 
 class Kind(enum.IntEnum):
-    """Message types; each one names a wave (or, for COMMIT, the wave that committed)."""
+    """Message types; each one names a wave (or, for COMMIT, the wave that committed).
+    Types 2 and 3 (ACCEPT and REFUSE of the message-based protocol) are now the hold and
+    the refusal of the PROPOSE transfer itself, and are not valid messages."""
 
-    PROPOSE = 1  # join wave W: capture state, hold app traffic, persist e+1, echo back
-    ACCEPT = 2  # child -> parent: my subtree has durably prepared W
-    REFUSE = 3  # I will not join W (reason): W must abort
-    ABORT = 4  # W is aborted (flooded to every neighbour)
+    PROPOSE = 1  # the gated wave transfer: join W (hold = ACCEPT, commit = COMMIT, ...)
+    ABORT = 4  # W is aborted (flooded to every neighbour without a W transfer)
     COMMIT = 5  # I have durably committed W.epoch (by wave W); also the status on link up
     PREPARED = 6  # link up: I am prepared for W, tell me its fate if you know it
-    DONE = 7  # child -> parent: my subtree has every link switched to W.epoch
-
-
-class Reason(enum.IntEnum):
-    """Why a node refused a wave."""
-
-    PERSIST = 1  # writing the e+1 checkpoint failed
-    CONFLICT = 2  # I am in a higher wave of the same epoch (or joined a higher one)
-    STALE = 3  # the epoch is not my committed epoch + 1
+    DONE = 7  # child -> parent, after a link restart: my subtree switched to W.epoch
 
 
 @dataclass(frozen=True, order=True)
@@ -75,15 +67,10 @@ class Message:
 
     kind: Kind
     wave: Wave
-    reason: Reason | None = None
 
     def encode(self) -> bytes:
         """The ≤ 16-byte CONTROL payload."""
         w = self.wave
-        if self.kind is Kind.REFUSE:
-            if self.reason is None:
-                raise MessageError("REFUSE needs a reason")
-            return _REFUSE.pack(MAGIC | self.kind, w.epoch, w.attempt, w.initiator, self.reason)
         return _WAVE.pack(MAGIC | self.kind, w.epoch, w.attempt, w.initiator)
 
 
@@ -98,15 +85,7 @@ def decode(data: bytes) -> Message:
         kind = Kind(head & 0x0F)
     except ValueError:
         raise MessageError(f"unknown epoch message type {head & 0x0F}") from None
-    want = _REFUSE.size if kind is Kind.REFUSE else _WAVE.size
-    if len(data) != want:
-        raise MessageError(f"{kind.name} must be {want} bytes, got {len(data)}")
-    if kind is Kind.REFUSE:
-        _, epoch, attempt, initiator, raw = _REFUSE.unpack(data)
-        try:
-            reason = Reason(raw)
-        except ValueError:
-            raise MessageError(f"unknown REFUSE reason {raw}") from None
-        return Message(kind, Wave(epoch, attempt, initiator), reason)
+    if len(data) != _WAVE.size:
+        raise MessageError(f"{kind.name} must be {_WAVE.size} bytes, got {len(data)}")
     _, epoch, attempt, initiator = _WAVE.unpack(data)
     return Message(kind, Wave(epoch, attempt, initiator))

@@ -41,7 +41,7 @@ from oae.epoch.machine import (
     EpochMachine,
     LinkEpoch,
     Persist,
-    Send,
+    Offer as Send,
 )
 from oae.epoch.messages import Wave
 

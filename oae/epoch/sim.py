@@ -32,6 +32,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from oae.epoch import legs
 from oae.errors import UsageError
 
 SHAPES = ("chain", "ring", "star", "tree", "mesh", "grid")
@@ -489,3 +490,233 @@ class Sim:
 
 def _key(a: int, b: int) -> tuple[int, int]:
     return (a, b) if a < b else (b, a)
+
+
+class GatedProcess(Process):
+    """A process on gated links (LegSim): every link event reaches it through
+    `link_event`, in the engine's order, and it acts through the LegSim calls."""
+
+    def link_event(self, link: int, ev: LinkEvent) -> bool:
+        """Handle one event of the link to `link`; for a delivered application frame,
+        return whether it was accepted (False: mixed-epoch)."""
+        raise NotImplementedError
+
+    def app_sent(self, link: int) -> None:
+        """An application frame to `link` was submitted."""
+
+
+@dataclass(frozen=True)
+class LinkUp:
+    """The link is LIVE again (after its round)."""
+
+
+@dataclass(frozen=True)
+class LinkDown:
+    """The link failed or was reset."""
+
+
+LinkEvent = LinkUp | LinkDown | legs.Event
+
+
+class LegSim(Sim):
+    """The simulated network with gated links modelled leg by leg (oae.epoch.legs): every
+    change of a link end's registers sends the peer one record, a one-way delay later
+    (jitter and loss as in Sim, FIFO per direction), so a transfer is held, committed,
+    delivered and reported each one leg after the step before; an application frame is
+    delivered in tid order after its own three legs, and only into the epoch its
+    receiving end carries. A failure aborts the records in flight; the round that brings
+    the link back (after the flap, the restart, or a reset's rediscovery of one round
+    trip) settles what was undecided (legs.reconcile). Each link event that concerns a
+    CONTROL transfer costs `proc_us` at its node, in the order the events came."""
+
+    def __init__(
+        self,
+        topo: Topology,
+        params: NetParams,
+        seed: int,
+        factory: Callable[[Sim, int, list[int], object], Process],
+        new_store: Callable[[], object],
+    ) -> None:
+        super().__init__(topo, params, seed, factory, new_store)
+        self.ends = {d: legs.GatedEnd() for d in self.sent}
+        self.last_sent: dict[tuple[int, int], legs.Record | None] = dict.fromkeys(self.sent)
+        self.peer_epoch = {d: 0 for d in self.sent}  # epoch of the last record from the peer
+        # application frames delivered by the engine, not yet handled by the process
+        self.unhandled = {d: 0 for d in self.sent}
+
+    # ------------------------------------------------------------ node calls
+    def offer(self, v: int, w: int, payload: bytes, gated: bool) -> None:
+        """Node v submits a CONTROL transfer to w (queued until the link can offer it)."""
+        self.stats["control_messages"] += 1
+        self.ends[(v, w)].submit(payload, control=True, gated=gated)
+        self._send_record(v, w)
+
+    def gate(self, v: int, w: int, call: str, tid: int) -> None:
+        """Node v's hold/refuse/commit/report of `tid` on its end towards w (a call on a
+        link that went down meanwhile fails, as the engine's does)."""
+        getattr(self.ends[(v, w)], call)(tid)
+        self._send_record(v, w)
+
+    def reset(self, v: int, w: int) -> None:
+        """Node v resets its link to w: both ends go down, rediscover each other in one
+        round trip, and reconcile."""
+        if not self.link_up_[_key(v, w)]:
+            return
+        self._down(v, w)
+
+        def back() -> None:
+            if self.alive(v) and self.alive(w) and not self.link_up_[_key(v, w)]:
+                self._up(v, w)
+
+        self.at(self.now + self.p.rtt_us, back)
+
+    def set_epoch(self, v: int, w: int, epoch: int) -> None:
+        """Node v's end towards w carries `epoch` (it wakes the link: a record goes out)."""
+        self.ends[(v, w)].set_epoch(epoch)
+        self._send_record(v, w, force=True)
+
+    # ------------------------------------------------------------ links
+    def _spawn(self, v: int) -> None:
+        slot = self.nodes[v]
+        slot.process = self.factory(self, v, self.nbrs[v], slot.store)
+        for w in self.nbrs[v]:
+            self.ends[(v, w)].set_epoch(slot.process.committed_epoch())
+        slot.busy_until = self.now
+        slot.process.start()
+        self._flush(v)
+
+    def crash(self, v: int, downtime: float) -> None:
+        if self.nodes[v].process is not None:
+            for w in self.nbrs[v]:
+                self._dispatch(v, w, self.ends[(v, w)].crash())
+                # A delivery is stored with the application's effect (docs/protocol.md
+                # §7.8): frames the process had not handled yet are received all the same.
+                self.received[(w, v)] += self.unhandled[(w, v)]
+                self.unhandled[(w, v)] = 0
+        super().crash(v, downtime)
+
+    def _down(self, a: int, b: int) -> None:
+        k = _key(a, b)
+        if not self.link_up_[k]:
+            return
+        self.link_up_[k] = False
+        self.session[k] += 1
+        for x, y in ((a, b), (b, a)):
+            events = self.ends[(x, y)].down()
+            if self.nodes[x].process is None:
+                self.held[(x, y)] = 0
+            self._dispatch(x, y, [LinkDown(), *events])
+
+    def _up(self, a: int, b: int) -> None:
+        k = _key(a, b)
+        self.link_up_[k] = True
+        ev_a, ev_b = legs.reconcile(self.ends[(a, b)], self.ends[(b, a)])
+        for x, y, events in ((a, b, ev_a), (b, a, ev_b)):
+            self.last_sent[(x, y)] = None
+            self._dispatch(x, y, [*events, LinkUp()])
+        for x, y in ((a, b), (b, a)):
+            self._send_record(x, y)
+
+    def _send_record(self, v: int, w: int, force: bool = False) -> None:
+        """Send v's record to w if it says something new (or `force`: a wake-up)."""
+        d = (v, w)
+        k = _key(v, w)
+        if not self.link_up_[k]:
+            return
+        rec = self.ends[d].record()
+        if rec == self.last_sent[d] and not force:
+            return
+        self.last_sent[d] = rec
+        p = self.p
+        delay = p.rtt_us / 2 * (1 + p.jitter * self.rng.uniform(-1, 1))
+        while p.loss > 0 and self.rng.random() < p.loss:
+            delay += p.rto_us
+        t = max(self.now + delay, self.last_delivery[d])
+        self.last_delivery[d] = t
+        session, sent_at = self.session[k], self.now
+
+        def arrive() -> None:
+            if self.session[k] != session:
+                return
+            end = self.ends[(w, v)]
+            events = end.receive(rec)
+            wake = rec.epoch != self.peer_epoch[(w, v)]
+            self.peer_epoch[(w, v)] = rec.epoch
+            self._dispatch(w, v, events, sent_at)
+            # The engine answers: what it took and settled, or (a new epoch at the peer)
+            # its unreflected offers again, which the peer may now hold.
+            self._send_record(w, v, force=wake and end.has_unreflected())
+
+        self.at(t, arrive)
+
+    def _dispatch(
+        self, v: int, w: int, events: list[LinkEvent], sent_at: float | None = None
+    ) -> None:
+        """Queue link events for node v's process, each after those before it, the ones
+        about CONTROL transfers costing `proc_us`."""
+        slot = self.nodes[v]
+        inc = slot.incarnation
+        for ev in events:
+            app = isinstance(ev, legs.Delivered | legs.Outcome) and not ev.xfer.control
+            if isinstance(ev, legs.Outcome):
+                if app and not ev.committed:
+                    # An aborted frame returns to its sender: it was never sent, as far as
+                    # any cut is concerned, and the sender sends it again.
+                    number, _ = ev.xfer.data  # type: ignore[misc]
+                    bisect.insort(self.aborted_frames[(v, w)], number)
+                    if slot.process is not None and not ev.restored:
+                        self.held[(v, w)] += 1
+                if ev.restored:
+                    continue  # the previous life's transfer: its process is gone
+            if app and isinstance(ev, legs.Delivered):
+                self.unhandled[(w, v)] += 1
+            start = max(self.now, slot.busy_until)
+            if isinstance(ev, legs.Event) and not app:
+                start += self.p.proc_us
+                if sent_at is not None:
+                    self.one_way.append(start - sent_at)
+            slot.busy_until = start
+            self.at(start, lambda ev=ev: self._handle_event(v, w, inc, ev))
+
+    def _handle_event(self, v: int, w: int, inc: int, ev: LinkEvent) -> None:
+        slot = self.nodes[v]
+        proc = slot.process
+        if proc is None or slot.incarnation != inc:
+            return
+        assert isinstance(proc, GatedProcess)
+        accepted = proc.link_event(w, ev)
+        if isinstance(ev, legs.Delivered) and not ev.xfer.control:
+            self.unhandled[(w, v)] -= 1
+            if accepted:
+                self.received[(w, v)] += 1
+            else:
+                self.stats["mixed_epoch_frames"] += 1
+        self._flush(v)
+        for u in self.nbrs[v]:
+            self._send_record(v, u)
+
+    def _flush(self, v: int) -> None:
+        """Submit node v's pending application frames on every link not on hold, each
+        tagged with the link end's epoch."""
+        proc = self.nodes[v].process
+        if proc is None:
+            return
+        assert isinstance(proc, GatedProcess)
+        for w in self.nbrs[v]:
+            d = (v, w)
+            n = self.held[d]
+            if not n or not self.link_up_[_key(v, w)]:
+                continue
+            tag = proc.send_epoch(w)
+            if tag is None:
+                continue
+            self.held[d] = 0
+            both = min(proc.committed_epoch(), self._committed(w))
+            for _ in range(n):
+                self.sent[d] += 1
+                self.stats["frames_sent"] += 1
+                if tag > both:
+                    self.stats["uncommitted_tag_frames"] += 1
+                self.ends[d].submit((self.sent[d], tag))
+                proc.app_sent(w)
+            self._send_record(v, w)
