@@ -52,7 +52,7 @@ struct oae_link {
     /* incoming direction (the peer's transfers) */
     uint32_t in_held, in_delivered, in_commit, in_unreleased, refusing;
     uint32_t in_offered, in_reported; /* gates: pending offer; reported deliveries */
-    uint32_t sent_held, sent_delivered;
+    uint32_t sent_held, sent_delivered, sent_commit, sent_refusing; /* in my last beat */
     /* the current reconciliation round */
     uint32_t rec_hi, rec_commit, rec_dfinal;
     int applied, settled, skip_pending;
@@ -306,6 +306,7 @@ oae_link *oae_link_new(const oae_link_config *cfg, const oae_link_durable *resto
     l->in_offered = l->in_reported = l->in_held;
     l->sent_held = l->in_held;
     l->sent_delivered = l->in_delivered;
+    l->sent_commit = l->out_commit;
     return l;
 }
 
@@ -536,34 +537,37 @@ static void sender_side(oae_link *l, const oae_record *r)
     }
 }
 
-/* Something to settle that waits on the wire, not on an application: my transfers not yet
- * held, or committed and not yet reported; the peer's held and not yet committed; registers
- * not yet sent.  (Without gates out_commit >= out_peer_held, so the first two mean
- * out_hi > out_settled.)  An undecided gated transfer of mine, held by the peer, is not. */
 static int busy(const oae_link *l)
 {
-    return l->out_commit > l->out_settled || l->out_hi > l->out_peer_held ||
-           l->in_held > l->in_delivered || reported_held(l) != l->sent_held ||
-           token_delivered(l) != l->sent_delivered;
+    return l->out_hi > l->out_settled || l->in_held > l->in_delivered ||
+           reported_held(l) != l->sent_held || token_delivered(l) != l->sent_delivered;
 }
 
-/* Gates: my application must decide (a pending offer, an unreported delivery, a reflected
- * gated transfer not committed).  The peer then has that transfer open and is busy. */
+/* Gates: my application has a decision to make (a pending offer, an unreported delivery,
+ * a reflected gated transfer not committed). */
 static int waiting(const oae_link *l)
 {
     return l->cfg.gates && (l->in_offered > l->in_held || l->in_reported < l->in_delivered ||
                             l->out_commit < l->out_peer_held);
 }
 
+/* My next beat would tell the peer something my last one did not (a register, a refusal). */
+static int news(const oae_link *l)
+{
+    return reported_held(l) != l->sent_held || token_delivered(l) != l->sent_delivered ||
+           l->out_commit != l->sent_commit || l->refusing != l->sent_refusing;
+}
+
 /* Idle pacing: a LIVE end with nothing to settle delays its answer by idle_ns, but only the
  * leader does; the follower answers at once.  Unequal holds make a second token merge: it
  * reaches the leader while the leader holds the first one (docs/protocol.md 7.4).  With
- * gates an end that waits on its own application holds too, leader or follower: the peer
- * has the transfer open, is busy and answers at once, so still only one end holds. */
+ * gates, an end whose application has a decision to make holds too, leader or follower,
+ * while its answer would carry no news: the exchange waits on that application, not on the
+ * wire, and the decision sends at once (docs/protocol.md 7.11). */
 static int paces(const oae_link *l)
 {
-    return l->phase == OAE_PHASE_LIVE && l->cfg.idle_ns && !busy(l) &&
-           (is_leader(l) || waiting(l));
+    return l->phase == OAE_PHASE_LIVE && l->cfg.idle_ns &&
+           ((!busy(l) && is_leader(l)) || (waiting(l) && !news(l)));
 }
 
 /* A new beat from the peer owes one answer: the token alternates. */
@@ -870,6 +874,8 @@ size_t oae_link_poll_tx(oae_link *l, uint8_t *out, size_t max, uint64_t now)
         } while (sent < beat && n < max && t < l->out_hi);
         l->sent_held = reported_held(l);
         l->sent_delivered = token_delivered(l);
+        l->sent_commit = l->out_commit;
+        l->sent_refusing = l->refusing;
     }
     l->t_answer = NEVER;
     l->t_rto = now + l->cfg.rto_ns;
@@ -890,28 +896,23 @@ size_t oae_link_poll_events(oae_link *l, oae_event *out, size_t max)
 
 /* ---- application side ------------------------------------------------------------- */
 
-/* New work from the application (an offer, a new epoch) must not wait for idle pacing.  If
- * I hold the token, I answer now.  If the token is away (my beat awaits its answer) and the
- * link was idle, the leader may hold my beat for idle_ns: as the follower, with pacing on,
- * I send a new beat at once, as a re-offer timeout would; the leader sees a new beat, is
- * busy and answers at once.  A token this creates (the leader's held answer may already be
- * on its way) merges at the leader's next idle hold (docs/protocol.md 7.4). */
-static void wake(oae_link *l, int was_idle)
+/* New work from the application (an offer, a new epoch, a gate decision) must not wait
+ * for idle pacing.  If I hold the token, I answer now.  If the token is away (my beat awaits
+ * its answer), the peer may be holding my beat for idle_ns: `beat` then sends a new beat at
+ * once, as a re-offer timeout would; the peer sees a new beat with news and answers at once.
+ * Offers ask for it at the follower of a link that was idle (the leader may be pacing);
+ * gate decisions always (the peer may be waiting on its own application).  A token this
+ * creates (the peer's held answer may already be on its way) merges at the next hold
+ * (docs/protocol.md 7.4, 7.11). */
+static void wake(oae_link *l, int beat)
 {
     if (l->t_answer != NEVER) {
         l->t_answer = 0;
-    } else if (l->phase == OAE_PHASE_LIVE && l->cfg.idle_ns && was_idle && !is_leader(l) &&
-               l->t_rto != NEVER) {
+    } else if (beat && l->phase == OAE_PHASE_LIVE && l->cfg.idle_ns && l->t_rto != NEVER) {
         l->t_rto = NEVER;
         l->t_answer = 0;
         l->st.wakes++;
     }
-}
-
-/* Nothing to settle and nothing to decide: the leader may be holding my beat. */
-static int link_idle(const oae_link *l)
-{
-    return !busy(l) && !waiting(l);
 }
 
 int oae_link_offer(oae_link *l, const uint8_t *payload, size_t len, uint8_t flags,
@@ -927,7 +928,7 @@ int oae_link_offer(oae_link *l, const uint8_t *payload, size_t len, uint8_t flag
     if (l->out_hi - l->out_settled >= l->cfg.window || l->out_hi == UINT32_MAX ||
         (l->abort_hi && l->out_settled < l->abort_hi))
         return -1;
-    int was_idle = link_idle(l);
+    int beat = !busy(l) && !waiting(l) && !is_leader(l);
     uint32_t t = ++l->out_hi;
     out_slot *s = oslot(l, t);
     s->state = OAE_ST_TENTATIVE;
@@ -939,7 +940,7 @@ int oae_link_offer(oae_link *l, const uint8_t *payload, size_t len, uint8_t flag
         memcpy(s->payload, payload, len);
     if (tid_out)
         *tid_out = t;
-    wake(l, was_idle);
+    wake(l, beat);
     durable_changed(l);
     return 0;
 }
@@ -964,10 +965,9 @@ int oae_link_idle(const oae_link *l)
 {
     if (l->phase == OAE_PHASE_DISCOVER)
         return 1;
-    /* with gates the follower holds its answer while its application decides, which the
-     * leader cannot see: a gated leader always waits where the application can wake it */
-    return l->phase == OAE_PHASE_LIVE && l->cfg.idle_ns &&
-           (!busy(l) || (l->cfg.gates && is_leader(l)));
+    /* with gates the peer holds its answer while its application decides, which this end
+     * cannot see: a gated link always waits where the application can wake it */
+    return l->phase == OAE_PHASE_LIVE && l->cfg.idle_ns && (!busy(l) || l->cfg.gates);
 }
 
 /* ---- gated CONTROL transfers and reset (docs/protocol.md 7.11) -------------------- */
@@ -989,10 +989,9 @@ int oae_link_hold(oae_link *l, uint32_t tid)
     int rc = check_pending(l, tid);
     if (rc)
         return rc;
-    int was_idle = link_idle(l);
     islot(l, tid)->tid = tid;
     l->in_held = tid;
-    wake(l, was_idle);
+    wake(l, 1);
     return 0;
 }
 
@@ -1001,10 +1000,9 @@ int oae_link_refuse(oae_link *l, uint32_t tid)
     int rc = check_pending(l, tid);
     if (rc)
         return rc;
-    int was_idle = link_idle(l);
     l->refusing = tid; /* sticky REFUSE: the sender reverses tid and every later one */
     l->in_offered = l->in_held;
-    wake(l, was_idle);
+    wake(l, 1);
     return 0;
 }
 
@@ -1016,10 +1014,9 @@ int oae_link_report(oae_link *l, uint32_t tid)
         return OAE_GATE_NOT_NOW;
     if (tid <= l->in_reported)
         return 0;
-    int was_idle = link_idle(l);
     l->in_reported = tid;
     advance_report(l);
-    wake(l, was_idle);
+    wake(l, 1);
     return 0;
 }
 
@@ -1036,10 +1033,9 @@ int oae_link_commit(oae_link *l, uint32_t tid)
         return OAE_GATE_INVALID;
     if (!gate_closed(l, tid) || tid > l->out_peer_held)
         return OAE_GATE_NOT_NOW; /* released, reversed, or not reflected yet */
-    int was_idle = link_idle(l);
     s->gate = GATE_OPEN;
     advance_commit(l);
-    wake(l, was_idle);
+    wake(l, 1);
     return 0;
 }
 

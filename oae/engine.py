@@ -379,6 +379,13 @@ class SimResult:
     drops: tuple[dict[Drop, int], dict[Drop, int]]
     wakes: tuple[int, int] = (0, 0)  # per end: beats sent at once for new work (idle pacing)
     timeouts_rto: tuple[int, int] = (0, 0)
+    # gates: the applications' decisions taken, and outcomes decided by a round
+    holds: int = 0
+    refusals: int = 0
+    commits: int = 0
+    reports: int = 0
+    resets: int = 0
+    round_outcomes: int = 0
 
 
 def simulate(
@@ -406,11 +413,21 @@ def simulate(
     max_virtual_ns: int = 10**12,
     idle_ns: int = 0,
     offer_ns: int = 0,
+    gates: bool = False,
+    control: float = 0.0,
+    gated: float = 0.0,
+    refuse: float = 0.0,
+    reset: float = 0.0,
+    decide_ns: int = 0,
 ) -> SimResult:
     """Run two C engines over a seeded impaired in-memory wire on a virtual clock
     (csrc/linksim.c), `transfers` each way, checking the AIT contract as it goes.
     `offer_ns` > 0 spaces the offers (one per end about that often) so that the link idles
-    between them, paced by `idle_ns`."""
+    between them, paced by `idle_ns`. A fraction `control` of the transfers is CONTROL;
+    with `gates`, a fraction `gated` of those is gated, and the applications hold (or with
+    probability `refuse` refuse) each CONTROL offer, report each CONTROL delivery, and
+    commit (or with probability `reset` reset the link instead) each gated transfer, every
+    decision up to `decide_ns` after its event; the gate invariants are checked too."""
     c = ffi.new("oae_sim_config *")
     c.seed, c.transfers = seed, transfers
     c.loss_ppm, c.dup_ppm = round(loss * 1e6), round(dup * 1e6)
@@ -422,6 +439,9 @@ def simulate(
     c.rto_ns, c.dead_ns, c.hello_ns = rto_ns, dead_ns, hello_ns
     c.has_key, c.max_virtual_ns = keyed, max_virtual_ns
     c.idle_ns, c.offer_ns = idle_ns, offer_ns
+    c.gates, c.decide_ns = gates, decide_ns
+    c.control_ppm, c.gated_ppm = round(control * 1e6), round(gated * 1e6)
+    c.refuse_ppm, c.reset_ppm = round(refuse * 1e6), round(reset * 1e6)
     r = ffi.new("oae_sim_result *")
     rc = lib.oae_sim_run(c, r)
 
@@ -450,6 +470,12 @@ def simulate(
         ),
         wakes=(r.stats[0].wakes, r.stats[1].wakes),
         timeouts_rto=(r.stats[0].timeouts_rto, r.stats[1].timeouts_rto),
+        holds=r.holds,
+        refusals=r.refusals,
+        commits=r.commits,
+        reports=r.reports,
+        resets=r.resets,
+        round_outcomes=r.round_outcomes,
     )
 
 

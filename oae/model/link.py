@@ -131,6 +131,8 @@ class LinkModel:
         self.in_offered = self.in_reported = self.in_held
         self.sent_held = self.in_held
         self.sent_delivered = self.in_delivered
+        self.sent_commit = self.out_commit
+        self.sent_refusing = 0
 
     # ---- helpers -----------------------------------------------------------------------
 
@@ -391,10 +393,8 @@ class LinkModel:
                 self.abort_lo = self.abort_hi = 0
 
     def _busy(self) -> bool:
-        """Something to settle that waits on the wire, not on an application (link.c)."""
         return (
-            self.out_commit > self.out_settled
-            or self.out_hi > self.out_peer_held
+            self.out_hi > self.out_settled
             or self.in_held > self.in_delivered
             or self._reported_held() != self.sent_held
             or self._token_delivered() != self.sent_delivered
@@ -408,14 +408,25 @@ class LinkModel:
             or self.out_commit < self.out_peer_held
         )
 
+    def _news(self) -> bool:
+        """My next beat would tell the peer something my last one did not (link.c)."""
+        return (
+            self._reported_held() != self.sent_held
+            or self._token_delivered() != self.sent_delivered
+            or self.out_commit != self.sent_commit
+            or self.refusing != self.sent_refusing
+        )
+
     def _paces(self) -> bool:
-        """Idle pacing: the leader holds an idle token, and (gates) an end that waits on its
-        own application holds too (link.c paces())."""
+        """Idle pacing: the leader holds an idle token, and (gates) an end whose application
+        has a decision to make holds an answer without news (link.c paces())."""
         return (
             self.phase == Phase.LIVE
             and self.config.idle_ns > 0
-            and not self._busy()
-            and (self._is_leader() or self._waiting())
+            and (
+                (not self._busy() and self._is_leader())
+                or (self._waiting() and not self._news())
+            )
         )
 
     def _owe_answer(self, r: Record, now: int) -> None:
@@ -679,6 +690,8 @@ class LinkModel:
                     break
             self.sent_held = self._reported_held()
             self.sent_delivered = self._token_delivered()
+            self.sent_commit = self.out_commit
+            self.sent_refusing = self.refusing
         self.t_answer = NEVER
         self.t_rto = now + self.config.rto_ns
         return out
@@ -689,23 +702,14 @@ class LinkModel:
 
     # ---- application side --------------------------------------------------------------
 
-    def _wake(self, was_idle: bool) -> None:
+    def _wake(self, beat: bool) -> None:
         """New work must not wait for idle pacing (link.c wake())."""
         if self.t_answer != NEVER:
             self.t_answer = 0
-        elif (
-            self.phase == Phase.LIVE
-            and self.config.idle_ns > 0
-            and was_idle
-            and not self._is_leader()
-            and self.t_rto != NEVER
-        ):
+        elif beat and self.phase == Phase.LIVE and self.config.idle_ns > 0 and self.t_rto != NEVER:
             self.t_rto = NEVER
             self.t_answer = 0
             self._count("wakes")
-
-    def _link_idle(self) -> bool:
-        return not self._busy() and not self._waiting()
 
     def offer(self, payload: bytes, control: bool = False, gated: bool = False) -> int:
         """Queue a transfer; its tid, or 0 if the engine cannot take it now."""
@@ -721,7 +725,7 @@ class LinkModel:
             or (self.abort_hi and self.out_settled < self.abort_hi)
         ):
             return 0
-        was_idle = self._link_idle()
+        beat = not self._busy() and not self._waiting() and not self._is_leader()
         self.out_hi += 1
         t = self.out_hi
         s = self._oslot(t)
@@ -729,7 +733,7 @@ class LinkModel:
         s.flags = Flag.CONTROL if control else 0
         s.gate = GATE_CLOSED if gated else GATE_NONE
         s.payload = bytes(payload)
-        self._wake(was_idle)
+        self._wake(beat)
         self._durable_changed()
         return t
 
@@ -750,7 +754,7 @@ class LinkModel:
         return (
             self.phase == Phase.LIVE
             and self.config.idle_ns > 0
-            and (not self._busy() or (self.config.gates and self._is_leader()))
+            and (not self._busy() or self.config.gates)
         )
 
     # ---- gated CONTROL transfers and reset (link.c, docs/protocol.md 7.11) --------------
@@ -772,19 +776,17 @@ class LinkModel:
     def hold(self, tid: int) -> bool:
         rc = self._pending_rc(tid)
         if rc == 0:
-            was_idle = self._link_idle()
             self._islot(tid).tid = tid
             self.in_held = tid
-            self._wake(was_idle)
+            self._wake(True)
         return self._gate_call(rc)
 
     def refuse(self, tid: int) -> bool:
         rc = self._pending_rc(tid)
         if rc == 0:
-            was_idle = self._link_idle()
             self.refusing = tid
             self.in_offered = self.in_held
-            self._wake(was_idle)
+            self._wake(True)
         return self._gate_call(rc)
 
     def report(self, tid: int) -> bool:
@@ -793,10 +795,9 @@ class LinkModel:
         if tid > self.in_delivered:
             return self._gate_call(NOT_NOW)
         if tid > self.in_reported:
-            was_idle = self._link_idle()
             self.in_reported = tid
             self._advance_report()
-            self._wake(was_idle)
+            self._wake(True)
         return True
 
     def commit(self, tid: int) -> bool:
@@ -814,10 +815,9 @@ class LinkModel:
             return INVALID
         if not self._gate_closed(tid) or tid > self.out_peer_held:
             return NOT_NOW
-        was_idle = self._link_idle()
         s.gate = GATE_OPEN
         self._advance_commit()
-        self._wake(was_idle)
+        self._wake(True)
         return 0
 
     def reset(self, now: int) -> bool:
