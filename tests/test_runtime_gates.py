@@ -100,6 +100,11 @@ async def test_a_reset_aborts_an_undecided_gated_transfer_at_both_ends(veth_pair
         assert outcome.committed and not outcome.round
 
 
+def test_a_sink_link_cannot_have_gates() -> None:
+    with pytest.raises(UsageError):
+        LinkOptions(gates=True, sink=True).check()
+
+
 async def test_gate_calls_need_a_gated_link(veth_pair) -> None:
     async with open_link(veth_pair.if_a, veth_pair.ns_a) as a:
         with pytest.raises(UsageError):

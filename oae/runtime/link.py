@@ -121,6 +121,11 @@ class LinkOptions:
                 raise UsageError(f"{name} {getattr(self, name)}: must be > 0 seconds")
         if self.idle < 0:
             raise UsageError(f"idle {self.idle}: must be >= 0 seconds")
+        if self.gates and self.sink:
+            raise UsageError(
+                "sink with gates: the pump would consume CONTROL deliveries that only the "
+                "application can report"
+            )
         if self.idle and self.rto < 2 * self.idle:
             raise UsageError(
                 f"rto {self.rto}: must be at least twice idle ({self.idle}) seconds, or it "
