@@ -123,6 +123,25 @@ def test_a_delivery_is_reported_only_by_report(cls: type) -> None:
     assert b.stats()["in_reported"] == t3
 
 
+def test_an_unreported_delivery_holds_the_senders_window(cls: type) -> None:
+    """The sender's window counts from what the receiver reported, so nothing is offered
+    more than `window` past an unreported CONTROL delivery (whose slot the receiver keeps)."""
+    p = gated_pair(cls, window=4)
+    a, b = p.ends
+    t = a.offer(b"c", control=True)
+    p.run(5)
+    b.hold(t)
+    p.run(5)
+    assert p.of(1, Delivered) == [Delivered(t, b"c", True)]
+    assert [a.offer(bytes([i])) for i in range(4)] == [2, 3, 4, 0]  # window of 4 from tid 1
+    p.run(5)
+    assert [e.tid for e in p.of(1, Delivered)] == [1, 2, 3, 4] and not p.of(0, Committed)
+    assert b.report(t)
+    p.run(5)
+    assert [e.tid for e in p.of(0, Committed)] == [1, 2, 3, 4]
+    assert a.offer(b"more") == 5
+
+
 def test_a_gated_transfer_is_delivered_only_after_commit(cls: type) -> None:
     p = gated_pair(cls)
     a, b = p.ends
