@@ -26,10 +26,6 @@ typedef struct decision {
     uint32_t life, tid;
 } decision;
 
-typedef struct heap {
-    uint8_t *items;
-    size_t size, len, cap;
-} heap;
 
 typedef struct side {
     oae_link *l;
@@ -63,8 +59,10 @@ typedef struct sim {
     const oae_sim_config *cfg;
     oae_sim_result *res;
     uint64_t rng, now, order;
-    heap wire;              /* frames in flight (pkt) */
-    heap todo;              /* application decisions (decision) */
+    pkt *wire;              /* frames in flight (a heap) */
+    size_t nwire;
+    decision *todo;         /* application decisions (a heap) */
+    size_t ntodo, todo_cap;
     side s[2];
 } sim;
 
@@ -86,65 +84,49 @@ static void violation(sim *m, const char *what, int side, uint32_t tid)
                  (unsigned long long)m->now);
 }
 
-static void *item(const heap *h, size_t i) { return h->items + i * h->size; }
-
-/* the earliest item (the heap must not be empty) */
-static uint64_t heap_at(const heap *h) { return *(const uint64_t *)item(h, 0); }
-
-static int earlier(const heap *h, size_t i, size_t j)
-{
-    const uint64_t *a = item(h, i), *b = item(h, j);
-    return a[0] < b[0] || (a[0] == b[0] && a[1] < b[1]);
-}
-
-static void swap(heap *h, size_t i, size_t j)
-{
-    uint8_t t[sizeof(pkt)];
-    memcpy(t, item(h, i), h->size);
-    memcpy(item(h, i), item(h, j), h->size);
-    memcpy(item(h, j), t, h->size);
-}
-
-static int heap_init(heap *h, size_t size, size_t cap)
-{
-    h->size = size;
-    h->cap = cap;
-    h->len = 0;
-    h->items = malloc(cap ? cap * size : 1);
-    return h->items != NULL;
-}
-
-/* returns 0, or -1 if the heap is full (the item is not added) */
-static int heap_push(heap *h, const void *x)
-{
-    if (h->len == h->cap)
-        return -1;
-    size_t i = h->len++;
-    memcpy(item(h, i), x, h->size);
-    while (i > 0 && earlier(h, i, (i - 1) / 2)) {
-        swap(h, i, (i - 1) / 2);
-        i = (i - 1) / 2;
+/* A binary min-heap of T by (at, order) in an array: NAME_push (returns -1 if full, the
+ * item is not added) and NAME_pop.  Generated per type so that items move as structs. */
+#define HEAP(T, NAME)                                                                      \
+    static int NAME##_earlier(const T *a, const T *b)                                       \
+    {                                                                                      \
+        return a->at < b->at || (a->at == b->at && a->order < b->order);                   \
+    }                                                                                      \
+    static int NAME##_push(T *h, size_t *len, size_t cap, const T *x)                      \
+    {                                                                                      \
+        if (*len == cap)                                                                   \
+            return -1;                                                                     \
+        size_t i = (*len)++;                                                               \
+        h[i] = *x;                                                                         \
+        while (i > 0 && NAME##_earlier(&h[i], &h[(i - 1) / 2])) {                          \
+            T t = h[i];                                                                    \
+            h[i] = h[(i - 1) / 2];                                                         \
+            h[(i - 1) / 2] = t;                                                            \
+            i = (i - 1) / 2;                                                               \
+        }                                                                                  \
+        return 0;                                                                          \
+    }                                                                                      \
+    static void NAME##_pop(T *h, size_t *len, T *out)                                      \
+    {                                                                                      \
+        *out = h[0];                                                                       \
+        h[0] = h[--*len];                                                                  \
+        size_t i = 0;                                                                      \
+        for (;;) {                                                                         \
+            size_t l = 2 * i + 1, r = l + 1, s = i;                                        \
+            if (l < *len && NAME##_earlier(&h[l], &h[s]))                                  \
+                s = l;                                                                     \
+            if (r < *len && NAME##_earlier(&h[r], &h[s]))                                  \
+                s = r;                                                                     \
+            if (s == i)                                                                    \
+                break;                                                                     \
+            T t = h[i];                                                                    \
+            h[i] = h[s];                                                                   \
+            h[s] = t;                                                                      \
+            i = s;                                                                         \
+        }                                                                                  \
     }
-    return 0;
-}
 
-static void heap_pop(heap *h, void *out)
-{
-    memcpy(out, item(h, 0), h->size);
-    memcpy(item(h, 0), item(h, --h->len), h->size);
-    size_t i = 0;
-    for (;;) {
-        size_t l = 2 * i + 1, r = l + 1, s = i;
-        if (l < h->len && earlier(h, l, s))
-            s = l;
-        if (r < h->len && earlier(h, r, s))
-            s = r;
-        if (s == i)
-            break;
-        swap(h, i, s);
-        i = s;
-    }
-}
+HEAP(pkt, wire)
+HEAP(decision, todo)
 
 static int wire_down(sim *m, uint64_t t)
 {
@@ -181,7 +163,7 @@ static void send_frame(sim *m, int from, const uint8_t *buf)
             p.buf[bit / 8] ^= (uint8_t)(1u << (bit % 8));
             m->res->frames_corrupted++;
         }
-        if (heap_push(&m->wire, &p) < 0)
+        if (wire_push(m->wire, &m->nwire, HEAP_MAX, &p) < 0)
             m->res->frames_lost++;
     }
 }
@@ -208,7 +190,7 @@ static void schedule(sim *m, int who, int kind, uint32_t tid)
     decision d = {.at = m->now + (m->cfg->decide_ns ? rnd(m) % (m->cfg->decide_ns + 1) : 0),
                   .order = m->order++, .who = who, .kind = kind,
                   .life = m->s[who].restarts, .tid = tid};
-    if (heap_push(&m->todo, &d) < 0)
+    if (todo_push(m->todo, &m->ntodo, m->todo_cap, &d) < 0)
         violation(m, "decision queue full", who, tid);
 }
 
@@ -473,10 +455,10 @@ static int finished(sim *m)
 static uint64_t next_time(sim *m)
 {
     uint64_t t = UINT64_MAX;
-    if (m->wire.len)
-        t = heap_at(&m->wire);
-    if (m->todo.len && heap_at(&m->todo) < t)
-        t = heap_at(&m->todo);
+    if (m->nwire)
+        t = m->wire[0].at;
+    if (m->ntodo && m->todo[0].at < t)
+        t = m->todo[0].at;
     for (int w = 0; w < 2; w++) {
         side *s = &m->s[w];
         uint64_t u = s->l ? oae_link_next_timeout(s->l) : s->down_until;
@@ -508,8 +490,10 @@ int oae_sim_run(const oae_sim_config *c, oae_sim_result *res)
     m.res = res;
     m.rng = c->seed * 0x9E3779B97F4A7C15ULL + 1;
     /* at most one OFFERED, REFLECTED and DELIVERED per tid and direction */
-    int heaps = heap_init(&m.wire, sizeof(pkt), HEAP_MAX) &&
-                heap_init(&m.todo, sizeof(decision), c->gates ? 6 * (size_t)c->transfers + 64 : 0);
+    m.todo_cap = c->gates ? 6 * (size_t)c->transfers + 64 : 0;
+    m.wire = malloc(HEAP_MAX * sizeof *m.wire);
+    m.todo = malloc((m.todo_cap ? m.todo_cap : 1) * sizeof *m.todo);
+    int heaps = m.wire && m.todo;
     uint8_t *out = malloc(OUT_BATCH * OAE_FRAME_LEN);
     for (int w = 0; w < 2; w++) {
         side *s = &m.s[w];
@@ -556,15 +540,15 @@ int oae_sim_run(const oae_sim_config *c, oae_sim_result *res)
             break;
         }
         /* the applications' decisions due now, then frames */
-        while (m.todo.len && heap_at(&m.todo) <= m.now) {
+        while (m.ntodo && m.todo[0].at <= m.now) {
             decision d;
-            heap_pop(&m.todo, &d);
+            todo_pop(m.todo, &m.ntodo, &d);
             if (m.s[d.who].l && d.life == m.s[d.who].restarts)
                 decide(&m, &d);
         }
-        while (m.wire.len && heap_at(&m.wire) <= m.now) {
+        while (m.nwire && m.wire[0].at <= m.now) {
             pkt p;
-            heap_pop(&m.wire, &p);
+            wire_pop(m.wire, &m.nwire, &p);
             side *s = &m.s[p.to];
             if (!s->l || wire_down(&m, m.now)) {
                 res->frames_lost++;
@@ -629,8 +613,8 @@ int oae_sim_run(const oae_sim_config *c, oae_sim_result *res)
         free(m.s[w].committed);
         free(m.s[w].held);
     }
-    free(m.wire.items);
-    free(m.todo.items);
+    free(m.wire);
+    free(m.todo);
     free(out);
     return res->violations ? -1 : 0;
 }
