@@ -484,7 +484,9 @@ static void take_offer(oae_link *l, const oae_record *r)
         l->in_offered = t;
         if (l->cfg.gates && (s->flags & OAE_F_CONTROL)) {
             s->tid = 0; /* held only by oae_link_hold */
-            copy_payload(push(l, OAE_EV_OFFERED, t), s->flags, s->len, s->payload);
+            oae_event *e = push(l, OAE_EV_OFFERED, t);
+            copy_payload(e, s->flags, s->len, s->payload);
+            e->info = l->in_delivered; /* tids in (info, t) are held, not yet delivered */
         } else {
             s->tid = t;
             l->in_held = t;

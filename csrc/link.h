@@ -41,7 +41,7 @@ enum {
     OAE_EV_PERSIST = 6,   /* durable registers changed: store oae_link_durable(), then
                              call oae_link_persisted() */
     OAE_EV_OFFERED = 7,   /* gates, receiver: CONTROL transfer tid (payload) waits for
-                             oae_link_hold or oae_link_refuse */
+                             oae_link_hold or oae_link_refuse; info = in_delivered then */
     OAE_EV_REFLECTED = 8  /* gates, sender: the peer holds gated transfer tid (payload):
                              it waits for oae_link_commit */
 };

@@ -154,10 +154,13 @@ class Aborted:
 
 @dataclass(frozen=True)
 class Offered:
-    """Gates: the peer's CONTROL transfer `tid` waits for `hold(tid)` or `refuse(tid)`."""
+    """Gates: the peer's CONTROL transfer `tid` waits for `hold(tid)` or `refuse(tid)`.
+    `delivered`: this end's in_delivered when it was offered; the tids between it and
+    `tid` are held and will be delivered (or discarded by a round) before `tid` is."""
 
     tid: int
     payload: bytes
+    delivered: int = 0
 
 
 @dataclass(frozen=True)
@@ -346,7 +349,7 @@ def _event(e: object) -> Event:
     if t == lib.OAE_EV_ABORTED:
         return Aborted(e.tid, payload, control, restored, by_round)  # type: ignore[attr-defined]
     if t == lib.OAE_EV_OFFERED:
-        return Offered(e.tid, payload)  # type: ignore[attr-defined]
+        return Offered(e.tid, payload, e.info)  # type: ignore[attr-defined]
     if t == lib.OAE_EV_REFLECTED:
         return Reflected(e.tid, payload)  # type: ignore[attr-defined]
     if t == lib.OAE_EV_PERSIST:

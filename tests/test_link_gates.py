@@ -94,7 +94,7 @@ def test_refuse_reverses_the_offer_and_every_later_one(cls: type) -> None:
     assert b.stats()["in_delivered"] == u and b.stats()["in_refusing"] == 0  # skipped
     v = a.offer(b"again", control=True)
     p.run(5)
-    assert p.of(1, Offered)[-1] == Offered(v, b"again")
+    assert p.of(1, Offered)[-1] == Offered(v, b"again", u)  # all before v delivered or skipped
 
 
 def test_a_delivery_is_reported_only_by_report(cls: type) -> None:

@@ -349,7 +349,7 @@ class LinkModel:
             self.in_offered = t
             if self.config.gates and s.flags & Flag.CONTROL:
                 s.tid = 0
-                self.events.append(Offered(t, s.payload))
+                self.events.append(Offered(t, s.payload, self.in_delivered))
             else:
                 s.tid = t
                 self.in_held = t

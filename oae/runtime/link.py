@@ -472,8 +472,10 @@ class Link:
                 batch.done.set()
         elif t in (lib.OAE_EV_OFFERED, lib.OAE_EV_REFLECTED):
             payload = bytes(ffi.buffer(ev.payload, ev.length))
-            kind = Offered if t == lib.OAE_EV_OFFERED else Reflected
-            self._gates.append(kind(ev.tid, payload))
+            if t == lib.OAE_EV_OFFERED:
+                self._gates.append(Offered(ev.tid, payload, ev.info))
+            else:
+                self._gates.append(Reflected(ev.tid, payload))
             self._gates_event.set()
         elif t == lib.OAE_EV_LINK_UP:
             self.counters["links_up"] += 1
