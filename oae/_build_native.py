@@ -70,9 +70,11 @@ pump_ffi = _builder(
 link_ffi = _builder(
     "oae._link", ["wire.h", "link.h", "linksim.h"], ["wire.c", "link.c", "linksim.c"]
 )
+epoch_ffi = _builder("oae._epoch", ["epoch.h"], ["epoch.c"])
 
 
 if __name__ == "__main__":
     wire_ffi.compile(tmpdir=str(ROOT), verbose=False)
     pump_ffi.compile(tmpdir=str(ROOT), verbose=False)
     link_ffi.compile(tmpdir=str(ROOT), verbose=False)
+    epoch_ffi.compile(tmpdir=str(ROOT), verbose=False)

@@ -267,7 +267,7 @@ def test_file_store_torn_write_at_every_offset_leaves_old_or_new(tmp_path: Path)
 def test_file_store_corrupt_byte_in_either_slot_reads_the_other(tmp_path: Path) -> None:
     p = tmp_path / "epoch.json"
     _, after = _epoch_file(p)  # slot 0: epoch 3, slot 1: epoch 2
-    n = 24 + len(rec(3).to_json())
+    n = 24 + len(rec(3).to_bytes())
     for slot, survivor in ((0, rec(2)), (1, rec(3))):
         for k in range(n):
             img = bytearray(after)
@@ -287,7 +287,7 @@ def test_file_store_corrupt_byte_in_either_slot_reads_the_other(tmp_path: Path) 
 def test_file_store_truncated_gives_a_whole_record_or_a_clear_error(tmp_path: Path) -> None:
     p = tmp_path / "epoch.json"
     _, after = _epoch_file(p)
-    n0 = 24 + len(rec(3).to_json())
+    n0 = 24 + len(rec(3).to_bytes())
     for n in range(len(after) + 1):
         p.write_bytes(after[:n])
         if n < n0:
@@ -316,8 +316,8 @@ def test_file_store_sequence_wraps(tmp_path: Path) -> None:
 
     p = tmp_path / "epoch.json"
     img = bytearray(8192)
-    f1 = durable._frame(2**64 - 1, rec(1).to_json().encode())
-    f0 = durable._frame(2**64 - 2, rec(0).to_json().encode())
+    f1 = durable._frame(2**64 - 1, rec(1).to_bytes())
+    f0 = durable._frame(2**64 - 2, rec(0).to_bytes())
     img[: len(f1)] = f1
     img[4096 : 4096 + len(f0)] = f0
     p.write_bytes(bytes(img))
@@ -330,29 +330,70 @@ def test_file_store_sequence_wraps(tmp_path: Path) -> None:
     assert seqs == {2, 3}
 
 
-def test_file_store_grows_when_a_record_outgrows_its_slots(tmp_path: Path) -> None:
+def test_file_store_records_never_outgrow_the_first_slots(tmp_path: Path) -> None:
     p = tmp_path / "epoch.json"
     st = FileStore(p)
     st.write(rec(1))
-    big = rec(2, aborted=frozenset(Wave(3, a, a % 7) for a in range(1, 400)))
-    assert len(big.to_json()) > 4096
-    st.write(big)
-    size = p.stat().st_size
-    assert size > 8192 and size % 8192 == 0 and FileStore(p).load() == big
     ino = p.stat().st_ino
-    st.write(rec(3))
-    st.write(big.evolve(committed=Wave(4, 1, 0)))
-    assert p.stat().st_ino == ino and FileStore(p).load() == big.evolve(committed=Wave(4, 1, 0))
+    full = rec(
+        2,
+        tree_parent=7,
+        tree_children=frozenset(range(64)),
+        committed_log=tuple((n, 2**64 - 1) for n in range(64)),
+        prepared=Wave(3, 2**32 - 1, 2**32 - 1),
+        prepared_parent=2**32 - 1,
+        prepared_children=frozenset(range(64, 128)),
+        prepared_log=tuple((n, n) for n in range(64)),
+        initiating=Wave(3, 1, 0),
+        aborted=frozenset(Wave(3, a, a % 7) for a in range(1, 65)),
+    )
+    assert len(full.to_bytes()) == 2876  # csrc/epoch.h OAE_EPOCH_RECORD_MAX
+    for r in (full, rec(3), full.evolve(committed=Wave(4, 1, 0))):
+        st.write(r)
+        assert FileStore(p).load() == r
+    assert p.stat().st_ino == ino and p.stat().st_size == 8192
 
 
-def test_file_store_reads_the_previous_json_layout_and_converts_it(tmp_path: Path) -> None:
+def test_slot_file_grows_when_a_payload_outgrows_its_slots(tmp_path: Path) -> None:
+    from oae.epoch.durable import SlotFile
+
+    f = SlotFile(tmp_path / "big")
+    f.write(b"small")
+    f.write(b"x" * 5000)
+    size = (tmp_path / "big").stat().st_size
+    assert size > 8192 and size % 8192 == 0 and f.read() == b"x" * 5000
+    ino = (tmp_path / "big").stat().st_ino
+    f.write(b"y" * 4000)
+    f.write(b"z" * 5000)
+    assert (tmp_path / "big").stat().st_ino == ino and f.read() == b"z" * 5000
+
+
+LEGACY_JSON = (
+    '{"aborted": [[5, 2, 1]], "committed": [4, 1, 0], "committed_log": [[3, 7]], '
+    '"initiating": null, "next_attempt": 5, "prepared": null, "prepared_children": [], '
+    '"prepared_log": [], "prepared_parent": null, "tree_children": [3], "tree_parent": 2}'
+)
+LEGACY = rec(4, aborted=frozenset({Wave(5, 2, 1)}), committed_log=((3, 7),),
+             tree_children=frozenset({3}), tree_parent=2)  # fmt: skip
+
+
+def test_file_store_reads_the_previous_json_layouts_and_converts_them(tmp_path: Path) -> None:
+    from oae.epoch import durable
+
     p = tmp_path / "epoch.json"
-    p.write_text(rec(4).to_json())
-    assert FileStore(p).load() == rec(4)
+    p.write_text(LEGACY_JSON)  # the plain file of the first layout
+    assert FileStore(p).load() == LEGACY
     with pytest.raises(DurableError, match="roll"):
         FileStore(p).write(rec(3))
     FileStore(p).write(rec(5))
     assert FileStore(p).load() == rec(5) and p.stat().st_size == 8192
+    img = bytearray(8192)  # JSON in a slot: the second layout
+    f = durable._frame(7, LEGACY_JSON.encode())
+    img[: len(f)] = f
+    p.write_bytes(bytes(img))
+    assert FileStore(p).load() == LEGACY
+    FileStore(p).write(rec(6))
+    assert FileStore(p).load() == rec(6) and p.read_bytes()[4096 + 24] == 1  # binary, v1
 
 
 def test_file_store_bad_files_give_a_clear_error(tmp_path: Path) -> None:
@@ -363,7 +404,14 @@ def test_file_store_bad_files_give_a_clear_error(tmp_path: Path) -> None:
         p.write_bytes(data)
         with pytest.raises(DurableError, match="corrupt durable epoch record"):
             FileStore(p).load()
-    for payload in (b"\xff\xfe", b"[1, 2]", b'{"committed": null}'):
+    for payload in (
+        b"\xff\xfe",
+        b"[1, 2]",
+        b'{"committed": null}',
+        b"\x02" + bytes(59),
+        rec(1).to_bytes()[:-1],
+        rec(1).to_bytes() + b"\0",
+    ):
         img = bytearray(8192)
         f = durable._frame(1, payload)
         img[: len(f)] = f

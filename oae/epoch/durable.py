@@ -4,11 +4,28 @@ A node acknowledges nothing that depends on its state before that state is durab
 machine (oae.epoch.machine) emits `Persist(record)` and the driver must complete the
 write before it performs any later action of the same step. `FileStore` keeps two slots
 in one preallocated file, each a framed record (magic, format, sequence number, length,
-CRC32, the record's JSON); a write overwrites in place the slot that does not hold the
-newest record and fdatasyncs once, so a crash at any point leaves either the old or the
-new record, never a torn one (a torn slot fails its CRC and the other slot is read).
-Both stores refuse a record whose committed epoch is lower than the stored one: a
-committed epoch is never rolled back.
+CRC32, the record in its binary encoding below); a write overwrites in place the slot
+that does not hold the newest record and fdatasyncs once, so a crash at any point leaves
+either the old or the new record, never a torn one (a torn slot fails its CRC and the
+other slot is read). Both stores refuse a record whose committed epoch is lower than the
+stored one: a committed epoch is never rolled back.
+
+The binary record (`DurableRecord.to_bytes`; the C machine, csrc/epoch.c, writes and
+reads the same bytes): big-endian, a fixed 60-byte head and five counted arrays.
+
+    0      version (1)
+    1      flags: 1 tree_parent, 2 prepared, 4 prepared_parent, 8 initiating present
+    2-6    counts: tree_children, committed_log, prepared_children, prepared_log, aborted
+    7      0
+    8-19   committed wave (epoch, attempt, initiator: u32 each)
+    20-23  tree_parent        24-35 prepared wave       36-39 prepared_parent
+    40-51  initiating wave    52-59 next_attempt (u64); absent fields are zero
+    60-    tree_children (u32 each, ascending), committed_log ((u32 node, u64 frames)
+           each), prepared_children, prepared_log, aborted (waves, ascending)
+
+Bounds: at most 64 children and log entries (links per node) and 64 aborted waves; node
+ids fit in 32 bits. Records written before (a JSON document, in a slot or as the whole
+file) still load.
 """
 
 from __future__ import annotations
@@ -62,29 +79,115 @@ class DurableRecord:
     def epoch(self) -> int:
         return self.committed.epoch
 
-    def to_json(self) -> str:
-        def w(x: Wave | None) -> list[int] | None:
-            return None if x is None else [x.epoch, x.attempt, x.initiator]
+    def to_bytes(self) -> bytes:
+        """The binary encoding (module docstring); DurableError if the record exceeds its
+        bounds."""
+        try:
+            arrays = [
+                _ids(self.tree_children),
+                _log(self.committed_log),
+                _ids(self.prepared_children),
+                _log(self.prepared_log),
+                b"".join(_WAVE.pack(a.epoch, a.attempt, a.initiator) for a in sorted(self.aborted)),
+            ]
+            counts = (
+                len(self.tree_children),
+                len(self.committed_log),
+                len(self.prepared_children),
+                len(self.prepared_log),
+                len(self.aborted),
+            )
+            if max(counts[:4]) > LINKS_MAX or counts[4] > ABORTED_MAX:
+                raise ValueError(
+                    f"more than {LINKS_MAX} children or log entries, or more "
+                    f"than {ABORTED_MAX} aborted waves"
+                )
+            flags = (
+                (self.tree_parent is not None)
+                | (self.prepared is not None) << 1
+                | (self.prepared_parent is not None) << 2
+                | (self.initiating is not None) << 3
+            )
+            head = _HEAD.pack(
+                RECORD_VERSION,
+                flags,
+                *counts,
+                0,
+                *_wave(self.committed),
+                self.tree_parent or 0,
+                *_wave(self.prepared),
+                self.prepared_parent or 0,
+                *_wave(self.initiating),
+                self.next_attempt,
+            )
+        except (struct.error, ValueError) as exc:
+            raise DurableError(f"durable epoch record does not fit its encoding: {exc}") from None
+        return head + b"".join(arrays)
 
-        return json.dumps(
-            {
-                "committed": w(self.committed),
-                "tree_parent": self.tree_parent,
-                "tree_children": sorted(self.tree_children),
-                "committed_log": [list(p) for p in self.committed_log],
-                "prepared": w(self.prepared),
-                "prepared_parent": self.prepared_parent,
-                "prepared_children": sorted(self.prepared_children),
-                "prepared_log": [list(p) for p in self.prepared_log],
-                "initiating": w(self.initiating),
-                "aborted": sorted(w(a) for a in self.aborted),
-                "next_attempt": self.next_attempt,
-            },
-            sort_keys=True,
+    @classmethod
+    def from_bytes(cls, data: bytes) -> DurableRecord:
+        """Decode `to_bytes`'s encoding; DurableError naming what is wrong."""
+
+        def bad(why: str) -> DurableError:
+            return DurableError(f"corrupt durable epoch record: {why}")
+
+        if len(data) < _HEAD.size:
+            raise bad(f"{len(data)} bytes, shorter than the {_HEAD.size}-byte head")
+        head = _HEAD.unpack_from(data)
+        version, flags, counts, zero, f = head[0], head[1], head[2:7], head[7], head[8:]
+        if version != RECORD_VERSION:
+            raise bad(f"format version {version}, this build reads {RECORD_VERSION}")
+        if flags & ~0x0F or zero:
+            raise bad("unknown flags")
+        if max(counts[:4]) > LINKS_MAX or counts[4] > ABORTED_MAX:
+            raise bad("an array longer than its bound")
+        n_tc, n_cl, n_pc, n_pl, n_ab = counts
+        want = _HEAD.size + 4 * (n_tc + n_pc) + 12 * (n_cl + n_pl + n_ab)
+        if len(data) != want:
+            raise bad(f"{len(data)} bytes, its counts say {want}")
+        committed, tree_parent = Wave(*f[0:3]), f[3]
+        prepared, prepared_parent, initiating = Wave(*f[4:7]), f[7], Wave(*f[8:11])
+        present = [bool(flags & b) for b in (1, 2, 4, 8)]
+        fields = (tree_parent, prepared != GENESIS, prepared_parent, initiating != GENESIS)
+        if any(v and not p for v, p in zip(fields, present, strict=True)):
+            raise bad("a field marked absent is not zero")
+        off = _HEAD.size
+
+        def take(n: int, size: int) -> list[bytes]:
+            nonlocal off
+            out = [data[off + i * size : off + (i + 1) * size] for i in range(n)]
+            off += n * size
+            return out
+
+        tree_children = [struct.unpack(">I", b)[0] for b in take(n_tc, 4)]
+        committed_log = tuple(_LOGENT.unpack(b) for b in take(n_cl, 12))
+        prepared_children = [struct.unpack(">I", b)[0] for b in take(n_pc, 4)]
+        prepared_log = tuple(_LOGENT.unpack(b) for b in take(n_pl, 12))
+        aborted = [Wave(*_WAVE.unpack(b)) for b in take(n_ab, 12)]
+        for name, xs in (
+            ("tree_children", tree_children),
+            ("prepared_children", prepared_children),
+            ("aborted", aborted),
+        ):
+            if any(a >= b for a, b in zip(xs, xs[1:], strict=False)):  # type: ignore[operator]
+                raise bad(f"{name} not ascending")
+        return cls(
+            committed=committed,
+            tree_parent=tree_parent if present[0] else None,
+            tree_children=frozenset(tree_children),
+            committed_log=committed_log,
+            prepared=prepared if present[1] else None,
+            prepared_parent=prepared_parent if present[2] else None,
+            prepared_children=frozenset(prepared_children),
+            prepared_log=prepared_log,
+            initiating=initiating if present[3] else None,
+            aborted=frozenset(aborted),
+            next_attempt=f[11],
         )
 
     @classmethod
     def from_json(cls, text: str) -> DurableRecord:
+        """A record of the JSON layout used before the binary one (still loads)."""
         try:
             d = json.loads(text)
 
@@ -112,6 +215,26 @@ class DurableRecord:
 
     def evolve(self, **changes: object) -> DurableRecord:
         return replace(self, **changes)  # type: ignore[arg-type]
+
+
+RECORD_VERSION = 1
+LINKS_MAX = 64  # csrc/epoch.h OAE_EPOCH_LINKS_MAX
+ABORTED_MAX = 64  # OAE_EPOCH_ABORTED_MAX
+_HEAD = struct.Struct(">8B3II3II3IQ")
+_WAVE = struct.Struct(">III")
+_LOGENT = struct.Struct(">IQ")
+
+
+def _wave(w: Wave | None) -> tuple[int, int, int]:
+    return (0, 0, 0) if w is None else (w.epoch, w.attempt, w.initiator)
+
+
+def _ids(ids: frozenset[int]) -> bytes:
+    return b"".join(struct.pack(">I", n) for n in sorted(ids))
+
+
+def _log(log: tuple[tuple[int, int], ...]) -> bytes:
+    return b"".join(_LOGENT.pack(n, frames) for n, frames in log)
 
 
 def check_monotone(old: DurableRecord | None, new: DurableRecord) -> None:
@@ -279,8 +402,8 @@ class SlotFile:
 
 
 class FileStore:
-    """One file per node (a SlotFile: two framed slots, the record's JSON, updated in
-    place with one fdatasync).
+    """One file per node (a SlotFile: two framed slots, the record's binary encoding,
+    updated in place with one fdatasync; csrc/epochrun.c writes the same file).
 
     Read the latest record with `FileStore(path).load()` (the file is not plain JSON)."""
 
@@ -294,6 +417,11 @@ class FileStore:
         data = self._file.read()
         if data is None:
             return DurableRecord()
+        if data[:1] != b"{":
+            try:
+                return DurableRecord.from_bytes(data)
+            except DurableError as exc:
+                raise DurableError(f"{exc} ({self.path})") from None
         try:
             text = data.decode()
         except UnicodeDecodeError as exc:
@@ -305,5 +433,5 @@ class FileStore:
         if old is None:
             old = self.load() if self.path.exists() else None
         check_monotone(old, record)
-        self._file.write(record.to_json().encode())
+        self._file.write(record.to_bytes())
         self._last = record
