@@ -1,5 +1,6 @@
-"""Shared by the sanitizer tests (test_fuzz_wire.py, test_link_fuzz.py): skip without
-clang or make, build csrc/ fuzz targets, and make a short libFuzzer run that must end clean."""
+"""Shared by the sanitizer tests (test_fuzz_wire.py, test_link_fuzz.py, test_epoch_fuzz.py):
+skip without clang or make, build csrc/ fuzz targets, and make a short libFuzzer run that
+must end clean."""
 
 from __future__ import annotations
 
