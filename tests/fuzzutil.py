@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -43,3 +44,40 @@ def short_run(fuzzer: Path, corpus: Path, artifacts: Path, *options: str) -> Non
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Done" in result.stderr
     assert not list(artifacts.glob("crash-*"))
+
+
+def broken_build_aborts(
+    tmp_path: Path,
+    target: str,
+    broken: str,
+    marker: str,
+    replacement: str,
+    others: list[str],
+    seed: Callable[[Path], None],
+) -> None:
+    """Build fuzz target `target` (csrc/<target>.c) against a copy of csrc/<broken>.c
+    with `marker` replaced, plus csrc/ sources `others`; its seeds (written by `seed`
+    into a corpus dir) must make it abort on an invariant: the target's checks are real."""
+    src = (ROOT / "csrc" / f"{broken}.c").read_text()
+    assert marker in src
+    copy = tmp_path / f"{broken}_broken.c"
+    copy.write_text(src.replace(marker, replacement))
+    binary = tmp_path / f"{target}_broken.bin"
+    csrc = ROOT / "csrc"
+    made = subprocess.run(
+        ["clang", "-g", "-O1", "-fsanitize=fuzzer,address,undefined", f"-I{csrc}",
+         "-o", str(binary), str(csrc / f"{target}.c"), str(copy),
+         *(str(csrc / o) for o in others)],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    corpus = tmp_path / "corpus"
+    seed(corpus)
+    result = subprocess.run(
+        [str(binary), "-runs=10", f"-artifact_prefix={tmp_path}/", str(corpus)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode != 0
+    assert "invariant failed" in result.stderr

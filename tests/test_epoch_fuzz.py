@@ -5,11 +5,10 @@ docs/fuzzing.md."""
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
 import pytest
-from fuzzutil import NEEDS_CLANG, ROOT, build, short_run
+from fuzzutil import NEEDS_CLANG, broken_build_aborts, build, short_run
 
 pytestmark = NEEDS_CLANG
 
@@ -68,24 +67,4 @@ def test_fuzz_target_catches_a_broken_invariant(
 ) -> None:
     """The target's checks are real: running the seeds through a build whose machine
     breaks an invariant aborts."""
-    broken = tmp_path / "epoch_broken.c"
-    src = (ROOT / "csrc" / "epoch.c").read_text()
-    assert marker in src
-    broken.write_text(src.replace(marker, replacement))
-    binary = tmp_path / "fuzz_epoch_broken.bin"
-    made = subprocess.run(
-        ["clang", "-g", "-O1", "-fsanitize=fuzzer,address,undefined", f"-I{ROOT / 'csrc'}",
-         "-o", str(binary), str(ROOT / "csrc" / "fuzz_epoch.c"), str(broken)],
-        capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    assert made.returncode == 0, made.stderr
-    corpus = tmp_path / "corpus"
-    _seeds(corpus)
-    result = subprocess.run(
-        [str(binary), "-runs=10", f"-artifact_prefix={tmp_path}/", str(corpus)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert result.returncode != 0
-    assert "invariant failed" in result.stderr
+    broken_build_aborts(tmp_path, "fuzz_epoch", "epoch", marker, replacement, [], _seeds)
