@@ -1,243 +1,411 @@
-"""The epoch machine on real links: `EpochNode` plugs an EpochMachine onto runtime links
-(oae.runtime.link.Link), the same way the simulator's adapter plugs it onto model links.
+"""The epoch layer on real links: `EpochNode` runs a node's epoch machine in the C epoch
+runner (csrc/epochrun.c), one thread beside the links' pumps, and is its Trio face.
 
-Every action is performed synchronously, in the machine's order, by `_do`: a CONTROL
-message is submitted to its link (`Link.submit`; the pump keeps submission order: the
-FIFO order the switch rule relies on) and its outcome is awaited aside; a link epoch
-switch is applied with `Link.set_epoch` (records carry the epoch both ends committed);
-an application frame is submitted by `send` the moment the machine lets it go (no await
-between the check and the submit) and only its outcome is awaited. So CONTROL messages,
-application frames and switches reach each link in exactly the order the machine and
-the application produced them, and nothing waits for another transfer's outcome.
-One receiver task per link feeds CONTROL deliveries to the machine and application
-deliveries to `received()`. The link's LIVE/down changes and reconnections become
-link_up/link_down through a watcher woken by the link's state-change notification
-(`Link.wait_state_change`) and, before every delivery, the same check (`_sync`), so no
-message of a new link session is taken under the old session's state. The durable
-record lives in `state_dir/epoch.json` (FileStore: two slots updated in place, one
-fdatasync), written synchronously before any later action (a worker thread was tried
-and was slower under load: docs/convergence.md §11.4); of several consecutive records
-only the last is written. The checkpoint of e+1 is written by the `checkpoint` callback.
+The runner takes every event of the node's link pumps itself: a wave's legs (OFFERED,
+REFLECTED, CONTROL deliveries and outcomes, link up/down) go to the C machine
+(csrc/epoch.c, the twin of oae.epoch.machine), whose actions it performs at once, in
+order (gate calls, CONTROL offers, the binary record written and fdatasync'ed before any
+later action, link epochs), so a leg never waits for Python. What Python needs comes
+back through the runner's event fd: each link's own events (LINK_UP/DOWN, application
+deliveries and outcomes) for its Link object (`Link.take_event`: its state, `received()`
+and `wait_outcomes` work as usual), and the epoch events (proposal answers, captures,
+decisions, Conv, commits). The links must be opened with `gates` and `external_events`
+(the runner, not the Link, reads their pumps).
+
+Application frames go out through the runner (`send`), which tags each with the epoch
+of its link end (4 bytes, big-endian) or holds it while that end is changing epoch; a
+delivered frame whose tag is not the epoch of its link end is dropped by the runner and
+counted (`mixed_app_frames`), so `received()` hands over only frames of the right epoch,
+tag removed. The durable record lives in `state_dir/epoch.json` (oae.epoch.durable's
+FileStore layout, the binary record), written by the runner; a record of an older layout
+is read here once and rewritten by the runner's first write.
 """
 
 from __future__ import annotations
 
 import math
-from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+import os
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import trio
 
+from oae._pump import ffi, lib
+from oae.epoch.cmachine import machine_status, raise_for
 from oae.epoch.durable import FileStore
-from oae.epoch.machine import (
-    Action,
-    Capture,
-    Converged,
-    Decided,
-    Discard,
-    EpochMachine,
-    LinkEpoch,
-    Persist,
-    Offer as Send,
-)
 from oae.epoch.messages import Wave
+from oae.errors import OaeError, UsageError
+from oae.runtime.link import Link, Message, Outcome, pack_payloads, unwrap_single
 
 Checkpoint = Callable[[Wave], Awaitable[bool]]
-CONTROL_LOG = 1 << 16  # CONTROL sends and deliveries kept for measurement
+EVENT_BATCH = 1024
+TAG_LEN = 4
+PAYLOAD_MAX = 16 - TAG_LEN
 
 
-async def _no_checkpoint(wave: Wave) -> bool:
-    return True
+class EpochNodeError(OaeError):
+    """The epoch runner stopped: its record could not be written, or the machine failed."""
+
+
+def _wave(w: Any) -> Wave:
+    return Wave(w.epoch, w.attempt, w.initiator)
 
 
 class EpochNode:
     """One node's epoch layer over runtime links keyed by the neighbour's node id.
 
-    `checkpoint(wave)` writes this node's state for `wave.epoch` and returns whether it
-    succeeded; a capture of a wave that later aborts is never referred to again (the
-    committed wave in epoch.json names the checkpoint that counts).
+    `checkpoint(wave)`, if given, writes this node's state for `wave.epoch` and returns
+    whether it succeeded; it is called at the capture (the runner holds the wave until it
+    answers). Without it a capture counts as written at once. A capture of a wave that
+    later aborts is never referred to again (the committed wave in epoch.json names the
+    checkpoint that counts).
 
-    With `tag_epochs`, `send` prefixes every application payload with the sender's epoch
-    (4 bytes, big-endian: the tag the link end uses at that moment) and every delivered
-    one is compared, at delivery, with this node's committed epoch: a mismatch is counted
-    in `mixed_app_frames`. The record epoch the engine checks is not surfaced to Python,
-    so this makes the contract's "no mixed-epoch frame" measurable end to end."""
+    Instants (`proposed_at`, `decided_at`, `converged_at`, per wave) are trio.current_time()
+    of the runner's step that proposed, decided or reported Conv: convergence measured
+    where it happens, not by whoever asks."""
 
     def __init__(
         self,
         node_id: int,
-        links: Mapping[int, Any],
+        links: Mapping[int, Link],
         state_dir: str | Path,
-        checkpoint: Checkpoint = _no_checkpoint,
-        tag_epochs: bool = False,
+        checkpoint: Checkpoint | None = None,
     ) -> None:
-        self.links = dict(links)
+        self.node_id = node_id
+        self.links = dict(sorted(links.items()))
+        for n, link in self.links.items():
+            if not (link.options.gates and link.options.external_events):
+                raise UsageError(
+                    f"link to {n}: an epoch node's links are opened with gates and "
+                    "external_events (LinkOptions)"
+                )
+        try:
+            Path(state_dir).mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise UsageError(f"state dir {state_dir}: {exc.strerror}") from None
         self.store = FileStore(Path(state_dir) / "epoch.json")
-        self.machine = EpochMachine(node_id, list(self.links), self.store.load())
+        record = self.store.load()
+        named = {record.tree_parent, record.prepared_parent} - {None}
+        missing = (named | record.tree_children | record.prepared_children) - set(self.links)
+        if missing:
+            raise UsageError(
+                f"{self.store.path}: the epoch record names link(s) {sorted(missing)}, "
+                f"which this node does not have (links: {sorted(self.links)})"
+            )
         self.checkpoint = checkpoint
-        self.tag_epochs = tag_epochs
         self.app_received = 0
-        self.mixed_app_frames = 0
-        self.persists = 0  # epoch records written (consecutive ones count once)
         self.decided: dict[Wave, bool] = {}
-        self.transfer_s: list[float] = []  # CONTROL transfer latencies (submit -> outcome)
-        # (sent, neighbour, payload, trio time) of CONTROL messages, submitted here (sent)
-        # or handed over by the link (not sent): the one-way delivery is measured from it
-        self.control_log: deque[tuple[bool, int, bytes, float]] = deque(maxlen=CONTROL_LOG)
         self.converged: set[Wave] = set()
+        self.proposed_at: dict[Wave, float] = {}
+        self.decided_at: dict[Wave, float] = {}
+        self.converged_at: dict[Wave, float] = {}
+        self._epoch = record.epoch
+        data = record.to_bytes()
+        err = ffi.new("int *")
+        ids = list(self.links)
+        run = lib.oae_epochrun_new(
+            node_id,
+            ffi.new("uint32_t[]", ids or [0]),
+            ffi.new("oae_pump *[]", [link.pump for link in self.links.values()] or [ffi.NULL]),
+            len(ids),
+            data,
+            len(data),
+            str(self.store.path).encode(),
+            lib.OAE_EPOCHRUN_CHECKPOINT if checkpoint is not None else 0,
+            err,
+        )
+        if run == ffi.NULL:
+            if err[0] < 0 and err[0] not in range(lib.OAE_EPOCH_ERECORD, 0):
+                raise OSError(-err[0], f"epoch runner of node {node_id}")
+            raise_for(err[0], f"node {node_id}")
+        self._run = ffi.gc(run, lib.oae_epochrun_free)
+        for link in self.links.values():
+            if link.up:
+                # An earlier node ran on this link session: its wave transfers end with
+                # a round, and this machine starts from the next LINK_UP.
+                link.reset()
         self._changed: trio.Event | None = None  # created only when someone waits
-        self._inbox_send, self._inbox = trio.open_memory_channel[tuple[int, bytes]](math.inf)
+        self._committed: trio.Event | None = None  # likewise, set when the epoch moves
+        self._proposals: dict[int, tuple[trio.Event, list[tuple[int, Wave | None]]]] = {}
+        self._next_request = 1
+        self._error: EpochNodeError | None = None
+        self._inbox_send, self._inbox = trio.open_memory_channel[tuple[int, Message]](math.inf)
         self._nursery: trio.Nursery | None = None
-        self._ups = {n: -1 for n in links}  # the link's up counter at our last link_up
 
     # ------------------------------------------------------------ application API
     async def propose(self) -> Wave | None:
         """Start a transition to epoch+1 from this node (None: already in one)."""
-        wave, actions = self.machine.propose()
-        self._do(actions)
+        request = self._next_request
+        self._next_request += 1
+        done, answer = trio.Event(), []
+        self._proposals[request] = (done, answer)
+        self._check(lib.oae_epochrun_propose(self._run, request))
+        while not done.is_set():
+            self._raise_if_failed()
+            await self.wait_change()
+        info, wave = answer[0]
+        if info:
+            raise_for(info, "propose")
         return wave
 
+    @property
+    def epoch(self) -> int:
+        """The committed epoch (durable)."""
+        return self._epoch
+
+    def outcome(self, wave: Wave) -> bool | None:
+        """True once `wave` (initiated here, by this or an earlier process) is known
+        converged here, False once it is known aborted (decided here, in the durable
+        aborted set, or its epoch taken by another wave), None while undecided."""
+        if wave in self.converged:
+            return True
+        if self.decided.get(wave) is False:
+            return False
+        m = lib.oae_epochrun_lock(self._run)
+        try:
+            r = lib.oae_epoch_record_get(m)
+            committed = _wave(r.committed)
+            aborted = {_wave(r.aborted[i]) for i in range(r.n_aborted)}
+        finally:
+            lib.oae_epochrun_unlock(self._run)
+        if wave in aborted or (committed.epoch >= wave.epoch and committed != wave):
+            return False
+        return None
+
+    def ready(self) -> bool:
+        """Every link LIVE and told this node its peer's committed epoch."""
+        return bool(lib.oae_epochrun_ready(self._run))
+
     async def wait_ready(self) -> None:
-        """Wait until every link is LIVE and has told this node its peer's epoch (a
-        proposal made earlier aborts on the links that are not)."""
-        while not all(ls.up and ls.heard is not None for ls in self.machine.links.values()):
-            await self._wait_change()
+        """Wait until `ready()` (a proposal made earlier aborts on the links that are not)."""
+        while not self.ready():
+            await self.wait_change()
 
     async def wait_outcome(self, wave: Wave) -> bool:
         """Wait until `wave` (initiated here) is decided and, if committed, converged."""
-        while not (wave in self.converged or self.decided.get(wave) is False):
-            await self._wait_change()
-        return wave in self.converged
+        while (result := self.outcome(wave)) is None:
+            await self.wait_change()
+        return result
 
-    async def send(self, neighbour: int, payload: bytes) -> Any:
-        """Send an application frame and return its outcome; held while the link is
-        changing epoch. The frame is submitted as soon as the machine lets it go, in
-        order with this link's CONTROL messages and switches."""
-        while (epoch := self.machine.send_epoch(neighbour)) is None:
-            await self._wait_change()
-        if self.tag_epochs:
-            payload = epoch.to_bytes(4, "big") + payload
-        link = self.links[neighbour]
-        return (await link.wait_outcomes(link.submit([payload])))[0]
+    async def wait_epoch(self, epoch: int) -> None:
+        """Wait until this node has committed `epoch` (or a later one); woken only when
+        the committed epoch moves, not at every step."""
+        while self._epoch < epoch:
+            self._raise_if_failed()
+            if self._committed is None:
+                self._committed = trio.Event()
+            await self._committed.wait()
 
-    def received(self) -> trio.MemoryReceiveChannel[tuple[int, bytes]]:
-        """(neighbour, payload) of application frames, in order per link."""
-        return self._inbox
-
-    # ------------------------------------------------------------ plumbing
-    async def _wait_change(self) -> None:
+    async def wait_change(self) -> None:
+        """Wait until the runner's next step (any event, any action)."""
+        self._raise_if_failed()
         if self._changed is None:
             self._changed = trio.Event()
         await self._changed.wait()
+
+    def send_epoch(self, neighbour: int) -> int | None:
+        """The tag application frames to `neighbour` carry now (None: held)."""
+        m = lib.oae_epochrun_lock(self._run)
+        try:
+            e = lib.oae_epoch_send_epoch(m, neighbour)
+        finally:
+            lib.oae_epochrun_unlock(self._run)
+        return None if e < 0 else e
+
+    async def send(self, neighbour: int, payload: bytes) -> Outcome:
+        """Send an application frame (at most 12 bytes) and return its outcome; held
+        while the link is changing epoch."""
+        return (await self.send_many(neighbour, [payload]))[0]
+
+    async def send_many(self, neighbour: int, payloads: Sequence[bytes]) -> list[Outcome]:
+        """Send application frames in order and return their outcomes: held while the
+        link is changing epoch, then all submitted at once, tagged with the same epoch,
+        so the link keeps its window full."""
+        link = self.links.get(neighbour)
+        if link is None:
+            raise UsageError(f"node {self.node_id} has no link to {neighbour}")
+        if not payloads:
+            return []
+        buf, lens = pack_payloads(payloads, PAYLOAD_MAX, "an epoch-tagged frame")
+        n = len(payloads)
+        while True:
+            batch = link.reserve(n)
+            tag = lib.oae_epochrun_send(
+                self._run, neighbour, ffi.from_buffer(buf), ffi.from_buffer(lens), n, batch.base
+            )
+            if tag >= 0:
+                return await link.wait_outcomes(batch)
+            link.unreserve(batch)
+            if tag != lib.OAE_EPOCHRUN_HELD:
+                self._raise_if_failed()
+                raise MemoryError("epoch runner: out of memory queueing transfers")
+            await self.wait_change()
+
+    def received(self) -> trio.MemoryReceiveChannel[tuple[int, Message]]:
+        """(neighbour, message) of application frames, in order per link, each tagged
+        with the epoch of its link end (tag removed)."""
+        return self._inbox
+
+    def counters(self) -> dict[str, int]:
+        """What this node counted: application frames received, and refused as
+        mixed-epoch (`mixed_app_frames`: tag not the link end's epoch, or no tag;
+        `mixed_frames`: the machine's own count of the first kind), undecodable CONTROL
+        messages, epoch records written, waves decided/converged here."""
+        st = self.stats()
+        m = lib.oae_epochrun_lock(self._run)
+        try:
+            ctr = ffi.new("oae_epoch_counters *")
+            lib.oae_epoch_counters_get(m, ctr)
+        finally:
+            lib.oae_epochrun_unlock(self._run)
+        return {
+            "app_received": self.app_received,
+            "mixed_app_frames": st["mixed_frames"],
+            "mixed_frames": ctr.mixed_frames,
+            "bad_messages": ctr.bad_messages,
+            "persists": st["persists"],
+            "committed": sum(self.decided.values()),
+            "aborted": sum(not ok for ok in self.decided.values()),
+            "converged": len(self.converged),
+        }
+
+    def stats(self) -> dict[str, int]:
+        """The runner's counters (csrc/epochrun.h oae_epochrun_stats)."""
+        st = ffi.new("oae_epochrun_stats *")
+        lib.oae_epochrun_stats_get(self._run, st)
+        return {name: getattr(st, name) for name in dir(st)}
+
+    def status(self) -> dict[str, Any]:
+        """JSON-ready: oae.epoch.machine's status snapshot (committed and prepared waves,
+        the wave in progress, deferred waves, per link up/heard/epoch/send_epoch), the
+        last wave initiated here known converged, and the counters."""
+        m = lib.oae_epochrun_lock(self._run)
+        try:
+            st = machine_status(ffi, lib, m, self.node_id)
+        finally:
+            lib.oae_epochrun_unlock(self._run)
+        conv = max(self.converged, default=None)
+        st["converged"] = None if conv is None else [conv.epoch, conv.attempt, conv.initiator]
+        st["counters"] = self.counters()
+        return st
+
+    # ------------------------------------------------------------ plumbing
+    def _check(self, rc: int) -> None:
+        if rc == lib.OAE_EPOCHRUN_STOPPED:
+            self._raise_if_failed()
+            raise EpochNodeError(f"epoch node {self.node_id}: the runner has stopped")
+        if rc < 0:
+            raise OSError(-rc, "epoch runner command")
+
+    def _raise_if_failed(self) -> None:
+        if self._error is not None:
+            raise self._error
 
     def _notify(self) -> None:
         if self._changed is not None:
             self._changed.set()
             self._changed = None
 
-    def _do(self, actions: list[Action]) -> None:
-        """Perform `actions` in order, synchronously: each Send and LinkEpoch reaches its
-        link (Link.submit / Link.set_epoch) in the machine's order, and a Persist is
-        durable before any later action. Of consecutive Persists (nothing in between but
-        no-op Discards) only the last record is written: records only move forward, and
-        nothing that depends on the earlier ones happens before it is durable."""
-        last = len(actions) - 1
-        for i, a in enumerate(actions):
-            if isinstance(a, Send):
-                link = self.links[a.link]
-                batch = link.submit([a.payload], control=True)
-                assert self._nursery is not None and batch is not None
-                t0 = trio.current_time()
-                self.control_log.append((True, a.link, a.payload, t0))
-                self._nursery.start_soon(self._control_outcome, a.link, a.payload, batch, t0)
-            elif isinstance(a, Persist):
-                j = i + 1
-                while j <= last and isinstance(actions[j], Discard):
-                    j += 1
-                if j <= last and isinstance(actions[j], Persist):
-                    continue  # a later record in this run supersedes it
-                self.store.write(a.record)  # durable before any later action
-                self.persists += 1
-            elif isinstance(a, Capture):
-                assert self._nursery is not None
-                self._nursery.start_soon(self._write_checkpoint, a.wave)
-            elif isinstance(a, LinkEpoch):
-                self.links[a.link].set_epoch(a.epoch)
-            elif isinstance(a, Decided):
-                self.decided[a.wave] = a.committed
-            elif isinstance(a, Converged):
-                self.converged.add(a.wave)
-        self._notify()
+    async def _dispatch(self) -> None:
+        """Take the runner's events in batches and apply them in order."""
+        buf = ffi.new("oae_epochrun_event[]", EVENT_BATCH)
+        efd = lib.oae_epochrun_event_fd(self._run)
+        offset = trio.current_time() - time.monotonic()  # oae_now_ns is CLOCK_MONOTONIC
+        while True:
+            await trio.lowlevel.wait_readable(efd)
+            while n := lib.oae_epochrun_events(self._run, buf, EVENT_BATCH):
+                for i in range(n):
+                    self._on_event(buf[i], buf[i].at_ns * 1e-9 + offset)
+                self._notify()
+                if n < EVENT_BATCH:
+                    break
+
+    def _on_event(self, ev: Any, at: float) -> None:
+        t = ev.type
+        if t == lib.OAE_ER_LINK:
+            self.links[ev.link].take_event(ev.pe, at)
+        elif t == lib.OAE_ER_PROPOSED:
+            done, answer = self._proposals.pop(ev.request)
+            wave = _wave(ev.wave) if ev.ok else None
+            answer.append((ev.info, wave))
+            if wave is not None:
+                self.proposed_at[wave] = at
+            done.set()
+        elif t == lib.OAE_ER_CAPTURE:
+            assert self._nursery is not None
+            self._nursery.start_soon(self._write_checkpoint, _wave(ev.wave))
+        elif t == lib.OAE_ER_DECIDED:
+            self.decided[_wave(ev.wave)] = bool(ev.ok)
+            self.decided_at[_wave(ev.wave)] = at
+        elif t == lib.OAE_ER_CONVERGED:
+            self.converged.add(_wave(ev.wave))
+            self.converged_at[_wave(ev.wave)] = at
+        elif t == lib.OAE_ER_EPOCH:
+            self._epoch = ev.wave.epoch
+            if self._committed is not None:
+                self._committed.set()
+                self._committed = None
+        elif t == lib.OAE_ER_FAILED:
+            why = (
+                f"its record could not be written: {os.strerror(-ev.info)}"
+                if ev.ok
+                else f"the epoch machine failed ({ev.info}, csrc/epoch.h)"
+            )
+            self._error = EpochNodeError(f"epoch node {self.node_id} stopped: {why}")
+            if self._committed is not None:
+                self._committed.set()
+            raise self._error
+        # OAE_ER_DISCARD: nothing was captured outside the checkpoint callback;
+        # OAE_ER_CHANGED: _notify below wakes every waiter
 
     async def _write_checkpoint(self, wave: Wave) -> None:
+        assert self.checkpoint is not None
         ok = await self.checkpoint(wave)
-        self._do(self.machine.checkpoint_written(wave, ok))
-
-    async def _control_outcome(self, n: int, payload: bytes, batch: Any, t0: float) -> None:
-        """Wait for a CONTROL transfer's outcome (submitted at `t0`); an abort goes to
-        the machine."""
-        outcomes = await self.links[n].wait_outcomes(batch)
-        self.transfer_s.append(trio.current_time() - t0)
-        if outcomes and not outcomes[0].committed:
-            self._do(self.machine.transfer_aborted(n, payload))
+        w = ffi.new("oae_epoch_wave *", (wave.epoch, wave.attempt, wave.initiator))
+        self._check(lib.oae_epochrun_checkpoint_written(self._run, w, ok))
 
     async def _receiver(self, n: int) -> None:
         async for msg in self.links[n].received():
-            self._sync(n)
-            if msg.control:
-                self.control_log.append((False, n, msg.payload, msg.at))
-                self._do(self.machine.receive(n, msg.payload))
-            else:
-                # The engine already refused offers tagged with another epoch.
-                if self.tag_epochs:
-                    self.app_received += 1
-                    if int.from_bytes(msg.payload[:4], "big") != self.machine.epoch:
-                        self.mixed_app_frames += 1
-                self._inbox_send.send_nowait((n, msg.payload))
+            self.app_received += 1
+            self._inbox_send.send_nowait((n, replace(msg, payload=msg.payload[TAG_LEN:])))
 
-    def _sync(self, n: int) -> None:
-        """Bring the machine's view of link n in line with the runtime's: down, up, or a
-        reconnection (the link's up counter moved) as a down and an up. Called by the
-        watcher on every state change of the link, and before every delivery, so no
-        message of a new session is taken under the old session's state."""
-        link, ls = self.links[n], self.machine.links[n]
-        count = link.counters["links_up"]
-        if ls.up and (not link.up or count != self._ups[n]):
-            self._do(self.machine.link_down(n))
-        if link.up and not ls.up:
-            self._ups[n] = count
-            self._do(self.machine.link_up(n))
+    async def _runner(self) -> None:
+        rc = await trio.to_thread.run_sync(
+            lib.oae_epochrun_run, self._run, limiter=trio.CapacityLimiter(1)
+        )
+        if rc and self._error is None:
+            self._error = EpochNodeError(f"epoch node {self.node_id}: the runner stopped ({rc})")
 
-    async def _watch(self, n: int) -> None:
-        link = self.links[n]
-        while True:
-            self._sync(n)
-            # No checkpoint between _sync and here: a change after it wakes this wait.
-            await link.wait_state_change()
+    async def _stopper(self) -> None:
+        try:
+            await trio.sleep_forever()
+        finally:
+            lib.oae_epochrun_stop(self._run)
 
 
 @asynccontextmanager
 async def open_epoch_node(
     node_id: int,
-    links: Mapping[int, Any],
+    links: Mapping[int, Link],
     state_dir: str | Path,
-    checkpoint: Checkpoint = _no_checkpoint,
-    tag_epochs: bool = False,
+    checkpoint: Checkpoint | None = None,
 ) -> AsyncIterator[EpochNode]:
-    """Run an EpochNode over open runtime links until the block exits."""
-    node = EpochNode(node_id, links, state_dir, checkpoint, tag_epochs=tag_epochs)
-    async with trio.open_nursery() as nursery:
-        node._nursery = nursery
-        for link in node.links.values():
-            link.set_epoch(node.machine.epoch)
-        node._do(node.machine.start())
-        for n in node.links:
-            nursery.start_soon(node._receiver, n)
-            nursery.start_soon(node._watch, n)
-        try:
-            yield node
-        finally:
-            nursery.cancel_scope.cancel()
+    """Run an EpochNode over open runtime links (opened with gates and external_events)
+    until the block exits; the runner thread is stopped before it returns."""
+    node = EpochNode(node_id, links, state_dir, checkpoint)
+    with unwrap_single():
+        async with trio.open_nursery() as nursery:
+            node._nursery = nursery
+            nursery.start_soon(node._stopper)
+            nursery.start_soon(node._runner)
+            nursery.start_soon(node._dispatch)
+            for n in node.links:
+                nursery.start_soon(node._receiver, n)
+            try:
+                yield node
+            finally:
+                nursery.cancel_scope.cancel()

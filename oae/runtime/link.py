@@ -104,6 +104,9 @@ class LinkOptions:
     quiet: bool = False
     # the application holds, reports and commits CONTROL transfers (docs/protocol.md 7.11)
     gates: bool = False
+    # another consumer takes the pump's events (the node's epoch runner, csrc/epochrun.c)
+    # and hands this link its own ones (`take_event`); the link does not read them itself
+    external_events: bool = False
 
     def __post_init__(self) -> None:
         if isinstance(self.rto, _AutoRto) and isinstance(self.idle, (int, float)):
@@ -260,32 +263,33 @@ class Link:
         self._raise_if_broken()
         if gated and not (control and self.options.gates):
             raise UsageError("a gated transfer must be CONTROL, on a link opened with gates")
-        n = len(payloads)
-        if n == 0:
+        if not payloads:
             return None
-        buf = bytearray(n * PAYLOAD_MAX)
-        lens = bytearray(n)
-        for i, p in enumerate(payloads):
-            if len(p) > PAYLOAD_MAX:
-                raise UsageError(
-                    f"payload of {len(p)} bytes: wire v1 carries at most {PAYLOAD_MAX} bytes "
-                    "per transfer"
-                )
-            buf[i * PAYLOAD_MAX : i * PAYLOAD_MAX + len(p)] = p
-            lens[i] = len(p)
+        buf, lens = pack_payloads(payloads)
+        batch = self.reserve(len(payloads))
+        flags = (lib.OAE_F_CONTROL if control else 0) | (lib.OAE_OFFER_GATED if gated else 0)
+        rc = lib.oae_pump_submit(self._pump, ffi.from_buffer(buf), ffi.from_buffer(lens),
+                                 len(payloads), flags, batch.base)  # fmt: skip
+        if rc < 0:
+            self.unreserve(batch)
+            raise MemoryError("oae pump: out of memory queueing transfers")
+        return batch
+
+    def reserve(self, n: int) -> _Batch:
+        """The batch (cookies batch.base ...) for n transfers that another submitter (the
+        epoch runner) queues on this link's pump; their outcomes come back to this link
+        through `take_event`, and `wait_outcomes(batch)` waits for them."""
         base = self._next_cookie
         self._next_cookie += n
         batch = _Batch(base, [None] * n, n)
         for i in range(n):
             self._batches[base + i] = batch
-        flags = (lib.OAE_F_CONTROL if control else 0) | (lib.OAE_OFFER_GATED if gated else 0)
-        rc = lib.oae_pump_submit(self._pump, ffi.from_buffer(buf), ffi.from_buffer(lens), n,
-                                 flags, base)  # fmt: skip
-        if rc < 0:
-            for i in range(n):
-                self._batches.pop(base + i, None)
-            raise MemoryError("oae pump: out of memory queueing transfers")
         return batch
+
+    def unreserve(self, batch: _Batch) -> None:
+        """Forget a reserved batch that was not submitted after all."""
+        for i in range(len(batch.results)):
+            self._batches.pop(batch.base + i, None)
 
     async def received(self) -> AsyncIterator[Message]:
         """Messages delivered to this end, in order, each exactly once. Each message is
@@ -401,6 +405,17 @@ class Link:
 
     # ---- internals -------------------------------------------------------------------
 
+    @property
+    def pump(self) -> Any:
+        """The pump (cffi `oae_pump *`), for a consumer of its events (external_events)."""
+        return self._pump
+
+    def take_event(self, pe: Any, at: float) -> None:
+        """With `external_events`: one of this link's own pump events (LINK_UP/DOWN,
+        application deliveries and outcomes, a pump error), handed over by the consumer
+        at trio time `at`, in the pump's order."""
+        self._on_event(pe, at)
+
     def _raise_if_broken(self) -> None:
         if self._error is not None:
             raise self._error
@@ -504,6 +519,23 @@ def unwrap_single() -> Iterator[None]:
         raise
 
 
+def pack_payloads(
+    payloads: Sequence[bytes], limit: int = PAYLOAD_MAX, what: str = "wire v1"
+) -> tuple[bytearray, bytearray]:
+    """Payloads as the pump takes them: one 16-byte slot each, and their lengths; a
+    payload longer than `limit` is a UsageError naming `what` sets the limit."""
+    buf = bytearray(len(payloads) * PAYLOAD_MAX)
+    lens = bytearray(len(payloads))
+    for i, p in enumerate(payloads):
+        if len(p) > limit:
+            raise UsageError(
+                f"payload of {len(p)} bytes: {what} carries at most {limit} bytes per transfer"
+            )
+        buf[i * PAYLOAD_MAX : i * PAYLOAD_MAX + len(p)] = p
+        lens[i] = len(p)
+    return buf, lens
+
+
 def _key_bytes(key: bytes | None) -> bytes | None:
     if key is not None and len(key) != KEY_LEN:
         raise UsageError(f"link key of {len(key)} bytes: must be exactly {KEY_LEN} bytes")
@@ -599,7 +631,8 @@ async def open_link(
                     async with trio.open_nursery() as nursery:
                         nursery.start_soon(link._stopper)
                         nursery.start_soon(link._run_pump)
-                        nursery.start_soon(link._dispatch)
+                        if not opts.external_events:
+                            nursery.start_soon(link._dispatch)
                         try:
                             yield link
                         finally:

@@ -1,0 +1,129 @@
+/* oae epoch runner: a node's epoch layer run by one C thread, so that a wave's leg is
+ * decided, made durable and answered without a trip through Python (docs/convergence.md
+ * §11).  It is a client of the pumps' public API (pump.h) exactly as the Python runtime is:
+ * it waits (ppoll) on every link pump's event fd and a command eventfd, takes the pumps'
+ * events, feeds the CONTROL ones and the link changes to the epoch machine (epoch.h) and
+ * performs its actions in order: Offer -> oae_pump_submit (gated flag), Hold/Refuse/
+ * Commit/Report/Reset -> the pump's gate calls, Persist -> the binary record written to
+ * the node's slot file and fdatasync'ed in this thread before any later action, LinkEpoch
+ * -> oae_pump_set_epoch, Capture -> checkpoint_written at once (or, with
+ * OAE_EPOCHRUN_CHECKPOINT, handed to the application, whose answer comes back as a
+ * command), Decided/Converged -> events with their oae_now_ns instants.
+ *
+ * Everything else a link produces (LINK_UP/DOWN, application deliveries and outcomes,
+ * errors) is re-published unchanged, with the link's id, for the application's Link
+ * object (the Link must not take its pump's events itself).  Application frames go out
+ * through oae_epochrun_send, which tags them with the link end's epoch (4 bytes,
+ * big-endian) under the runner's lock; a delivered frame whose tag is not the epoch of
+ * its link end is counted and dropped here (released to the engine), never re-published.
+ *
+ * Locking: one mutex guards the machine, the command queue and the event ring.  The
+ * runner holds it while it feeds the machine and performs actions, except during a
+ * record's fdatasync, when `stepping` makes oae_epochrun_send answer "held" (a frame must
+ * not leave under an epoch whose record is not durable yet).  Lock order: runner, then a
+ * pump's own mutex (inside the pump calls). */
+#ifndef OAE_EPOCHRUN_H
+#define OAE_EPOCHRUN_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "epoch.h"
+#include "pump.h"
+
+/* cdef-begin */
+#define OAE_EPOCHRUN_CHECKPOINT 1 /* Capture waits for oae_epochrun_checkpoint_written */
+#define OAE_EPOCHRUN_TAG_LEN 4    /* the epoch tag in front of every application payload */
+
+/* event types */
+enum {
+    OAE_ER_LINK = 1,      /* pe: an event of link `link` for its Link object */
+    OAE_ER_PROPOSED = 2,  /* answer to oae_epochrun_propose(request): ok = a wave started */
+    OAE_ER_CAPTURE = 3,   /* wave: snapshot the application state now (checkpoint flag) */
+    OAE_ER_DISCARD = 4,   /* wave: its capture is void (the wave aborted) */
+    OAE_ER_DECIDED = 5,   /* wave, ok = committed (at the initiator) */
+    OAE_ER_CONVERGED = 6, /* wave: Conv known (at the initiator) */
+    OAE_ER_EPOCH = 7,     /* wave: this node committed it (durably) */
+    OAE_ER_CHANGED = 8,   /* the machine moved: held sends may go, status and readiness too */
+    OAE_ER_FAILED = 9     /* the runner stopped: info the machine's OAE_EPOCH_E* (ok = 0), or
+                             -errno of the record store, a pump or ppoll (ok = 1) */
+};
+
+/* oae_epochrun_send's answers besides the tag */
+enum {
+    OAE_EPOCHRUN_HELD = -1,    /* not now: the link end is changing epoch (wait for CHANGED) */
+    OAE_EPOCHRUN_NOLINK = -2,  /* not a neighbour */
+    OAE_EPOCHRUN_TOOLONG = -3, /* payload longer than 16 - OAE_EPOCHRUN_TAG_LEN */
+    OAE_EPOCHRUN_STOPPED = -4  /* the runner failed or stopped */
+};
+
+typedef struct oae_epochrun_event {
+    uint8_t type;      /* OAE_ER_* */
+    uint8_t ok;
+    uint32_t link;     /* the neighbour's id (OAE_ER_LINK) */
+    int32_t info;
+    uint64_t request;  /* OAE_ER_PROPOSED */
+    uint64_t at_ns;    /* oae_now_ns() when it happened */
+    oae_epoch_wave wave;
+    oae_pump_event pe; /* OAE_ER_LINK */
+} oae_epochrun_event;
+
+typedef struct oae_epochrun_stats {
+    uint64_t steps;        /* machine inputs */
+    uint64_t actions;      /* actions performed */
+    uint64_t persists;     /* records written (a record followed by a newer one with no
+                              link action between them is not written) */
+    uint64_t persist_ns;   /* time in those writes (pwrite + fdatasync) */
+    uint64_t control_in;   /* CONTROL events taken (offered, reflected, delivered, outcomes) */
+    uint64_t app_frames;   /* application frames delivered and re-published */
+    uint64_t mixed_frames; /* application frames dropped: tag not the link end's epoch */
+    uint64_t app_sent;     /* application frames sent through oae_epochrun_send */
+    uint64_t held_sends;   /* oae_epochrun_send answers HELD */
+    uint64_t wakeups;
+    uint64_t cpu_ns;       /* CPU time of the runner thread so far */
+} oae_epochrun_stats;
+
+typedef struct oae_epochrun oae_epochrun;
+
+/* A runner for node_id over n links (neighbour ids[i] on pumps[i], pumps opened with
+ * gates and not consumed by anyone else), starting from `record` (the binary record,
+ * len bytes; NULL for genesis), which it keeps in the slot file at record_path (the
+ * layout of oae/epoch/durable.py's SlotFile; created on the first write if missing).
+ * NULL with *err: an OAE_EPOCH_E* of the machine, or -errno. */
+oae_epochrun *oae_epochrun_new(uint32_t node_id, const uint32_t *ids, oae_pump *const *pumps,
+                               size_t n, const uint8_t *record, size_t len,
+                               const char *record_path, int flags, int *err);
+/* Free a runner whose thread has returned (the pumps are the caller's). */
+void oae_epochrun_free(oae_epochrun *r);
+/* The thread: start the machine, then serve until oae_epochrun_stop.  Returns 0, or the
+ * error that stopped it (also published as OAE_ER_FAILED). */
+int oae_epochrun_run(oae_epochrun *r);
+void oae_epochrun_stop(oae_epochrun *r);
+/* Readable while events wait for oae_epochrun_events. */
+int oae_epochrun_event_fd(const oae_epochrun *r);
+size_t oae_epochrun_events(oae_epochrun *r, oae_epochrun_event *out, size_t max);
+
+/* Commands (answered through events). */
+int oae_epochrun_propose(oae_epochrun *r, uint64_t request);
+int oae_epochrun_checkpoint_written(oae_epochrun *r, const oae_epoch_wave *wave, int ok);
+/* Send n application payloads (lens[i] bytes at payloads + 16 * i) to `link`, cookies
+ * cookie0, cookie0 + 1, ..., each tagged with the link end's epoch: returns the tag, or
+ * OAE_EPOCHRUN_HELD / NOLINK / TOOLONG / STOPPED (nothing sent), or -ENOMEM. */
+int64_t oae_epochrun_send(oae_epochrun *r, uint32_t link, const uint8_t *payloads,
+                          const uint8_t *lens, size_t n, uint64_t cookie0);
+
+/* Queries.  lock/unlock bracket reads of the machine (oae_epoch_* queries) from another
+ * thread; the runner never holds the lock across a disk write. */
+const oae_epoch *oae_epochrun_lock(oae_epochrun *r);
+void oae_epochrun_unlock(oae_epochrun *r);
+/* 1 when every link is up and has told this node its committed epoch */
+int oae_epochrun_ready(oae_epochrun *r);
+void oae_epochrun_stats_get(oae_epochrun *r, oae_epochrun_stats *out);
+
+/* The slot file the runner keeps its record in, for tests and tools: write `len` bytes
+ * as the newest record of the file at path (two slots, one fdatasync; created if
+ * missing or not of this layout).  0 or -errno. */
+int oae_slotfile_store(const char *path, const uint8_t *payload, size_t len);
+/* cdef-end */
+
+#endif
