@@ -19,6 +19,7 @@ SUBCOMMANDS: list[str] = [
     "oae.demo",
     "oae.bench.cli",
     "oae.runtime.cli",
+    "oae.epoch.cli",
     "oae.testbed.cli",
     "oae.capture",
     "oae.decode",

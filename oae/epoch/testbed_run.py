@@ -28,9 +28,7 @@ algorithm's own restore rule, and one after it.
 
 from __future__ import annotations
 
-import json
 import math
-import os
 import random
 import struct
 import sys
@@ -46,6 +44,7 @@ import trio
 from oae.epoch.baselines import TwoPC, restore_2pc
 from oae.epoch.converge import quantile
 from oae.epoch.durable import DurableRecord, FileStore
+from oae.epoch.layers import read_clock_epoch, transition_timeout, write_clock_epoch
 from oae.epoch.messages import Wave
 from oae.epoch.node import EpochNode, open_epoch_node
 from oae.epoch.sim import NetParams, Topology
@@ -53,18 +52,6 @@ from oae.epoch.twopc_testbed import TwoPCNet, TwoPCNode, default_timers, load_st
 from oae.errors import OaeError, UsageError
 from oae.runtime.link import LinkError, LinkOptions, open_link
 from oae.testbed.manager import Testbed
-
-TRANSITION_TIMEOUT = 30.0  # per wait of a transition; 2 s per hop of diameter if longer
-
-
-def transition_timeout(topo: Topology) -> float:
-    """How long a transition may wait for each of its steps (links ready, start, outcome,
-    2pc's release) before it is `stuck`: 30 s, or 2 s per hop of the diameter on larger
-    graphs (a ring of 64: 64 s; 2pc's O(nodes x diameter) relayed messages take ~20 s
-    there when others load this machine's 2 cores)."""
-    diameter = max(topo.eccentricity(v) for v in range(topo.n))
-    return max(TRANSITION_TIMEOUT, 2.0 * diameter)
-
 
 ALGORITHMS = ("bilateral", "snap-t", "rolling", "2pc")
 # Clock baselines: the transition starts, each node acts at start + LEAD + its skew (the
@@ -82,23 +69,6 @@ def testbed_topology(tb: Testbed) -> tuple[list[str], Topology]:
     index = {n: i for i, n in enumerate(names)}
     edges = tuple((index[lk["a"]], index[lk["b"]]) for lk in tb.state["links"])
     return names, Topology(tb.name, len(names), edges)
-
-
-def _write_epoch(path: Path, epoch: int) -> None:
-    """A clock baseline's durable epoch: temp file, fsync, rename (never torn)."""
-    tmp = path.with_suffix(".tmp")
-    with open(tmp, "w") as f:
-        json.dump({"epoch": epoch}, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def _read_epoch(path: Path) -> int:
-    try:
-        return int(json.loads(path.read_text())["epoch"])
-    except FileNotFoundError:
-        return 0
 
 
 class _Host:
@@ -171,7 +141,7 @@ class _Host:
                         await nursery.start(self.tpc.run)
                     else:
                         self.work.mkdir(parents=True, exist_ok=True)
-                        self.current = _read_epoch(self.epoch_file)
+                        self.current = read_clock_epoch(self.epoch_file)
                         for link in links.values():
                             if self.algorithm == "rolling":
                                 link.set_epoch(self.current)
@@ -226,15 +196,15 @@ class _Host:
                 link.set_epoch(epoch)
         else:
             await trio.sleep(persist_s)
-        if epoch > _read_epoch(self.epoch_file):
-            _write_epoch(self.epoch_file, epoch)
+        if epoch > read_clock_epoch(self.epoch_file):
+            write_clock_epoch(self.epoch_file, epoch)
 
     def durable_epoch(self) -> int:
         if self.algorithm == "bilateral":
             return FileStore(self.work / "epoch.json").load().epoch
         if self.algorithm == "2pc":
             return load_store(self.work / "2pc.json").epoch
-        return _read_epoch(self.epoch_file)
+        return read_clock_epoch(self.epoch_file)
 
     def harvest(self) -> None:
         """Keep what the current incarnation learned and counted."""
