@@ -10,10 +10,11 @@
    fails, the transfers caught in flight end committed or aborted (reversed, the payload
    handed back to the sender, never delivered) on both ends, and the link goes on.
 3. N epoch transitions with the bilateral protocol, then N with the clock-based `snap-t`
-   checkpoint, on the same links (oae.epoch.testbed_run: one node per testbed node, the
-   same seed, so the same crash draws (--crash-rate: node, instant, downtime) and probe
-   instants; a crash due while its node is still down, or after the run, does nothing,
-   so the counts can differ),
+   checkpoint, on the same links, run by `oae node --epochs` processes, one per testbed
+   node, driven through their control sockets (oae.epoch.fleet; a crash is kill -9 of a
+   node process and a restart from its state dir; the same seed, so the same crash draws
+   (--crash-rate: node, instant, downtime) and probe instants; a crash due while its node
+   is still down, or after the run, does nothing, so the counts can differ),
    with application traffic on every link, each frame tagged with its sender's epoch: a
    frame delivered into another epoch is a mixed-epoch frame, measured on real frames;
    the nodes' durable epochs are probed during and after each transition.
@@ -46,8 +47,8 @@ from typing import Any
 import trio
 
 from oae.epoch.converge import run as simulate
+from oae.epoch.fleet import run_fleet
 from oae.epoch.sim import NetParams, make_topology
-from oae.epoch.testbed_run import run_on_testbed
 from oae.errors import OaeError, UsageError
 from oae.runtime.link import Link, LinkOptions, open_link
 from oae.testbed import kernel, manager, topology
@@ -338,10 +339,11 @@ def run_demo(cfg: DemoConfig, progress: Callable[[str], None]) -> dict[str, Any]
         bridge_traffic = bridge_totals(tb)
         testbed_runs = {}
         for algo in ALGORITHMS:
-            progress(f"[demo] {algo}: {cfg.epochs} epoch transitions on the testbed's links, "
-                     f"app traffic every ~{APP_PERIOD * 1e3:g} ms per link direction")  # fmt: skip
+            progress(f"[demo] {algo}: {cfg.epochs} epoch transitions on the testbed's links "
+                     f"by {cfg.nodes} `oae node --epochs` processes, app traffic every "
+                     f"~{APP_PERIOD * 1e3:g} ms per link direction")  # fmt: skip
             testbed_runs[algo] = _run(
-                run_on_testbed, tb, cfg.epochs, cfg.seed, None, progress, cfg.crash_rate,
+                run_fleet, tb, cfg.epochs, cfg.seed, None, progress, cfg.crash_rate,
                 algorithm=algo, app_period=APP_PERIOD,
             )  # fmt: skip
         bridge_all = bridge_totals(tb)
@@ -422,7 +424,7 @@ def format_table(report: dict[str, Any]) -> str:
         ("transitions committed", lambda r: r["committed"]),
         ("aborted", lambda r: r["aborted"]),
         ("stuck", lambda r: r["stuck"]),
-        ("node crash-restarts", lambda r: r["crashes"]),
+        ("node kill -9 + restarts", lambda r: r["crashes"]),
         ("convergence median µs", lambda r: r["median_convergence_us"]),
         ("convergence p99 µs", lambda r: r["p99_convergence_us"]),
         ("link exchange µs", lambda r: r["median_link_rtt_us"]),
@@ -430,6 +432,7 @@ def format_table(report: dict[str, Any]) -> str:
         ("mixed-epoch frames", _testbed_only("mixed_epoch_frames")),
         ("mixed-epoch states", lambda r: f"{r['mixed_epoch_states']}/{r['probes']}"),
         ("inconsistent states", _inconsistent_states),
+        ("node CPU ms/transition", _testbed_only("cpu_ms_per_transition")),
     ]
     width = max(len(n) for n in names) + 2
     lines += ["", f"Epoch transitions ({cfg['epochs']} per algorithm):",
@@ -438,8 +441,10 @@ def format_table(report: dict[str, Any]) -> str:
         lines.append(f"  {label:<24}" + "".join(f"{_fmt(get(conv[n])):>{width}}" for n in names))
     lines += [
         "",
-        "  testbed: real frames through the impairing bridge, same seed, faults and crash",
-        "  draws for both (one due while its node is down does nothing). simulated: as many",
+        "  testbed: one `oae node --epochs` process per node, real frames through the",
+        "  impairing bridge, same seed, faults and crash draws for both (a crash is kill -9",
+        "  of a node process, restarted from its state dir; one due while its node is down",
+        "  does nothing); convergence timed inside the initiator's process. simulated: as many",
         "  transitions on oae.epoch.sim, crashes at the same rate, the testbed's loss and",
         "  bilateral link exchange as round trip.",
         "  mixed-epoch frames: application frames delivered into another epoch than the one",
@@ -506,8 +511,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         type=float,
         default=0.2,
         metavar="P",
-        help="probability that a node crashes (links, epoch layer and traffic torn down, "
-        "restarted from disk 0.6-1 s later) during each transition on the testbed, the same "
+        help="probability that a node process is killed (SIGKILL: links, epoch layer and "
+        "traffic gone at once; restarted from its state dir 0.6-1 s later) during each "
+        "transition on the testbed, the same "
         "crashes for bilateral and snap-t; the simulated runs get as many per transition "
         "on average (default 0.2; 0: none)",
     )

@@ -289,7 +289,8 @@ class EpochService:
     def status(self) -> dict[str, Any]:
         st = self.layer.status()
         per_link = st.pop("links")
-        links = [{"iface": iface, "label": label, **per_link.get(label, {})}
+        links = [{"iface": iface, "label": label, **per_link.get(label, {}),
+                  "links_down": self.node.links[iface].counters["links_down"]}
                  for iface, label in self.labels.items()]  # fmt: skip
         return {
             **st,

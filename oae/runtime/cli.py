@@ -119,6 +119,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="seconds of silence before the link is declared failed (default 1)",
     )
     p.add_argument(
+        "--hello",
+        type=float,
+        default=0.05,
+        help="seconds between discovery HELLOs while the link is not LIVE (default 0.05)",
+    )
+    p.add_argument(
         "--idle",
         type=float,
         default=0.01,
@@ -183,7 +189,7 @@ def _specs(args: argparse.Namespace, epochs: daemon.EpochConfig | None) -> list[
         raise UsageError("--window must be >= 1")
     key = read_key_file(args.key_file) if args.key_file else None
     opts = LinkOptions(window=args.window, beat=args.beat, dead=args.dead, idle=args.idle,
-                       busy=args.busy, bypass=args.bypass)  # fmt: skip
+                       hello=args.hello, busy=args.busy, bypass=args.bypass)  # fmt: skip
     opts.check()
     specs = []
     for iface in args.iface:
