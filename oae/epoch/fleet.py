@@ -39,6 +39,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from functools import partial
@@ -588,6 +589,14 @@ class _Run:
         }
 
 
+async def _stop_on_sigterm(task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    """SIGTERM ends the run as an error, so the node processes are stopped (as on Ctrl-C)."""
+    with trio.open_signal_receiver(signal.SIGTERM) as signals:
+        task_status.started()
+        async for _ in signals:
+            raise FleetError("terminated (SIGTERM); the node processes were stopped")
+
+
 async def _tell(node: NodeProcess, req: dict[str, Any]) -> None:
     try:
         await node.request(req)
@@ -651,6 +660,8 @@ async def run_fleet(
         with unwrap_single():  # a node's error comes out as itself
             async with trio.open_nursery() as nursery:
                 fleet.nursery = nursery
+                if threading.current_thread() is threading.main_thread():
+                    await nursery.start(_stop_on_sigterm)
                 try:
                     await run.run()
                 finally:
