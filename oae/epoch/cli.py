@@ -1,5 +1,5 @@
 """`oae epoch propose|status|wait`: drive the epoch layer of a running `oae node --epochs`
-through its control socket (oae.epoch.daemon; docs/two-hosts.md §7)."""
+through its control socket (oae.epoch.daemon; docs/two-hosts.md §6)."""
 
 from __future__ import annotations
 

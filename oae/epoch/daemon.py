@@ -83,7 +83,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group(
         "epochs",
         "with --epochs the node runs the epoch layer (bilateral convergence) on all its "
-        "links; `oae epoch propose/status/wait` drive it (docs/two-hosts.md §7)",
+        "links; `oae epoch propose/status/wait` drive it (docs/two-hosts.md §6)",
     )
     g.add_argument("--epochs", action="store_true",
                    help="run the epoch layer on every link; --state-dir is then the "
