@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -99,6 +100,21 @@ def test_three_node_processes_change_epochs_and_survive_a_kill(testbed, tmp_path
         long = cli("send", "--control", str(socks["n0"]), "0123456789abc")
         assert long.returncode == 2 and "at most 12 bytes" in long.stderr
         assert len(long.stderr.strip().splitlines()) == 1
+
+        # bad requests get one-line errors and change nothing
+        from oae.errors import UsageError
+
+        for req, needle in (
+            ({"op": "epoch-outcome", "wave": "x"}, "[epoch, attempt, initiator]"),
+            ({"op": "epoch-wait", "epoch": -1}, '"epoch" must be'),
+            ({"op": "epoch-ready", "timeout": "soon"}, '"timeout" must be'),
+            ({"op": "epoch-enter", "epoch": 9, "at": 0, "persist_s": 0}, "by proposals"),
+            ({"op": "epoch-traffic", "period": -1}, '"period" must be'),
+            ({"op": "epoch-nope"}, "unknown op 'epoch-nope'"),
+        ):
+            with pytest.raises(UsageError, match=re.escape(needle)):
+                request(str(socks["n1"]), req)
+        assert status(socks["n1"])["epoch"] == 3
 
         # kill -9 of the middle node; restarted from its state dir (its id kept there)
         procs["n1"].send_signal(signal.SIGKILL)
