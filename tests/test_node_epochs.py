@@ -10,6 +10,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -115,6 +116,12 @@ def test_three_node_processes_change_epochs_and_survive_a_kill(testbed, tmp_path
             with pytest.raises(UsageError, match=re.escape(needle)):
                 request(str(socks["n1"]), req)
         assert status(socks["n1"])["epoch"] == 3
+        # a client that hangs up before its answer is the client's business
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.connect(str(socks["n1"]))
+            s.sendall(b'{"op": "epoch-wait", "epoch": 99, "timeout": 0.5}\n')
+        time.sleep(1.0)
+        assert procs["n1"].poll() is None and status(socks["n1"])["epoch"] == 3
 
         # kill -9 of the middle node; restarted from its state dir (its id kept there)
         procs["n1"].send_signal(signal.SIGKILL)

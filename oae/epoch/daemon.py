@@ -379,15 +379,14 @@ class EpochService:
 
     # ------------------------------------------------------------ plumbing
     async def send(self, link: Link, payloads: Sequence[bytes]) -> list[Outcome]:
-        """`send` on the control socket: each payload tagged and sent in order through
-        the layer (held while it holds), each outcome awaited before the next."""
+        """`send` on the control socket: the payloads tagged and sent in order through
+        the layer (held while it holds)."""
         limit = self.layer.payload_max()
         for p in payloads:
             if len(p) > limit:
                 raise UsageError(f"payload of {len(p)} bytes: an epoch node carries at most "
                                  f"{limit} bytes per transfer (4 carry the epoch tag)")  # fmt: skip
-        label = self.labels[link.iface]
-        return [await self.layer.send(label, p) for p in payloads]
+        return await self.layer.send_many(self.labels[link.iface], payloads)
 
     async def deliver(self) -> None:
         """The layer's application deliveries go to the node's inbox (for `recv`)."""

@@ -41,7 +41,8 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -126,6 +127,7 @@ class NodeProcess:
         self.cpu_done = 0.0  # CPU of earlier incarnations during the transitions
         self.counters: dict[str, int] = {}  # summed over earlier incarnations
         self.last: dict[str, int] = {}  # this incarnation's, as last harvested
+        self.base: dict[str, int] = {}  # totals when the run began (`measure`)
         self.transfer_us: list[float] = []
         self.control: list[list[Any]] = []
         self.released: dict[int, float] = {}
@@ -166,23 +168,19 @@ class NodeProcess:
                 start_new_session=True, env={**os.environ, "PYTHONPATH": _pythonpath()},
             )  # fmt: skip
         self.fleet.nursery.start_soon(self._watch, self.proc)
-        answered = False
-        with trio.move_on_after(START_TIMEOUT):
-            while not answered and self.proc.returncode is None:
-                try:
-                    answered = bool(await self._rpc({"op": "status"}, 5.0))
-                except _Down:
-                    await trio.sleep(0.05)
-        if self.proc.returncode is not None:
-            raise FleetError(f"node {self.name} exited at start: {self.tail()}")
-        if not answered:
-            raise FleetError(f"node {self.name} did not answer within {START_TIMEOUT:g} s: "
-                             f"{self.tail()}")  # fmt: skip
+        try:
+            await self._rpc({"op": "status"}, START_TIMEOUT)
+        except _Down:
+            raise FleetError(f"node {self.name} exited at start: {self.tail()}") from None
         self.alive = True
         self.last = {}
         if self.fleet.app_period > 0:
-            await self.request({"op": "epoch-traffic", "period": self.fleet.app_period,
-                                "seed": self.fleet.seed * 1000 + self.i})  # fmt: skip
+            await self.send_traffic()
+
+    async def send_traffic(self) -> None:
+        """Start the run's synthetic application traffic on every link of the node."""
+        await self.request({"op": "epoch-traffic", "period": self.fleet.app_period,
+                            "seed": self.fleet.seed * 1000 + self.i})  # fmt: skip
 
     async def _watch(self, proc: trio.Process) -> None:
         await proc.wait()
@@ -191,22 +189,42 @@ class NodeProcess:
             raise FleetError(f"node {self.name} (pid {proc.pid}) exited with status "
                              f"{proc.returncode}: {self.tail()}")  # fmt: skip
 
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.returncode is None
+
     async def _rpc(self, req: dict[str, Any], timeout: float) -> dict[str, Any]:
+        """One request on a connection of its own. A node that is not listening yet, or
+        whose listen backlog is full, is asked again (until `timeout`); _Down if the
+        process is not running."""
         try:
             with trio.fail_after(timeout):
-                stream = await trio.open_unix_socket(str(self.sock))
+                while True:
+                    try:
+                        stream = await trio.open_unix_socket(str(self.sock))
+                        break
+                    except OSError:
+                        if not self.running():
+                            raise _Down from None
+                        await trio.sleep(0.01)
                 async with stream:
                     await stream.send_all(json.dumps(req).encode() + b"\n")
                     buf = b""
                     while b"\n" not in buf:
                         chunk = await stream.receive_some(1 << 16)
                         if not chunk:
-                            raise _Down
+                            raise trio.BrokenResourceError
                         buf += chunk
         except (OSError, trio.BrokenResourceError):
-            raise _Down from None
+            # a dying process closes its sockets before it can be reaped: give it a moment
+            if self.proc is not None:
+                with trio.move_on_after(1.0):
+                    await self.proc.wait()
+            if not self.running():
+                raise _Down from None
+            raise FleetError(f"node {self.name} dropped the connection of a {req['op']} "
+                             f"request: {self.tail()}") from None  # fmt: skip
         except trio.TooSlowError:
-            if self.proc is None or self.proc.returncode is not None:
+            if not self.running():
                 raise _Down from None
             raise FleetError(f"node {self.name} did not answer {req['op']} within "
                              f"{timeout:g} s: {self.tail()}") from None  # fmt: skip
@@ -272,16 +290,24 @@ class NodeProcess:
             await self.proc.wait()
 
     def total(self, key: str) -> int:
-        return self.counters.get(key, 0) + self.last.get(key, 0)
+        """What the node counted (all incarnations) since `measure`."""
+        return self.counters.get(key, 0) + self.last.get(key, 0) - self.base.get(key, 0)
+
+    async def measure(self) -> None:
+        """From now on: counters, measurements and CPU count from zero."""
+        await self.harvest()
+        self.transfer_us, self.control, self.released = [], [], {}
+        self.base = {}
+        self.base = {k: self.total(k) for k in {*self.counters, *self.last}}
+        self.cpu_base = self.cpu()
 
 
 class Fleet:
     """Every node process of one run, and the run's shared settings."""
 
-    def __init__(self, tb: Testbed, work: Path, algorithm: str, app_period: float,
-                 seed: int) -> None:  # fmt: skip
-        self.tb, self.work, self.algorithm = tb, work, algorithm
-        self.app_period, self.seed = app_period, seed
+    def __init__(self, tb: Testbed, work: Path, algorithm: str, seed: int) -> None:
+        self.tb, self.work, self.algorithm, self.seed = tb, work, algorithm, seed
+        self.app_period = 0.0  # set by a run: every node (and every restart) sends traffic
         self.names, self.topo = testbed_topology(tb)
         index = {n: i for i, n in enumerate(self.names)}
         ends: dict[str, dict[str, int]] = {n: {} for n in self.names}
@@ -387,18 +413,17 @@ class _Run:
         self.idle_cpu: float | None = None
         self.disturbed = False  # a node was killed since every link was last seen ready
 
-    async def run(self) -> None:
+    async def run(self, app_period: float) -> None:
         fleet, nodes = self.fleet, self.fleet.nodes
-        t0 = time.monotonic()
-        await fleet.each(NodeProcess.start)
-        self.say(f"[converge] {len(nodes)} node processes up in {time.monotonic() - t0:.1f} s")
         await fleet.all_ready(self.limit)
         if self.idle_s > 0:  # what the idle node processes cost (links kept alive)
             before = sum(n.cpu() for n in nodes)
             await trio.sleep(self.idle_s)
             self.idle_cpu = sum(n.cpu() for n in nodes) - before
-        for node in nodes:
-            node.cpu_base = node.cpu()
+        fleet.app_period = app_period
+        if app_period > 0:
+            await fleet.each(NodeProcess.send_traffic)
+        await fleet.each(NodeProcess.measure)
         fleet.measuring = True
         for k in range(self.epochs):
             if self.algorithm in ("bilateral", "2pc") and self.disturbed:
@@ -624,6 +649,79 @@ def _one_way_us(fleet: Fleet) -> list[float]:
     return [(t - sent[k]) * 1e6 for k, t in got.items() if k in sent]
 
 
+def _check(tb: Testbed, algorithm: str) -> None:
+    names, _ = testbed_topology(tb)
+    if any(tb.ns(n) is None for n in names):
+        raise UsageError(f"testbed {tb.name!r} has real-NIC nodes; run oae node on each host")
+    if algorithm not in ALGORITHMS:
+        raise UsageError(f"--testbed runs {', '.join(ALGORITHMS)}, not {algorithm!r}")
+
+
+@asynccontextmanager
+async def open_fleet(
+    tb: Testbed,
+    algorithm: str = "bilateral",
+    seed: int = 1,
+    progress: Callable[[str], None] | None = None,
+) -> AsyncIterator[Fleet]:
+    """An `oae node --epochs --algorithm ALGORITHM` process on every node of `tb`, each
+    with a fresh state dir, all answering on their control sockets; every one is stopped
+    on the way out, also on errors, Ctrl-C and SIGTERM. A node process that exits on its
+    own raises FleetError (naming it, with its stderr tail) out of the block."""
+    _check(tb, algorithm)
+    with tempfile.TemporaryDirectory(prefix="oae-fleet-") as tmp:
+        fleet = Fleet(tb, Path(tmp), algorithm, seed)
+        with unwrap_single():  # a node's error comes out as itself
+            async with trio.open_nursery() as nursery:
+                fleet.nursery = nursery
+                if threading.current_thread() is threading.main_thread():
+                    await nursery.start(_stop_on_sigterm)
+                try:
+                    t0 = time.monotonic()
+                    await fleet.each(NodeProcess.start)
+                    if progress:
+                        progress(f"[converge] {len(fleet.nodes)} node processes up in "
+                                 f"{time.monotonic() - t0:.1f} s")  # fmt: skip
+                    yield fleet
+                finally:
+                    await fleet.stop()
+                    nursery.cancel_scope.cancel()
+
+
+async def run_transitions(
+    fleet: Fleet,
+    epochs: int,
+    seed: int = 1,
+    initiator: int | None = None,
+    progress: Callable[[str], None] | None = None,
+    crash_rate: float = 0.0,
+    *,
+    app_period: float = 0.0,
+    persist_us: float = NetParams.persist_us,
+    skew_us: float = SKEW_US,
+    idle_s: float = 0.0,
+) -> dict[str, object]:
+    """Run `epochs` transitions of the fleet's algorithm; with `crash_rate`, each
+    transition kills (SIGKILL) a random node process with that probability at a random
+    instant in its first 200 ms and restarts it from its state dir 0.6-1 s later; with
+    `app_period` (seconds), every node sends application transfers on every link. The
+    random draws (initiator, crash, crash instant, downtime, probe instant) come in the
+    same order for every algorithm, so one seed gives each the same faults. With `idle_s`
+    the processes' CPU is also measured for that long, idle, before the transitions.
+    Counters and CPU count from the start of this call (earlier traffic is not in them)."""
+    n = len(fleet.nodes)
+    if initiator is not None and not 0 <= initiator < n:
+        raise UsageError(f"--initiator {initiator}: testbed {fleet.tb.name!r} has nodes "
+                         f"0..{n - 1}")  # fmt: skip
+    if epochs < 1:
+        raise UsageError("--epochs must be >= 1")
+    run = _Run(fleet, epochs, seed, initiator, progress or (lambda msg: None), crash_rate,
+               persist_us, skew_us)  # fmt: skip
+    run.idle_s = idle_s
+    await run.run(app_period)
+    return run.results()
+
+
 async def run_fleet(
     tb: Testbed,
     epochs: int,
@@ -638,41 +736,11 @@ async def run_fleet(
     skew_us: float = SKEW_US,
     idle_s: float = 0.0,
 ) -> dict[str, object]:
-    """Run `epochs` transitions of `algorithm` on node processes; with `crash_rate`, each
-    transition kills (SIGKILL) a random node process with that probability at a random
-    instant in its first 200 ms and restarts it from its state dir 0.6-1 s later; with
-    `app_period` (seconds), every node sends application transfers on every link. The
-    random draws (initiator, crash, crash instant, downtime, probe instant) come in the
-    same order for every algorithm, so one seed gives each the same faults. With `idle_s`
-    the processes' CPU is also measured for that long, idle, before the transitions.
-    Every node process is stopped on the way out, also on errors and Ctrl-C."""
-    names, _ = testbed_topology(tb)
-    if any(tb.ns(n) is None for n in names):
-        raise UsageError(f"testbed {tb.name!r} has real-NIC nodes; run oae node on each host")
-    if initiator is not None and not 0 <= initiator < len(names):
-        raise UsageError(
-            f"--initiator {initiator}: testbed {tb.name!r} has nodes 0..{len(names) - 1}"
-        )
-    if epochs < 1:
-        raise UsageError("--epochs must be >= 1")
-    if algorithm not in ALGORITHMS:
-        raise UsageError(f"--testbed runs {', '.join(ALGORITHMS)}, not {algorithm!r}")
-    with tempfile.TemporaryDirectory(prefix="oae-fleet-") as tmp:
-        fleet = Fleet(tb, Path(tmp), algorithm, app_period, seed)
-        run = _Run(fleet, epochs, seed, initiator, progress or (lambda msg: None), crash_rate,
-                   persist_us, skew_us)  # fmt: skip
-        run.idle_s = idle_s
-        with unwrap_single():  # a node's error comes out as itself
-            async with trio.open_nursery() as nursery:
-                fleet.nursery = nursery
-                if threading.current_thread() is threading.main_thread():
-                    await nursery.start(_stop_on_sigterm)
-                try:
-                    await run.run()
-                finally:
-                    await fleet.stop()
-                    nursery.cancel_scope.cancel()
-    return run.results()
+    """`run_transitions` on a fleet of `algorithm` node processes started for it."""
+    async with open_fleet(tb, algorithm, seed, progress) as fleet:
+        return await run_transitions(fleet, epochs, seed, initiator, progress, crash_rate,
+                                     app_period=app_period, persist_us=persist_us,
+                                     skew_us=skew_us, idle_s=idle_s)  # fmt: skip
 
 
 def run_sync(tb: Testbed, epochs: int, seed: int, initiator: int | None, crash_rate: float,

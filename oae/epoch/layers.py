@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import os
 import struct
-from collections.abc import AsyncIterable, AsyncIterator, Mapping
+from collections.abc import AsyncIterable, AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from functools import partial
 from pathlib import Path
@@ -115,6 +115,11 @@ class Layer(Protocol):
         """An application frame, tagged with the epoch (held while the layer holds)."""
         ...
 
+    async def send_many(self, label: int, payloads: Sequence[bytes]) -> list[Outcome]:
+        """Application frames in order (the link's window kept full where the layer
+        allows it), their outcomes in the same order."""
+        ...
+
     def received(self) -> AsyncIterable[tuple[int, Message]] | None:
         """Application frames for the node's inbox (None: the layer keeps none)."""
         ...
@@ -169,6 +174,9 @@ class Bilateral:
 
     async def send(self, label: int, payload: bytes) -> Outcome:
         return await self.node.send(label, payload)
+
+    async def send_many(self, label: int, payloads: Sequence[bytes]) -> list[Outcome]:
+        return await self.node.send_many(label, payloads)
 
     def received(self) -> AsyncIterable[tuple[int, Message]]:
         return self.node.received()
@@ -245,6 +253,9 @@ class TwoPhase:
 
     async def send(self, label: int, payload: bytes) -> Outcome:
         return await self.node.send_app(label, payload)
+
+    async def send_many(self, label: int, payloads: Sequence[bytes]) -> list[Outcome]:
+        return [await self.send(label, p) for p in payloads]  # each may be held anew
 
     def received(self) -> None:
         return None  # counted by the node's receivers, kept nowhere
@@ -337,6 +348,10 @@ class Clock:
         out = await self.links[label].send(_TAG.pack(self.current) + payload)
         self.transfer_s.append(trio.current_time() - t0)
         return out
+
+    async def send_many(self, label: int, payloads: Sequence[bytes]) -> list[Outcome]:
+        tag = _TAG.pack(self.current)
+        return await self.links[label].send_many([tag + p for p in payloads])
 
     def received(self) -> None:
         return None

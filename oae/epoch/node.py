@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import replace
 from pathlib import Path
@@ -215,12 +215,20 @@ class EpochNode:
         """Send an application frame and return its outcome; held while the link is
         changing epoch. The frame is submitted as soon as the machine lets it go, in
         order with this link's CONTROL messages and switches."""
+        return (await self.send_many(neighbour, [payload]))[0]
+
+    async def send_many(self, neighbour: int, payloads: Sequence[bytes]) -> list[Any]:
+        """Send application frames in order and return their outcomes: held while the
+        link is changing epoch, then all submitted at once, tagged with the same epoch
+        (frames submitted before a later marker belong to the epoch before it, as one
+        frame would), so the link keeps its window full."""
         while (epoch := self.machine.send_epoch(neighbour)) is None:
             await self.wait_change()
         if self.tag_epochs:
-            payload = epoch.to_bytes(4, "big") + payload
+            tag = epoch.to_bytes(4, "big")
+            payloads = [tag + p for p in payloads]
         link = self.links[neighbour]
-        return (await link.wait_outcomes(link.submit([payload])))[0]
+        return await link.wait_outcomes(link.submit(payloads))
 
     def received(self) -> trio.MemoryReceiveChannel[tuple[int, Message]]:
         """(neighbour, message) of application frames, in order per link; with

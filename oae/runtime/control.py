@@ -114,6 +114,13 @@ async def _handle(node: Node, req: Any) -> dict[str, Any]:
 
 
 async def _serve_one(node: Node, stream: trio.SocketStream) -> None:
+    try:
+        await _converse(node, stream)
+    except (trio.BrokenResourceError, trio.ClosedResourceError):
+        pass  # the client hung up (killed, timed out): its business, not the node's
+
+
+async def _converse(node: Node, stream: trio.SocketStream) -> None:
     buf = b""
     async with stream:
         while True:
