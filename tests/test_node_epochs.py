@@ -91,6 +91,8 @@ def test_three_node_processes_change_epochs_and_survive_a_kill(testbed, tmp_path
         assert status(socks["n2"])["converged"] == [3, 2, 2]
         text = cli("epoch", "status", "--control", str(socks["n1"]))
         assert "epoch 3 committed by wave (3,2,2)" in text.stdout
+        plain = cli("status", "--control", str(socks["n1"]))
+        assert "epoch 3  (bilateral, node id 1" in plain.stdout
 
         # application traffic through the nodes: tagged with the epoch, 12 bytes of data
         sent = cli("send", "--control", str(socks["n0"]), "--json", "hello")

@@ -257,6 +257,10 @@ def run_status(args: argparse.Namespace) -> int:
         print(json.dumps(status, indent=2))
         return 0
     print(f"node pid {status['pid']}  control {status['control']}  up {status['uptime_s']} s")
+    if "epoch" in status:
+        ep = status["epoch"]
+        print(f"epoch {ep['epoch']}  ({ep['algorithm']}, node id {ep['node_id']}; "
+              "`oae epoch status` for more)")  # fmt: skip
     for ln in status["links"]:
         where = f"{ln['netns']}/" if ln["netns"] else ""
         print(f"link {where}{ln['iface']}  mac {ln['mac']}  peer {ln['peer'] or '-'}  "
