@@ -137,11 +137,15 @@ def test_three_node_processes_change_epochs_and_survive_a_kill(testbed, tmp_path
             assert status(socks[n])["epoch"] == 4
             assert status(socks[n])["counters"]["mixed_app_frames"] == 0
     finally:
-        for proc in procs.values():
+        outs = {}
+        for n, proc in procs.items():
             if proc.poll() is None:
                 proc.terminate()
-            proc.communicate(timeout=15)
+            outs[n] = proc.communicate(timeout=15)[0]
     assert not any(s.exists() for s in socks.values())
+    events = [json.loads(line) for line in outs["n2"].splitlines()]
+    assert [e["epoch"] for e in events if e["event"] == "epoch"] == [1, 2, 3, 4]
+    assert events[-1]["event"] == "stopping"
 
 
 def test_epoch_flags_and_identity_errors_are_one_line(tmp_path, capsys) -> None:

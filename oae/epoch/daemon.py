@@ -410,13 +410,10 @@ class EpochService:
             self.traffic["committed" if out.committed else "aborted"] += 1
 
     async def log_epochs(self, log: Log) -> None:
-        """Log each change of the committed epoch."""
-        last = self.layer.epoch()
+        """Log each change of the committed epoch (woken only then)."""
         while True:
-            await self.layer.wait_change()
-            if self.layer.epoch() != last:
-                last = self.layer.epoch()
-                log("epoch", epoch=last)
+            await self.layer.wait_epoch(self.layer.epoch() + 1)
+            log("epoch", epoch=self.layer.epoch())
 
 
 async def _then_cancel(wait: Callable[[], Awaitable[None]], scope: trio.CancelScope) -> None:

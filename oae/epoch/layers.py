@@ -98,6 +98,10 @@ class Layer(Protocol):
 
     async def wait_change(self) -> None: ...
 
+    async def wait_epoch(self, epoch: int) -> None:
+        """Until `epoch()` >= `epoch`."""
+        ...
+
     async def propose(self, req: dict[str, Any]) -> dict[str, Any]:
         """Start a transition: {"wave": id, "at": t} or {"wave": None, "busy": why}."""
         ...
@@ -154,6 +158,9 @@ class Bilateral:
 
     async def wait_change(self) -> None:
         await self.node.wait_change()
+
+    async def wait_epoch(self, epoch: int) -> None:
+        await self.node.wait_epoch(epoch)
 
     async def propose(self, req: dict[str, Any]) -> dict[str, Any]:
         wave = await self.node.propose()
@@ -218,6 +225,10 @@ class TwoPhase:
 
     async def wait_change(self) -> None:
         await self.node.wait_change()
+
+    async def wait_epoch(self, epoch: int) -> None:
+        while self.epoch() < epoch:
+            await self.wait_change()
 
     async def propose(self, req: dict[str, Any]) -> dict[str, Any]:
         """Begin a transaction; "attempt" (optional) must grow across coordinators and
@@ -311,6 +322,10 @@ class Clock:
 
     async def wait_change(self) -> None:
         await self._changed.wait()
+
+    async def wait_epoch(self, epoch: int) -> None:
+        while self.current < epoch:
+            await self.wait_change()
 
     def _notify(self) -> None:
         self._changed.set()

@@ -113,6 +113,8 @@ class EpochNode:
         self.decided_at: dict[Wave, float] = {}
         self.converged_at: dict[Wave, float] = {}
         self._changed: trio.Event | None = None  # created only when someone waits
+        self._committed: trio.Event | None = None  # likewise, set when the epoch moves
+        self._epoch_seen = self.machine.epoch
         self._inbox_send, self._inbox = trio.open_memory_channel[tuple[int, Message]](math.inf)
         self._nursery: trio.Nursery | None = None
         self._ups = {n: -1 for n in links}  # the link's up counter at our last link_up
@@ -158,9 +160,12 @@ class EpochNode:
         return result
 
     async def wait_epoch(self, epoch: int) -> None:
-        """Wait until this node has committed `epoch` (or a later one)."""
+        """Wait until this node has committed `epoch` (or a later one); woken only when
+        the committed epoch moves, not at every step."""
         while self.machine.epoch < epoch:
-            await self.wait_change()
+            if self._committed is None:
+                self._committed = trio.Event()
+            await self._committed.wait()
 
     def ready(self) -> bool:
         """Every link LIVE and told this node its peer's epoch."""
@@ -246,6 +251,10 @@ class EpochNode:
         if self._changed is not None:
             self._changed.set()
             self._changed = None
+        if self._committed is not None and self.machine.epoch != self._epoch_seen:
+            self._committed.set()
+            self._committed = None
+        self._epoch_seen = self.machine.epoch
 
     def _do(self, actions: list[Action]) -> None:
         """Perform `actions` in order, synchronously: each Send and LinkEpoch reaches its
