@@ -108,6 +108,7 @@ int oae_sock_close(int fd)
 
 struct oae_pump {
     int fd, evfd, wakefd, flags;
+    int gates; /* cfg->gates: gated submissions are valid */
     uint32_t beat;
     uint64_t wait_us; /* the receive timeout currently set (0: none yet) */
     int logfd;
@@ -232,6 +233,9 @@ int oae_pump_submit(oae_pump *p, const uint8_t *payloads, const uint8_t *lens, s
     for (size_t i = 0; i < n; i++)
         if (lens[i] > OAE_PAYLOAD_MAX)
             return -3;
+    /* (the engine would refuse such an offer for ever, and the queue would never move) */
+    if ((flags & OAE_OFFER_GATED) && (!p->gates || !(flags & OAE_F_CONTROL)))
+        return -3;
     pthread_mutex_lock(&p->mu);
     for (size_t i = 0; i < n; i++) {
         if (p->q_count == p->q_cap && q_grow(p) < 0) {
@@ -292,6 +296,7 @@ oae_pump *oae_pump_new(int fd, const oae_link_config *cfg, const oae_link_durabl
     p->flags = flags;
     p->evfd = p->wakefd = p->logfd = -1;
     p->beat = cfg->beat;
+    p->gates = cfg->gates;
     oae_link_config c = *cfg;
     c.persist = state_dir != NULL;
     int err = ENOMEM;
@@ -440,6 +445,36 @@ int oae_pump_transfer_state(oae_pump *p, int incoming, uint32_t tid)
     return s;
 }
 
+/* ---- gate decisions (docs/protocol.md 7.11) ---- */
+
+/* One of the engine's gate calls under mu; a decision that took is new work. */
+static int gate_call(oae_pump *p, int (*call)(oae_link *, uint32_t), uint32_t tid)
+{
+    pthread_mutex_lock(&p->mu);
+    int rc = call(p->link, tid);
+    if (rc == 0)
+        wake_pump(p);
+    pthread_mutex_unlock(&p->mu);
+    return rc;
+}
+
+int oae_pump_hold(oae_pump *p, uint32_t tid) { return gate_call(p, oae_link_hold, tid); }
+int oae_pump_refuse(oae_pump *p, uint32_t tid) { return gate_call(p, oae_link_refuse, tid); }
+int oae_pump_report(oae_pump *p, uint32_t tid) { return gate_call(p, oae_link_report, tid); }
+int oae_pump_commit(oae_pump *p, uint32_t tid) { return gate_call(p, oae_link_commit, tid); }
+
+/* (It may run while persist() has released mu: its LINK_DOWN needs no store and is drained
+ * after the write, and it moves no durable register.) */
+int oae_pump_reset(oae_pump *p)
+{
+    pthread_mutex_lock(&p->mu);
+    int rc = oae_link_reset(p->link, oae_now_ns());
+    if (rc == 0)
+        wake_pump(p); /* a HELLO to send, a LINK_DOWN to hand over */
+    pthread_mutex_unlock(&p->mu);
+    return rc;
+}
+
 /* ---- the loop ---- */
 
 /* Let the application take the events before `upto` (mu held). */
@@ -484,6 +519,9 @@ static int drain_events(oae_pump *p)
             case OAE_EV_PERSIST:
                 p->persist_pending = 1;
                 continue;
+            case OAE_EV_REFLECTED: /* not logged: a gate event changes nothing durable */
+                cookie = p->cookies[e->tid % COOKIE_RING];
+                break;
             case OAE_EV_COMMITTED:
             case OAE_EV_ABORTED:
                 if (!(e->flags & OAE_EVF_RESTORED))

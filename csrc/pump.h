@@ -118,7 +118,8 @@ int oae_pump_event_fd(const oae_pump *p);
 size_t oae_pump_events(oae_pump *p, oae_pump_event *out, size_t max);
 /* Queue n transfers for the pump to offer in order as the window allows: payload i is
  * lens[i] bytes at payloads + i*16; cookies cookie0, cookie0+1, ... ; flags OAE_F_CONTROL
- * or 0.  Returns n, or -3 if a length is > 16. */
+ * or 0, plus OAE_OFFER_GATED with OAE_F_CONTROL when cfg->gates.  Returns n, or -3 if a
+ * length is > 16 or the flags are invalid. */
 int oae_pump_submit(oae_pump *p, const uint8_t *payloads, const uint8_t *lens, size_t n,
                     uint8_t flags, uint64_t cookie0);
 /* Transfers queued and not yet offered to the engine. */
@@ -128,6 +129,15 @@ void oae_pump_release(oae_pump *p, uint32_t n);
 void oae_pump_set_epoch(oae_pump *p, uint32_t epoch);
 void oae_pump_stats_get(oae_pump *p, oae_link_stats *ls, oae_pump_stats *ps);
 int oae_pump_transfer_state(oae_pump *p, int incoming, uint32_t tid);
+/* Gated CONTROL transfers (cfg->gates; docs/protocol.md 7.11): the engine's
+ * oae_link_hold/refuse/report/commit/reset under the pump's lock, waking the loop.  The
+ * pump hands OAE_EV_OFFERED and OAE_EV_REFLECTED events (REFLECTED with the transfer's
+ * cookie) to the application like the others; they are not logged (nothing durable). */
+int oae_pump_hold(oae_pump *p, uint32_t tid);
+int oae_pump_refuse(oae_pump *p, uint32_t tid);
+int oae_pump_report(oae_pump *p, uint32_t tid);
+int oae_pump_commit(oae_pump *p, uint32_t tid);
+int oae_pump_reset(oae_pump *p);
 
 /* The settled-transfer log: fixed 40-byte records, appended and fdatasync'ed before the
  * registers that depend on them are stored, each with its own CRC32C (a torn tail is

@@ -7,7 +7,8 @@ Public API (kept small on purpose):
   `Message`, `LinkOptions`, `LinkError`; `open_node`, `Node`, `LinkSpec`
 - epoch layer: `EpochMachine` (sans-I/O), `Wave`, `open_epoch_node` (-> `EpochNode`)
 - link engine (sans-I/O, C): `LinkEngine`, `LinkConfig`, `Durable`, events `LinkUp`,
-  `LinkDown`, `Delivered`, `Committed`, `Aborted`, `Persist`; `Drop` reasons
+  `LinkDown`, `Delivered`, `Committed`, `Aborted`, `Persist`, and with gates `Offered`,
+  `Reflected` (also what `Link.gate_events()` yields); `Drop` reasons
 """
 
 from __future__ import annotations
@@ -24,7 +25,9 @@ from oae.engine import (
     LinkDown,
     LinkEngine,
     LinkUp,
+    Offered,
     Persist,
+    Reflected,
 )
 from oae.epoch.machine import EpochMachine
 from oae.epoch.messages import Wave
@@ -86,5 +89,7 @@ __all__ = [
     "Committed",
     "Aborted",
     "Persist",
+    "Offered",
+    "Reflected",
     "Drop",
 ]

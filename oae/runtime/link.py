@@ -28,6 +28,7 @@ from typing import Any
 import trio
 
 from oae._pump import ffi, lib
+from oae.engine import Offered, Reflected
 from oae.errors import OaeError, UsageError
 from oae.runtime.sock import PacketSocket, format_mac, open_socket, parse_mac
 from oae.wire import ETHERTYPE, KEY_LEN, PAYLOAD_MAX
@@ -53,12 +54,14 @@ class LinkError(OaeError):
 class Outcome:
     """How a transfer ended, identical on both ends: committed (delivered exactly once) or
     aborted (reversed; the payload is handed back). `restored` marks an outcome settled
-    after a restart, whose payload the previous process held."""
+    after a restart, whose payload the previous process held; `round` (gates) one decided
+    by a reconciliation round rather than reported by the peer's application."""
 
     tid: int
     committed: bool
     payload: bytes = b""
     restored: bool = False
+    round: bool = False
 
     @property
     def status(self) -> str:
@@ -99,6 +102,8 @@ class LinkOptions:
     bypass: bool = False
     sink: bool = False
     quiet: bool = False
+    # the application holds, reports and commits CONTROL transfers (docs/protocol.md 7.11)
+    gates: bool = False
 
     def __post_init__(self) -> None:
         if isinstance(self.rto, _AutoRto) and isinstance(self.idle, (int, float)):
@@ -116,6 +121,11 @@ class LinkOptions:
                 raise UsageError(f"{name} {getattr(self, name)}: must be > 0 seconds")
         if self.idle < 0:
             raise UsageError(f"idle {self.idle}: must be >= 0 seconds")
+        if self.gates and self.sink:
+            raise UsageError(
+                "sink with gates: the pump would consume CONTROL deliveries that only the "
+                "application can report"
+            )
         if self.idle and self.rto < 2 * self.idle:
             raise UsageError(
                 f"rto {self.rto}: must be at least twice idle ({self.idle}) seconds, or it "
@@ -187,6 +197,8 @@ class Link:
         self._batches: dict[int, _Batch] = {}
         self._inbox: deque[Message] = deque()
         self._inbox_event = trio.Event()
+        self._gates: deque[Offered | Reflected] = deque()
+        self._gates_event = trio.Event()
         # outcomes no caller waits for: transfers of a previous process settled after a
         # restart (restored=True), or sends whose caller stopped waiting (cancelled)
         self.unclaimed_outcomes: deque[Outcome] = deque(maxlen=UNCLAIMED_MAX)
@@ -239,9 +251,15 @@ class Link:
                 self._batches.pop(batch.base + i, None)
         return [r for r in batch.results if r is not None]
 
-    def submit(self, payloads: Sequence[bytes], control: bool = False) -> _Batch | None:
-        """Queue payloads without waiting (used by send_many and by benchmarks)."""
+    def submit(
+        self, payloads: Sequence[bytes], control: bool = False, gated: bool = False
+    ) -> _Batch | None:
+        """Queue payloads without waiting (used by send_many and by benchmarks). `gated`
+        (CONTROL, gates on): each is delivered only after `commit(tid)`, which the
+        application calls after the transfer's `Reflected` event (`gate_events`)."""
         self._raise_if_broken()
+        if gated and not (control and self.options.gates):
+            raise UsageError("a gated transfer must be CONTROL, on a link opened with gates")
         n = len(payloads)
         if n == 0:
             return None
@@ -260,7 +278,7 @@ class Link:
         batch = _Batch(base, [None] * n, n)
         for i in range(n):
             self._batches[base + i] = batch
-        flags = lib.OAE_F_CONTROL if control else 0
+        flags = (lib.OAE_F_CONTROL if control else 0) | (lib.OAE_OFFER_GATED if gated else 0)
         rc = lib.oae_pump_submit(self._pump, ffi.from_buffer(buf), ffi.from_buffer(lens), n,
                                  flags, base)  # fmt: skip
         if rc < 0:
@@ -285,6 +303,54 @@ class Link:
                 await self._inbox_event.wait()
             taken += 1
             yield self._inbox.popleft()
+
+    async def gate_events(self) -> AsyncIterator[Offered | Reflected]:
+        """Gates (docs/protocol.md 7.11), in order: `Offered(tid, payload)`, an incoming
+        CONTROL transfer waiting for `hold(tid)` or `refuse(tid)`; `Reflected(tid, payload)`,
+        a gated transfer of mine the peer holds, waiting for `commit(tid)`. A decision not
+        taken before the link goes down is taken by the next round (abort), and the call
+        then returns False."""
+        while True:
+            while not self._gates:
+                self._raise_if_broken()
+                if self._closed:
+                    return
+                self._gates_event = trio.Event()
+                await self._gates_event.wait()
+            yield self._gates.popleft()
+
+    def hold(self, tid: int) -> bool:
+        """Gates: hold (accept) the offered CONTROL transfer `tid`; False if it is no
+        longer waiting (the link went down, a round discarded it)."""
+        return self._gate(lib.oae_pump_hold(self._pump, tid))
+
+    def refuse(self, tid: int) -> bool:
+        """Gates: refuse the offered transfer `tid`; the peer gets it back (aborted)."""
+        return self._gate(lib.oae_pump_refuse(self._pump, tid))
+
+    def report(self, tid: int) -> bool:
+        """Gates: tell the peer that every CONTROL message <= `tid` delivered here is done
+        (its outcome: committed); False if `tid` is not delivered yet."""
+        return self._gate(lib.oae_pump_report(self._pump, tid))
+
+    def commit(self, tid: int) -> bool:
+        """Gates: let the peer deliver my gated transfer `tid` (after its `Reflected`);
+        False if it is settled, not reflected yet, or the link is not LIVE."""
+        return self._gate(lib.oae_pump_commit(self._pump, tid))
+
+    def reset(self) -> bool:
+        """Drop the link and reconcile again with the peer: every gated transfer not yet
+        committed aborts at both ends. False while the link is discovering."""
+        return lib.oae_pump_reset(self._pump) == 0
+
+    def _gate(self, rc: int) -> bool:
+        self._raise_if_broken()
+        if rc == lib.OAE_GATE_INVALID:
+            raise UsageError(
+                "gate call: the link was opened without gates, or the tid is not a gated "
+                "transfer of this end"
+            )
+        return rc == 0
 
     def stats(self) -> dict[str, Any]:
         """Engine and pump counters, the phase, and the peer as last heard."""
@@ -359,6 +425,7 @@ class Link:
         self._up_event.set()
         self._state_changed()
         self._inbox_event.set()
+        self._gates_event.set()
         for batch in set(self._batches.values()):
             batch.done.set()
 
@@ -393,7 +460,8 @@ class Link:
             self.counters["committed" if committed else "aborted"] += 1
             payload = b"" if committed else bytes(ffi.buffer(ev.payload, ev.length))
             restored = bool(ev.flags & lib.OAE_EVF_RESTORED)
-            outcome = Outcome(ev.tid, committed, payload, restored)
+            by_round = bool(ev.flags & lib.OAE_EVF_ROUND)
+            outcome = Outcome(ev.tid, committed, payload, restored, by_round)
             batch = self._batches.pop(pe.cookie, None) if pe.cookie else None
             if batch is None:
                 self.unclaimed_outcomes.append(outcome)
@@ -402,6 +470,13 @@ class Link:
             batch.remaining -= 1
             if not batch.remaining:
                 batch.done.set()
+        elif t in (lib.OAE_EV_OFFERED, lib.OAE_EV_REFLECTED):
+            payload = bytes(ffi.buffer(ev.payload, ev.length))
+            if t == lib.OAE_EV_OFFERED:
+                self._gates.append(Offered(ev.tid, payload, ev.info))
+            else:
+                self._gates.append(Reflected(ev.tid, payload))
+            self._gates_event.set()
         elif t == lib.OAE_EV_LINK_UP:
             self.counters["links_up"] += 1
             self._up = True
@@ -454,6 +529,7 @@ def _config(sock: PacketSocket, peer: bytes | None, key: bytes | None, opts: Lin
     cfg.hello_ns = int(opts.hello * 1e9)
     cfg.idle_ns = int(opts.idle * 1e9)
     cfg.epoch = opts.epoch
+    cfg.gates = opts.gates
     return cfg
 
 
@@ -529,6 +605,7 @@ async def open_link(
                         finally:
                             link._closed = True
                             link._inbox_event.set()
+                            link._gates_event.set()
                             nursery.cancel_scope.cancel()
             finally:
                 lib.oae_pump_free(pump)
