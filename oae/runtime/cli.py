@@ -7,11 +7,14 @@ import argparse
 import json
 import signal
 import sys
+from contextlib import nullcontext
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import trio
 
+from oae.epoch import daemon
 from oae.errors import UsageError
 from oae.runtime.control import default_control_path, find_control_path, request
 from oae.runtime.link import LinkOptions
@@ -116,6 +119,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="seconds of silence before the link is declared failed (default 1)",
     )
     p.add_argument(
+        "--hello",
+        type=float,
+        default=0.05,
+        help="seconds between discovery HELLOs while the link is not LIVE (default 0.05)",
+    )
+    p.add_argument(
         "--idle",
         type=float,
         default=0.01,
@@ -129,6 +138,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="PACKET_QDISC_BYPASS: faster, but local captures miss sent frames",
     )
     p.add_argument("--json", action="store_true", help="log events as JSON lines")
+    daemon.add_arguments(p)
     p.set_defaults(func=run_node)
 
     for name, helptext, desc in (
@@ -169,19 +179,24 @@ def register(sub: argparse._SubParsersAction) -> None:
             c.set_defaults(func=run_status)
 
 
-def _specs(args: argparse.Namespace) -> list[LinkSpec]:
-    if len(args.iface) > 1 and (args.peer or args.state_dir):
-        raise UsageError("--peer and --state-dir apply to one link; run one node per link")
+def _specs(args: argparse.Namespace, epochs: daemon.EpochConfig | None) -> list[LinkSpec]:
+    """One LinkSpec per --iface; with --epochs each link's state lives in the node's
+    state dir (link-IFACE)."""
+    if len(args.iface) > 1 and (args.peer or (args.state_dir and epochs is None)):
+        raise UsageError("--peer and --state-dir apply to one link (or, with --epochs, "
+                         "to the node); run one node per link")  # fmt: skip
     if args.window < 1:
         raise UsageError("--window must be >= 1")
     key = read_key_file(args.key_file) if args.key_file else None
     opts = LinkOptions(window=args.window, beat=args.beat, dead=args.dead, idle=args.idle,
-                       busy=args.busy, bypass=args.bypass)  # fmt: skip
+                       hello=args.hello, busy=args.busy, bypass=args.bypass)  # fmt: skip
     opts.check()
     specs = []
     for iface in args.iface:
         state = None
-        if not args.no_state:
+        if epochs is not None:
+            state = str(epochs.link_dir(iface))
+        elif not args.no_state:
             state = args.state_dir or f"{STATE_ROOT}/{args.netns or 'host'}-{iface}"
         specs.append(LinkSpec(iface, args.netns, args.peer, key, state, opts))
     return specs
@@ -196,16 +211,19 @@ def _log(args: argparse.Namespace, event: str, **fields: Any) -> None:
 
 
 async def _node_main(args: argparse.Namespace) -> None:
-    specs = _specs(args)
+    epochs = daemon.config_from_args(args, STATE_ROOT)
+    specs = _specs(args, epochs)
     control = args.control or default_control_path(args.iface[0], args.netns)
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-        async with open_node(specs, control) as node:
+        async with open_node(specs, control, collect=epochs is None) as node:
             for link in node.links.values():
                 st = link.stats()
                 _log(args, "started", iface=link.iface, netns=link.netns, mac=st["mac"],
                      control=control, out_settled=st["out_settled"],
                      in_delivered=st["in_delivered"])  # fmt: skip
-            async with trio.open_nursery() as nursery:
+            layer = nullcontext() if epochs is None else daemon.serve(
+                node, epochs, partial(_log, args))  # fmt: skip
+            async with layer, trio.open_nursery() as nursery:
 
                 async def watch(link: Any) -> None:
                     was_up = False
@@ -214,7 +232,7 @@ async def _node_main(args: argparse.Namespace) -> None:
                             was_up = link.up
                             _log(args, "link-up" if was_up else "link-down", iface=link.iface,
                                  peer=link.stats()["peer"])  # fmt: skip
-                        await trio.sleep(0.05)
+                        await link.wait_state_change()
 
                 for link in node.links.values():
                     nursery.start_soon(watch, link)
@@ -239,6 +257,10 @@ def run_status(args: argparse.Namespace) -> int:
         print(json.dumps(status, indent=2))
         return 0
     print(f"node pid {status['pid']}  control {status['control']}  up {status['uptime_s']} s")
+    if "epoch" in status:
+        ep = status["epoch"]
+        print(f"epoch {ep['epoch']}  ({ep['algorithm']}, node id {ep['node_id']}; "
+              "`oae epoch status` for more)")  # fmt: skip
     for ln in status["links"]:
         where = f"{ln['netns']}/" if ln["netns"] else ""
         print(f"link {where}{ln['iface']}  mac {ln['mac']}  peer {ln['peer'] or '-'}  "

@@ -11,7 +11,9 @@ Each request is one JSON object on one line, each answer one JSON object on one 
     {"op": "recv", "max": 100, "timeout": 1.0, "link": "eth1"?}
         -> {"ok": true, "messages": [{"tid": 7, "hex": "...", "text": "...", "control": false}]}
 
-A bad request gets {"ok": false, "error": "<one line>"} and the connection stays usable.
+A layer above the links adds ops of its own (`Node.ops`; the epoch layer's are listed in
+oae/epoch/daemon.py). A bad request gets {"ok": false, "error": "<one line>"} and the
+connection stays usable.
 """
 
 from __future__ import annotations
@@ -80,7 +82,7 @@ async def _handle(node: Node, req: Any) -> dict[str, Any]:
             payloads = [bytes.fromhex(i) for i in items]
         except ValueError:
             raise UsageError('"items" holds a string that is not hex') from None
-        outcomes = await node.link(link_name).send_many(payloads)
+        outcomes = await node.send(link_name, payloads)
         return {"ok": True, "outcomes": [[o.tid, o.status] for o in outcomes]}
     if op == "send":
         if "hex" in req:
@@ -93,9 +95,8 @@ async def _handle(node: Node, req: Any) -> dict[str, Any]:
         else:
             raise UsageError('send needs "data" (text) or "hex"')
         timeout = float(req.get("timeout", 10.0))
-        link = node.link(link_name)
         with trio.move_on_after(timeout) as scope:
-            outcome = await link.send(payload)
+            (outcome,) = await node.send(link_name, [payload])
         if scope.cancelled_caught:
             raise UsageError(f"no outcome within {timeout:g} s (is the link up?); the "
                              "transfer stays queued and will settle")  # fmt: skip
@@ -107,10 +108,19 @@ async def _handle(node: Node, req: Any) -> dict[str, Any]:
             raise UsageError('"max" must be >= 1 and "timeout" >= 0')
         msgs = await node.recv(link_name, max_count, timeout)
         return {"ok": True, "messages": [_message_json(m) for m in msgs]}
-    raise UsageError(f"unknown op {op!r}; ops: status, send, recv")
+    if op in node.ops:
+        return {"ok": True, **await node.ops[op](req)}
+    raise UsageError(f"unknown op {op!r}; ops: {', '.join(['status', 'send', 'recv', *node.ops])}")
 
 
 async def _serve_one(node: Node, stream: trio.SocketStream) -> None:
+    try:
+        await _converse(node, stream)
+    except (trio.BrokenResourceError, trio.ClosedResourceError):
+        pass  # the client hung up (killed, timed out): its business, not the node's
+
+
+async def _converse(node: Node, stream: trio.SocketStream) -> None:
     buf = b""
     async with stream:
         while True:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 from collections import deque
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,9 +21,13 @@ import trio
 
 from oae.errors import UsageError
 from oae.runtime.control import serve_control
-from oae.runtime.link import Link, LinkOptions, Message, open_link, unwrap_single
+from oae.runtime.link import Link, LinkOptions, Message, Outcome, open_link, unwrap_single
 
 INBOX_MAX = 100_000  # messages kept per link for `recv` before the oldest are dropped
+
+# An extra control-socket op: the request object in, the answer's fields out.
+Op = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
+Sender = Callable[[Link, Sequence[bytes]], Awaitable[list[Outcome]]]
 
 
 @dataclass(frozen=True)
@@ -39,13 +43,21 @@ class LinkSpec:
 
 
 class Node:
-    """Links by interface name, with an inbox of delivered messages per link."""
+    """Links by interface name, with an inbox of delivered messages per link.
+
+    A layer above the links (the epoch layer of `oae node --epochs`) plugs in through
+    `ops` (control-socket ops of its own), `sender` (how `send` reaches a link),
+    `deliver` (it feeds the inbox when the node does not read the links itself) and
+    `extra_status` (sections added to `status`)."""
 
     def __init__(self) -> None:
         self.links: dict[str, Link] = {}
         self.started = trio.current_time()
         self.pid = os.getpid()
         self.control: str | None = None
+        self.ops: dict[str, Op] = {}
+        self.sender: Sender | None = None
+        self.extra_status: dict[str, Callable[[], Any]] = {}
         self._inbox: dict[str, deque[Message]] = {}
         self._arrived: dict[str, trio.Event] = {}
         self.dropped: dict[str, int] = {}
@@ -70,7 +82,16 @@ class Node:
             "links": [dict(link.stats(), inbox=len(self._inbox[name]),
                            inbox_dropped=self.dropped[name])
                       for name, link in self.links.items()],
+            **{key: get() for key, get in self.extra_status.items()},
         }  # fmt: skip
+
+    async def send(self, iface: str | None, payloads: Sequence[bytes]) -> list[Outcome]:
+        """Transfer `payloads` in order on the link on `iface` (through the layer's
+        `sender` if one is plugged in) and return their outcomes."""
+        link = self.link(iface)
+        if self.sender is not None:
+            return await self.sender(link, payloads)
+        return await link.send_many(payloads)
 
     async def recv(self, iface: str | None, max_count: int, timeout: float) -> list[Message]:
         """Up to max_count delivered messages, waiting up to `timeout` s for the first."""
@@ -82,19 +103,27 @@ class Node:
                 await self._arrived[name].wait()
         return [inbox.popleft() for _ in range(min(max_count, len(inbox)))]
 
+    def deliver(self, iface: str, msg: Message) -> None:
+        """Put a delivered message into the inbox of `iface` (for `recv`)."""
+        inbox = self._inbox[iface]
+        if len(inbox) == INBOX_MAX:
+            self.dropped[iface] += 1
+        inbox.append(msg)
+        self._arrived[iface].set()
+
     async def _collect(self, link: Link) -> None:
-        inbox = self._inbox[link.iface]
         async for msg in link.received():
-            if len(inbox) == INBOX_MAX:
-                self.dropped[link.iface] += 1
-            inbox.append(msg)
-            self._arrived[link.iface].set()
+            self.deliver(link.iface, msg)
 
 
 @asynccontextmanager
-async def open_node(specs: Sequence[LinkSpec], control: str | None = None) -> AsyncIterator[Node]:
+async def open_node(
+    specs: Sequence[LinkSpec], control: str | None = None, *, collect: bool = True
+) -> AsyncIterator[Node]:
     """Run the links of `specs` (and a control socket at `control`, if given) until the
-    block is left; everything is stopped and removed on the way out."""
+    block is left; everything is stopped and removed on the way out. With `collect`
+    False the node does not read its links' deliveries: a layer above does (and may
+    `deliver` them to the inbox)."""
     if not specs:
         raise UsageError("a node needs at least one link (--iface)")
     names = [s.iface for s in specs]
@@ -112,7 +141,7 @@ async def open_node(specs: Sequence[LinkSpec], control: str | None = None) -> As
             node.dropped[spec.iface] = 0
         with unwrap_single():
             async with trio.open_nursery() as nursery:
-                for link in node.links.values():
+                for link in node.links.values() if collect else ():
                     nursery.start_soon(node._collect, link)
                 if control is not None:
                     node.control = str(Path(control))
