@@ -1,5 +1,5 @@
-"""A node: several OAE links run together, their delivered messages collected, and
-(optionally) a control socket that lets other processes ask for status, send and receive.
+"""A node: several OAE links run together, and (optionally) a control socket that lets
+other processes ask for status, send, receive and read outcomes.
 
 `oae node` is this class behind a command line; tests and experiments use it directly:
 
@@ -10,7 +10,6 @@
 from __future__ import annotations
 
 import os
-from collections import deque
 from collections.abc import AsyncIterator, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
@@ -22,8 +21,6 @@ import trio
 from oae.errors import UsageError
 from oae.runtime.control import serve_control
 from oae.runtime.link import Link, LinkOptions, Message, open_link, unwrap_single
-
-INBOX_MAX = 100_000  # messages kept per link for `recv` before the oldest are dropped
 
 
 @dataclass(frozen=True)
@@ -39,16 +36,15 @@ class LinkSpec:
 
 
 class Node:
-    """Links by interface name, with an inbox of delivered messages per link."""
+    """Links by interface name. Delivered messages wait in each link (unreleased, so the
+    link's receive capacity pushes back on the peer rather than anything being dropped, and
+    with a state dir they survive a crash of the node) until `recv` hands them out."""
 
     def __init__(self) -> None:
         self.links: dict[str, Link] = {}
         self.started = trio.current_time()
         self.pid = os.getpid()
         self.control: str | None = None
-        self._inbox: dict[str, deque[Message]] = {}
-        self._arrived: dict[str, trio.Event] = {}
-        self.dropped: dict[str, int] = {}
 
     def link(self, iface: str | None = None) -> Link:
         """The link on `iface`; with one link, `iface` may be omitted."""
@@ -67,28 +63,15 @@ class Node:
             "pid": self.pid,
             "control": self.control,
             "uptime_s": round(trio.current_time() - self.started, 3),
-            "links": [dict(link.stats(), inbox=len(self._inbox[name]),
-                           inbox_dropped=self.dropped[name])
-                      for name, link in self.links.items()],
-        }  # fmt: skip
+            "links": [link.stats() for link in self.links.values()],
+        }
 
     async def recv(self, iface: str | None, max_count: int, timeout: float) -> list[Message]:
-        """Up to max_count delivered messages, waiting up to `timeout` s for the first."""
-        name = self.link(iface).iface
-        inbox = self._inbox[name]
-        with trio.move_on_after(timeout):
-            while not inbox:
-                self._arrived[name] = trio.Event()
-                await self._arrived[name].wait()
-        return [inbox.popleft() for _ in range(min(max_count, len(inbox)))]
-
-    async def _collect(self, link: Link) -> None:
-        inbox = self._inbox[link.iface]
-        async for msg in link.received():
-            if len(inbox) == INBOX_MAX:
-                self.dropped[link.iface] += 1
-            inbox.append(msg)
-            self._arrived[link.iface].set()
+        """Up to max_count delivered messages, waiting up to `timeout` s for the first;
+        released as they are returned (the control socket releases them only once its
+        answer is written: `Link.taking_messages`)."""
+        async with self.link(iface).taking_messages(max_count, timeout) as msgs:
+            return msgs
 
 
 @asynccontextmanager
@@ -107,13 +90,8 @@ async def open_node(specs: Sequence[LinkSpec], control: str | None = None) -> As
                 spec.iface, spec.netns, spec.peer, spec.key, state_dir=spec.state_dir,
                 options=spec.options))  # fmt: skip
             node.links[spec.iface] = link
-            node._inbox[spec.iface] = deque(maxlen=INBOX_MAX)
-            node._arrived[spec.iface] = trio.Event()
-            node.dropped[spec.iface] = 0
         with unwrap_single():
             async with trio.open_nursery() as nursery:
-                for link in node.links.values():
-                    nursery.start_soon(node._collect, link)
                 if control is not None:
                     node.control = str(Path(control))
                     await nursery.start(serve_control, node, control)
