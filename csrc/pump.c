@@ -153,7 +153,9 @@ struct oae_pump {
     uint64_t *q_cookie, *q_key;
     size_t q_cap, q_head, q_count;
     uint8_t *q_flags;
-    int pause_offers; /* the application's outcome stream is full: offer nothing new */
+    /* posted transfers (cookie 0: their outcomes go to the application's stream) offered
+     * and not yet acknowledged; at post_limit nothing more is offered (bounded memory) */
+    uint64_t posted_open, post_limit;
     /* cookie and application key of each outstanding outgoing tid */
     uint64_t cookies[COOKIE_RING];
     uint64_t keys[COOKIE_RING];
@@ -352,19 +354,26 @@ size_t oae_pump_backlog(oae_pump *p)
 
 /* offer queued transfers while the engine takes them (mu held).  Not while the app ring
  * is full: the engine then keeps undrained COMMITTED events, and offering more could
- * reuse the cookie slot of a tid whose event has not been matched yet.  Not while the
- * application asked for a pause (its outcome stream is full).  Each offer is logged
+ * reuse the cookie slot of a tid whose event has not been matched yet.  Not a posted
+ * transfer while post_limit posted ones are open (in flight, or settled and not yet
+ * acknowledged): nothing behind it either, the queue is in order.  Each offer is logged
  * (tid, key, payload): the persist that precedes its frame makes the record durable. */
 static void offer_queued(oae_pump *p)
 {
-    while (p->q_count && !p->backed_up && !p->pause_offers) {
+    p->st.offers_paused = 0;
+    while (p->q_count && !p->backed_up) {
         size_t j = p->q_head;
         uint32_t tid;
+        if (!p->q_cookie[j] && p->post_limit && p->posted_open >= p->post_limit) {
+            p->st.offers_paused = 1;
+            return;
+        }
         int rc = oae_link_offer(p->link, p->q_payload + j * OAE_PAYLOAD_MAX, p->q_len[j],
                                 p->q_flags[j], &tid);
         if (rc != 0)
             return; /* window full or link not LIVE: try again after the next frame */
         uint64_t key = p->q_key[j];
+        p->posted_open += !p->q_cookie[j];
         p->cookies[tid % COOKIE_RING] = p->q_cookie[j];
         p->keys[tid % COOKIE_RING] = key;
         if (key > p->key_logged)
@@ -629,22 +638,22 @@ void oae_pump_release(oae_pump *p, uint32_t n, uint32_t upto)
     pthread_mutex_unlock(&p->mu);
 }
 
-int oae_pump_ack(oae_pump *p, uint32_t lo, uint32_t hi)
+int oae_pump_ack(oae_pump *p, uint32_t lo, uint32_t hi, uint32_t posted)
 {
     pthread_mutex_lock(&p->mu);
     int rc = add_ack(p, lo, hi);
-    if (p->logfd >= 0)
+    p->posted_open -= posted < p->posted_open ? posted : p->posted_open;
+    if (p->logfd >= 0 || (posted && p->st.offers_paused))
         wake_pump(p);
     pthread_mutex_unlock(&p->mu);
     return rc;
 }
 
-void oae_pump_pause_offers(oae_pump *p, int on)
+void oae_pump_set_post_limit(oae_pump *p, uint64_t n)
 {
     pthread_mutex_lock(&p->mu);
-    p->pause_offers = on;
-    if (!on)
-        wake_pump(p);
+    p->post_limit = n;
+    wake_pump(p);
     pthread_mutex_unlock(&p->mu);
 }
 
@@ -772,6 +781,8 @@ static int drain_events(oae_pump *p)
             }
             if (e->type == OAE_EV_COMMITTED && (p->flags & OAE_PUMP_QUIET)) {
                 rc = rc ? rc : add_ack(p, e->tid, e->tid);
+                if (!cookie && !(e->flags & OAE_EVF_RESTORED) && p->posted_open)
+                    p->posted_open--;
                 p->st.sunk++;
                 continue;
             }

@@ -98,6 +98,7 @@ typedef struct oae_pump_stats {
     uint64_t restored_dups;     /* outcomes settled again after a restart, already logged */
     uint64_t restore_conflicts; /* ... that disagreed with the log (never, by the protocol) */
     uint64_t compactions;       /* times events.log was rewritten as its live records */
+    uint64_t offers_paused;     /* 1 while post_limit posted transfers are open */
     uint8_t peer_mac[6];        /* source of the last accepted frame (all zero: none yet) */
 } oae_pump_stats;
 
@@ -142,12 +143,14 @@ size_t oae_pump_backlog(oae_pump *p);
  * the receiver, and (with a state dir) every incoming tid <= upto is released for good
  * (not handed out again after a restart). */
 void oae_pump_release(oae_pump *p, uint32_t n, uint32_t upto);
-/* The application consumed the outcomes of outgoing tids lo..hi: not handed out again
- * after a restart, and dropped from the log by its next compaction.  0 or -ENOMEM. */
-int oae_pump_ack(oae_pump *p, uint32_t lo, uint32_t hi);
-/* on != 0: offer no queued transfer until called with 0 (the application's outcome stream
- * is full: bounded memory instead of dropped outcomes). */
-void oae_pump_pause_offers(oae_pump *p, int on);
+/* The application consumed the outcomes of outgoing tids lo..hi (`posted` of them of
+ * transfers it submitted with cookie 0 in this process): not handed out again after a
+ * restart, dropped from the log by its next compaction.  0 or -ENOMEM. */
+int oae_pump_ack(oae_pump *p, uint32_t lo, uint32_t hi, uint32_t posted);
+/* At most n posted transfers (cookie 0) open at a time: offered and not yet acknowledged.
+ * At the limit the pump offers nothing more (the queue is in order) until the application
+ * acknowledges outcomes: bounded memory instead of dropped outcomes.  0: no limit. */
+void oae_pump_set_post_limit(oae_pump *p, uint64_t n);
 /* The highest key of an offer the durable registers count (without a state dir: of any
  * offer): every key above it was never offered. */
 uint64_t oae_pump_last_key(oae_pump *p);

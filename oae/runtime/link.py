@@ -110,8 +110,9 @@ class LinkOptions:
     bypass: bool = False
     sink: bool = False
     quiet: bool = False
-    # outcomes waiting in `Link.outcomes()` (taken and not acknowledged included) at which
-    # the link stops offering new transfers until the application catches up
+    # posted transfers open at a time (in flight, or settled and their outcome not yet
+    # acknowledged): at this many the link offers nothing new until the application
+    # acknowledges outcomes from `Link.outcomes()` (bounded memory, nothing dropped)
     outcome_buffer: int = 65_536
     # with a state dir: compact events.log whenever it has grown by this many bytes
     log_limit: int = 8 << 20
@@ -268,7 +269,7 @@ class Link:
         # waiting, transfers of an earlier process), and those taken but not acknowledged
         self._stream: _Waiting[Outcome] = _Waiting()
         self._outcomes_taken: set[int] = set()
-        self._paused = False
+        self._posted: set[int] = set()  # tids of this process's posted transfers settled
         self._key_floor = lib.oae_pump_last_key(pump)  # keys must grow past it
         self.counters = {"delivered": 0, "committed": 0, "aborted": 0, "links_up": 0,
                          "links_down": 0}  # fmt: skip
@@ -357,7 +358,8 @@ class Link:
         is acknowledged when the loop asks for the next one (its body has run) or by
         `ack()`; an acknowledged outcome is never handed out again, one that is not comes
         again after a restart (its key tells it apart). While `options.outcome_buffer`
-        outcomes wait unacknowledged the link offers nothing new: nothing is dropped."""
+        posted transfers are open (in flight or not acknowledged) the link offers nothing
+        new: nothing is dropped."""
         prev: Outcome | None = None
         while True:
             if prev is not None:
@@ -374,10 +376,9 @@ class Link:
         crash of the machine, not of the process, may lose the last few)."""
         tids = [o.tid for o in outcomes if o.tid in self._outcomes_taken]
         self._outcomes_taken.difference_update(tids)
-        self._ack_tids(tids)
-        if self._paused and self._stream_waiting() <= self.options.outcome_buffer // 2:
-            self._paused = False
-            lib.oae_pump_pause_offers(self._pump, 0)
+        posted = self._posted.intersection(tids)
+        self._posted -= posted
+        self._ack_tids(tids, len(posted))
 
     @asynccontextmanager
     async def taking_outcomes(self, max_count: int, timeout: float) -> AsyncIterator[list[Outcome]]:
@@ -470,7 +471,7 @@ class Link:
             "backlog": self.backlog(),
             "inbox": len(self._inbox),
             "outcomes_waiting": len(self._stream),
-            "offers_paused": self._paused,
+            "offers_paused": bool(ps.offers_paused),
             "last_key": self.last_key,
             "pump": {name: getattr(ps, name) for name in (
                 "rx_calls", "rx_frames", "tx_calls", "tx_frames", "tx_errors", "wakeups",
@@ -542,24 +543,20 @@ class Link:
                 )
             floor = k
 
-    def _stream_waiting(self) -> int:
-        return len(self._stream) + len(self._outcomes_taken)
-
     def _to_stream(self, outcomes: Iterable[Outcome]) -> None:
         self._stream.put(outcomes)
-        if not self._paused and self._stream_waiting() >= self.options.outcome_buffer:
-            self._paused = True
-            lib.oae_pump_pause_offers(self._pump, 1)
 
     def _take_outcomes(self, n: int) -> list[Outcome]:
         taken = [self._stream.popleft() for _ in range(n)]
         self._outcomes_taken.update(o.tid for o in taken)
         return taken
 
-    def _ack_tids(self, tids: Iterable[int]) -> None:
+    def _ack_tids(self, tids: Iterable[int], posted: int = 0) -> None:
+        """Acknowledge outcomes (`posted` of them of transfers posted by this process)."""
         for lo, hi in _runs(tids):
-            if lib.oae_pump_ack(self._pump, lo, hi) < 0:
+            if lib.oae_pump_ack(self._pump, lo, hi, posted) < 0:
                 raise MemoryError("oae pump: out of memory recording acknowledgements")
+            posted = 0
 
     def _orphan(self, batch: _Batch) -> None:
         """Nobody waits for `batch` any more: what settled goes to the stream, and so will
@@ -635,6 +632,8 @@ class Link:
             outcome = Outcome(ev.tid, committed, payload, restored, pe.key or None)
             batch = self._batches.pop(pe.cookie, None) if pe.cookie else None
             if batch is None:
+                if not pe.cookie and not restored:
+                    self._posted.add(ev.tid)
                 self._to_stream((outcome,))
                 return
             batch.results[pe.cookie - batch.base] = outcome
@@ -761,6 +760,7 @@ async def open_link(
                 raise OSError(err, f"starting the link engine on {iface!r}: {os.strerror(err)}")
             try:
                 lib.oae_pump_set_log_limit(pump, opts.log_limit)
+                lib.oae_pump_set_post_limit(pump, opts.outcome_buffer)
                 link = Link(sock, pump, opts)
                 with unwrap_single():
                     async with trio.open_nursery() as nursery:
