@@ -131,6 +131,7 @@ struct oae_pump {
     uint64_t log_size;  /* bytes in events.log (pump thread) */
     uint64_t log_live;  /* its size after the last compaction */
     uint64_t log_limit; /* compact once it grew by this much (0: never) */
+    int compacting;     /* the pump rewrites events.log (mu released): others must not write */
     oae_link *link;
     pthread_mutex_t mu;
     volatile int stop;
@@ -261,9 +262,21 @@ static void log_marks(oae_pump *p)
     }
 }
 
+/* The application's acknowledgements and releases, written at once from its thread (mu
+ * held; the pump's buffer is empty whenever mu is free), so that a crash of the process
+ * right after the call cannot hand them out again.  Not while a compaction rewrites the
+ * file: the pump writes them after it. */
+static void log_marks_now(oae_pump *p)
+{
+    if (p->compacting || p->logfd < 0) /* (logfd is swapped while compacting) */
+        return;
+    log_marks(p);
+    log_flush(p);
+}
+
 static int add_ack(oae_pump *p, uint32_t lo, uint32_t hi)
 {
-    if (p->logfd < 0 || !lo || hi < lo)
+    if (!p->durable_path || !lo || hi < lo)
         return 0;
     if (p->nacks) { /* consecutive acknowledgements make one record */
         tid_range *last = &p->acks[p->nacks - 1];
@@ -356,8 +369,9 @@ size_t oae_pump_backlog(oae_pump *p)
  * is full: the engine then keeps undrained COMMITTED events, and offering more could
  * reuse the cookie slot of a tid whose event has not been matched yet.  Not a posted
  * transfer while post_limit posted ones are open (in flight, or settled and not yet
- * acknowledged): nothing behind it either, the queue is in order.  Each offer is logged
- * (tid, key, payload): the persist that precedes its frame makes the record durable. */
+ * acknowledged): nothing behind it either, the queue is in order.  An offer with a key is
+ * logged (tid, key, payload): the persist that precedes its frame makes the record durable
+ * (a keyless one is not: its persist then syncs no log, as before keys existed). */
 static void offer_queued(oae_pump *p)
 {
     p->st.offers_paused = 0;
@@ -378,7 +392,7 @@ static void offer_queued(oae_pump *p)
         p->keys[tid % COOKIE_RING] = key;
         if (key > p->key_logged)
             p->key_logged = key;
-        if (p->logfd >= 0) {
+        if (p->logfd >= 0 && key) {
             oae_log_record r;
             memset(&r, 0, sizeof r);
             r.type = OAE_LOG_OFFER;
@@ -631,9 +645,9 @@ void oae_pump_release(oae_pump *p, uint32_t n, uint32_t upto)
     uint32_t replayed = n < p->replay_unreleased ? n : p->replay_unreleased;
     p->replay_unreleased -= replayed;
     oae_link_release(p->link, n - replayed);
-    if (upto > p->release_to && p->logfd >= 0) {
+    if (upto > p->release_to && p->durable_path) {
         p->release_to = upto;
-        wake_pump(p); /* logged by the loop (at once if it sleeps on an idle link) */
+        log_marks_now(p);
     }
     pthread_mutex_unlock(&p->mu);
 }
@@ -642,8 +656,9 @@ int oae_pump_ack(oae_pump *p, uint32_t lo, uint32_t hi, uint32_t posted)
 {
     pthread_mutex_lock(&p->mu);
     int rc = add_ack(p, lo, hi);
+    log_marks_now(p);
     p->posted_open -= posted < p->posted_open ? posted : p->posted_open;
-    if (p->logfd >= 0 || (posted && p->st.offers_paused))
+    if (posted && p->st.offers_paused)
         wake_pump(p);
     pthread_mutex_unlock(&p->mu);
     return rc;
@@ -862,11 +877,12 @@ static int persist(oae_pump *p)
             break;
         oae_link_durable d;
         oae_link_durable_get(p->link, &d);
-        /* a persist that logged nothing (a hold, a new epoch) costs the register store only */
+        /* a persist that logged nothing (a keyless offer, a hold) costs the register store */
         uint32_t covered = p->app_tail; /* the events this snapshot makes durable */
         uint64_t key = p->key_logged;   /* and the keys of the offers it counts */
         int sync_log = p->logfd >= 0 && p->log_dirty;
         int compacting = p->log_limit && p->log_size >= p->log_limit + p->log_live;
+        p->compacting = compacting;
         p->log_dirty = 0;
         pthread_mutex_unlock(&p->mu);
         int rc = 0;
@@ -877,6 +893,7 @@ static int persist(oae_pump *p)
         if (!rc && compacting)
             rc = compact(p, &d);
         pthread_mutex_lock(&p->mu);
+        p->compacting = 0;
         if (rc) {
             p->log_dirty |= sync_log;
             return rc;

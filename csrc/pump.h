@@ -140,12 +140,14 @@ int oae_pump_submit(oae_pump *p, const uint8_t *payloads, const uint8_t *lens, s
 /* Transfers queued and not yet offered to the engine. */
 size_t oae_pump_backlog(oae_pump *p);
 /* The application consumed n delivered transfers, the last of them tid `upto`: room for
- * the receiver, and (with a state dir) every incoming tid <= upto is released for good
- * (not handed out again after a restart). */
+ * the receiver, and (with a state dir) every incoming tid <= upto is released for good:
+ * the RELEASE record is written before the call returns (no sync: it survives a crash of
+ * the process; the next register store syncs it), so it is never handed out again. */
 void oae_pump_release(oae_pump *p, uint32_t n, uint32_t upto);
 /* The application consumed the outcomes of outgoing tids lo..hi (`posted` of them of
- * transfers it submitted with cookie 0 in this process): not handed out again after a
- * restart, dropped from the log by its next compaction.  0 or -ENOMEM. */
+ * transfers it submitted with cookie 0 in this process): the ACK record is written before
+ * the call returns, as for a release; dropped from the log by its next compaction.
+ * 0 or -ENOMEM. */
 int oae_pump_ack(oae_pump *p, uint32_t lo, uint32_t hi, uint32_t posted);
 /* At most n posted transfers (cookie 0) open at a time: offered and not yet acknowledged.
  * At the limit the pump offers nothing more (the queue is in order) until the application

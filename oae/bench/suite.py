@@ -61,6 +61,10 @@ _C_BOUND = (
 )
 _X_BOUND = "critical-path link exchanges x median CONTROL transfer latency, same run"
 _DIRECT = "direct veth between the same two namespaces, same Python sender, same run"
+_SEND_MANY = (
+    "Link.send_many of the same payloads, 16,384 at a time, on the same links (both ends"
+    " durable), same run"
+)
 _PARAM = Rule(r"(.*\.)?(repeats|window|beat|rtt_us)", "parameter", "a setting, not compared")
 
 RULES: dict[str, list[Rule]] = {
@@ -135,6 +139,12 @@ RULES: dict[str, list[Rule]] = {
         Rule(r"c_rtt_us", "baseline", _C_PINGPONG),
         Rule(r"(durable_)?transfer_us", "measured", _C_PINGPONG, "c_rtt_us"),
         Rule(r"(durable|transfer)_over_c_rtt", "ratio", _C_PINGPONG, "c_rtt_us"),
+        _PARAM,
+    ],
+    "outcomes": [
+        Rule(r"stream_per_s", "measured", _SEND_MANY, "send_many_per_s"),
+        Rule(r"send_many_per_s", "baseline", _SEND_MANY),
+        Rule(r"stream_over_send_many", "ratio", _SEND_MANY, "send_many_per_s"),
         _PARAM,
     ],
     "testbed": [

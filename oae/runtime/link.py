@@ -37,7 +37,7 @@ from oae.runtime.sock import PacketSocket, format_mac, open_socket, parse_mac
 from oae.wire import ETHERTYPE, KEY_LEN, PAYLOAD_MAX
 
 EVENT_BATCH = 4096
-RELEASE_BATCH = 64  # messages taken before the engine is told (one lock, one wake)
+RELEASE_BATCH = 64  # messages / outcomes handled before the pump is told (one lock, one write)
 KEY_MAX = 2**64 - 1
 BEAT_SIZES = (1, 4, 16, 64)
 PHASES = {1: "DISCOVER", 2: "RECONCILE", 3: "LIVE"}
@@ -354,26 +354,32 @@ class Link:
     async def outcomes(self) -> AsyncIterator[Outcome]:
         """Outcomes no send_many/wait_outcomes waits for, in the order they settled:
         after a restart those of the earlier process come first (restored=True), then
-        those of posted transfers and of sends whose caller stopped waiting. Each outcome
-        is acknowledged when the loop asks for the next one (its body has run) or by
-        `ack()`; an acknowledged outcome is never handed out again, one that is not comes
-        again after a restart (its key tells it apart). While `options.outcome_buffer`
-        posted transfers are open (in flight or not acknowledged) the link offers nothing
-        new: nothing is dropped."""
-        prev: Outcome | None = None
-        while True:
-            if prev is not None:
-                self.ack([prev])
-                prev = None
-            if not await self._stream.wait(self):
-                return
-            prev = self._take_outcomes(1)[0]
-            yield prev
+        those of posted transfers and of sends whose caller stopped waiting. An outcome is
+        acknowledged once the loop has asked for the next one (its body has run), in
+        batches of up to 64 and at once when no more is waiting, or by `ack()`; an
+        acknowledged outcome is never handed out again, one that is not comes again after a
+        restart (its key tells it apart). While `options.outcome_buffer` posted transfers
+        are open (in flight or not acknowledged) the link offers nothing new: nothing is
+        dropped."""
+        done: list[Outcome] = []  # taken, their loop body has run, not yet acknowledged
+        try:
+            while True:
+                if done and (not self._stream or len(done) >= RELEASE_BATCH):
+                    self.ack(done)
+                    done = []
+                if not await self._stream.wait(self):
+                    return
+                outcome = self._take_outcomes(1)[0]
+                yield outcome
+                done.append(outcome)
+        finally:  # the loop was left (break, an error in its body): what it handled
+            if done and not self._closed:
+                self.ack(done)
 
     def ack(self, outcomes: Iterable[Outcome]) -> None:
-        """Acknowledge outcomes taken from `outcomes()`: they are never handed out again,
-        not even after a restart (the acknowledgement is logged by the pump at once; a
-        crash of the machine, not of the process, may lose the last few)."""
+        """Acknowledge outcomes taken from `outcomes()`: never handed out again, not even
+        after a crash of the process (the acknowledgement is in the log when this returns;
+        a crash of the machine before the next register store may hand them out once more)."""
         tids = [o.tid for o in outcomes if o.tid in self._outcomes_taken]
         self._outcomes_taken.difference_update(tids)
         posted = self._posted.intersection(tids)
@@ -397,10 +403,11 @@ class Link:
         self.ack(taken)
 
     async def received(self) -> AsyncIterator[Message]:
-        """Messages delivered to this end, in order, each exactly once. Each message is
-        released when the loop asks for the next one (its body has run), in batches: room
-        for the peer to send more, and, with a state dir, never delivered again after a
-        restart; a message not yet released when the process crashed is (redelivered=True)."""
+        """Messages delivered to this end, in order, each exactly once. A message is
+        released once the loop has asked for the next one (its body has run), in batches
+        of up to 64 and at once when no more is waiting: room for the peer to send more,
+        and, with a state dir, never handed out again; one not yet released when the
+        process crashed is, after the restart (redelivered=True)."""
         done = 0  # the last tid whose loop body has run, not yet released
         try:
             while True:
@@ -711,9 +718,10 @@ async def open_link(
 
     peer: only this MAC may bind (default: the first peer that answers the discovery
     HELLO). key: a 16-byte link key (SipHash-2-4 checks instead of CRC32C). state_dir:
-    keep the durable registers and the settled-transfer log there, so that a restarted
-    process reconciles without loss or duplicate. Other keyword arguments override fields
-    of LinkOptions (window, beat, busy, ...).
+    keep the durable registers and the event log there, so that a restarted process
+    reconciles without loss or duplicate and hands out again what its application had not
+    consumed (docs/applications.md). Other keyword arguments override fields of
+    LinkOptions (window, beat, busy, ...).
     """
     opts = options or LinkOptions()
     if overrides:
