@@ -587,7 +587,7 @@ void oae_pump_free(oae_pump *p)
 {
     if (!p)
         return;
-    if (p->logfd >= 0) { /* acknowledgements and releases made since the last loop */
+    if (p->logfd >= 0) { /* acknowledgements and releases deferred by a compaction */
         log_marks(p);
         log_flush(p);
         if (fdatasync(p->logfd) < 0) { /* nothing to do: they are at least written */ }
@@ -782,7 +782,8 @@ static int drain_events(oae_pump *p)
                 }
                 /* fallthrough */
             case OAE_EV_DELIVERED:
-                log_event(p, e, key);
+                if (p->logfd >= 0)
+                    log_event(p, e, key);
                 break;
             default:
                 break;
