@@ -95,7 +95,7 @@ def test_every_payload_has_one_outcome_through_kills_and_impairments(tmp_path: P
             while send.proc.poll() is None:
                 assert time.monotonic() - t0 < 600, "the sender did not finish in 10 minutes"
                 if order:
-                    time.sleep(rng.uniform(0.3, 2.5))  # a random instant of the run
+                    time.sleep(rng.uniform(0.3, 1.8))  # a random instant of the run
                     if send.proc.poll() is not None:
                         break
                     who = order.pop()

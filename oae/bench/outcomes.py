@@ -15,10 +15,12 @@ per-repeat stream / send_many ratios.
 
 from __future__ import annotations
 
+import itertools
 import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 
 import trio
 
@@ -40,18 +42,19 @@ async def _send_many(link: Link, seconds: float) -> float:
     return done / elapsed
 
 
-async def _stream(link: Link, seconds: float) -> float:
-    key0 = key = link.last_key
-    done = 0
+async def _stream(link: Link, seconds: float, keys: Iterator[int]) -> float:
+    posted = done = 0
     rate = 0.0
+    feeding = trio.CancelScope()
 
     async def feed() -> None:
-        nonlocal key
-        while True:
-            if link.backlog() < CHUNK:
-                link.post([PAYLOAD] * CHUNK, keys=list(range(key + 1, key + CHUNK + 1)))
-                key += CHUNK
-            await trio.sleep(0.005)
+        nonlocal posted
+        with feeding:
+            while True:
+                if link.backlog() < CHUNK:
+                    link.post([PAYLOAD] * CHUNK, keys=list(itertools.islice(keys, CHUNK)))
+                    posted += CHUNK
+                await trio.sleep(0.005)
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(feed)
@@ -60,8 +63,8 @@ async def _stream(link: Link, seconds: float) -> float:
             done += 1
             if not rate and not done % 256 and time.perf_counter() - t0 >= seconds:
                 rate = done / (time.perf_counter() - t0)
-                nursery.cancel_scope.cancel()  # no more posts: take what is still coming
-            if rate and done == key - key0:
+                feeding.cancel()  # no more posts: take what is still coming
+            if rate and done == posted:
                 break
     return rate
 
@@ -79,13 +82,14 @@ async def _measure(pair: object, seconds: float, repeats: int, progress: bool) -
             with trio.fail_after(10):
                 await a.wait_up()
             await a.send_many([PAYLOAD] * 4096)  # warm up
+            keys = itertools.count(1)
             for i in range(repeats):
                 if i % 2:
-                    stream.append(await _stream(a, seconds))
+                    stream.append(await _stream(a, seconds, keys))
                     plain.append(await _send_many(a, seconds))
                 else:
                     plain.append(await _send_many(a, seconds))
-                    stream.append(await _stream(a, seconds))
+                    stream.append(await _stream(a, seconds, keys))
                 if progress:
                     print(f"[bench] outcomes {i + 1}/{repeats}: send_many {plain[-1]:,.0f}/s, "
                           f"stream {stream[-1]:,.0f}/s", file=sys.stderr, flush=True)  # fmt: skip
