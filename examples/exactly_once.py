@@ -51,9 +51,12 @@ class AppLog:
 
     def __init__(self, path: str) -> None:
         self.path = Path(path)
-        self.lines = self.path.read_text().splitlines() if self.path.exists() else []
-        # a line cut short by a crash of the machine (not of the process) is dropped
+        text = self.path.read_text() if self.path.exists() else ""
+        whole = text[: text.rfind("\n") + 1]  # a line cut short (a crash of the machine,
+        self.lines = whole.splitlines()  # not of the process) is dropped
         self.fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        if len(whole) != len(text):
+            os.ftruncate(self.fd, len(whole.encode()))
 
     def write(self, text: str) -> None:
         os.write(self.fd, text.encode())
