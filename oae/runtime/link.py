@@ -373,7 +373,7 @@ class Link:
                 yield outcome
                 done.append(outcome)
         finally:  # the loop was left (break, an error in its body): what it handled
-            if done and not self._closed:
+            if done:
                 self.ack(done)
 
     def ack(self, outcomes: Iterable[Outcome]) -> None:
@@ -421,7 +421,7 @@ class Link:
                 yield msg
                 done = msg.tid
         finally:  # the loop was left (break, an error in its body): release what it handled
-            if done and not self._closed:
+            if done:
                 self._release_upto(done)
 
     @asynccontextmanager
@@ -559,7 +559,10 @@ class Link:
         return taken
 
     def _ack_tids(self, tids: Iterable[int], posted: int = 0) -> None:
-        """Acknowledge outcomes (`posted` of them of transfers posted by this process)."""
+        """Acknowledge outcomes (`posted` of them of transfers posted by this process); after
+        the link closed nothing is recorded (they come again at the next open)."""
+        if self._closed:
+            return
         for lo, hi in _runs(tids):
             if lib.oae_pump_ack(self._pump, lo, hi, posted) < 0:
                 raise MemoryError("oae pump: out of memory recording acknowledgements")
@@ -573,7 +576,10 @@ class Link:
         self._to_stream(r for r in batch.results if r is not None)
 
     def _release_upto(self, tid: int) -> None:
-        """Release every taken message up to `tid` (taken in order)."""
+        """Release every taken message up to `tid` (taken in order); after the link closed
+        nothing is recorded (they come again at the next open)."""
+        if self._closed:
+            return
         n = 0
         while self._taken and self._taken[0] <= tid:
             self._taken.popleft()
