@@ -62,8 +62,8 @@ _C_BOUND = (
 _X_BOUND = "critical-path link exchanges x median CONTROL transfer latency, same run"
 _DIRECT = "direct veth between the same two namespaces, same Python sender, same run"
 _SEND_MANY = (
-    "Link.send_many of the same payloads, 16,384 at a time, on the same links (both ends"
-    " durable), same run"
+    "Link.send_many of the same payloads, 16,384 at a time, two calls in flight, on the same"
+    " links (with or without state dirs, as the figure), same run"
 )
 _PARAM = Rule(r"(.*\.)?(repeats|window|beat|rtt_us)", "parameter", "a setting, not compared")
 
@@ -142,9 +142,9 @@ RULES: dict[str, list[Rule]] = {
         _PARAM,
     ],
     "outcomes": [
-        Rule(r"stream_per_s", "measured", _SEND_MANY, "send_many_per_s"),
-        Rule(r"send_many_per_s", "baseline", _SEND_MANY),
-        Rule(r"stream_over_send_many", "ratio", _SEND_MANY, "send_many_per_s"),
+        Rule(r"(\w+)\.stream_per_s", "measured", _SEND_MANY, r"\1.send_many_per_s"),
+        Rule(r"(\w+)\.send_many_per_s", "baseline", _SEND_MANY),
+        Rule(r"(\w+)\.ratio", "ratio", _SEND_MANY, r"\1.send_many_per_s"),
         _PARAM,
     ],
     "testbed": [

@@ -231,6 +231,11 @@ class _Waiting(deque[T], Generic[T]):
         self.extend(items)
         self._more.set()
 
+    def put_one(self, item: T) -> None:
+        self.append(item)
+        if not self._more.is_set():
+            self._more.set()
+
     def wake(self) -> None:
         self._more.set()
 
@@ -369,7 +374,8 @@ class Link:
                     done = []
                 if not await self._stream.wait(self):
                     return
-                outcome = self._take_outcomes(1)[0]
+                outcome = self._stream.popleft()
+                self._outcomes_taken.add(outcome.tid)
                 yield outcome
                 done.append(outcome)
         finally:  # the loop was left (break, an error in its body): what it handled
@@ -550,9 +556,6 @@ class Link:
                 )
             floor = k
 
-    def _to_stream(self, outcomes: Iterable[Outcome]) -> None:
-        self._stream.put(outcomes)
-
     def _take_outcomes(self, n: int) -> list[Outcome]:
         taken = [self._stream.popleft() for _ in range(n)]
         self._outcomes_taken.update(o.tid for o in taken)
@@ -573,7 +576,7 @@ class Link:
         what settles later."""
         for i in range(len(batch.results)):
             self._batches.pop(batch.base + i, None)
-        self._to_stream(r for r in batch.results if r is not None)
+        self._stream.put(r for r in batch.results if r is not None)
 
     def _release_upto(self, tid: int) -> None:
         """Release every taken message up to `tid` (taken in order); after the link closed
@@ -636,7 +639,7 @@ class Link:
             payload = bytes(ffi.buffer(ev.payload, ev.length))
             control = bool(ev.data_flags & lib.OAE_F_CONTROL)
             redelivered = bool(ev.flags & lib.OAE_PEVF_REPLAYED)
-            self._inbox.put((Message(ev.tid, payload, control, now, redelivered),))
+            self._inbox.put_one(Message(ev.tid, payload, control, now, redelivered))
         elif t in (lib.OAE_EV_COMMITTED, lib.OAE_EV_ABORTED):
             committed = t == lib.OAE_EV_COMMITTED
             self.counters["committed" if committed else "aborted"] += 1
@@ -647,7 +650,7 @@ class Link:
             if batch is None:
                 if not pe.cookie and not restored:
                     self._posted.add(ev.tid)
-                self._to_stream((outcome,))
+                self._stream.put_one(outcome)
                 return
             batch.results[pe.cookie - batch.base] = outcome
             batch.remaining -= 1
