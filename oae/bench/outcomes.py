@@ -11,8 +11,10 @@ two links, each repeat measures for `seconds` each, in alternating order:
     returned; the other keeps the window full meanwhile);
   * stream: keyed `link.post(chunk)` kept ahead of the window, and `async for o in
     link.outcomes()` taking (and so acknowledging) every outcome one by one.
-Figures are transfers settled per second at the sender (medians); `ratio` is the median of
-per-repeat stream / send_many ratios.
+Figures are transfers settled per second at the sender and CPU µs per transfer of the
+application's (Trio) thread, the stream's own cost (the pump threads and the disk do the
+same work either way; rates swing with the disk and the beat sizes the link falls into);
+medians, and the medians of per-repeat stream / send_many ratios.
 """
 
 from __future__ import annotations
@@ -36,11 +38,12 @@ CHUNK = 16_384
 PAYLOAD = b"oae-bench-eo-16b"
 
 
-async def _send_many(link: Link, seconds: float) -> float:
+async def _send_many(link: Link, seconds: float) -> tuple[float, float]:
     """Two send_many calls in flight at a time, so the window never drains at the end of a
-    chunk (the stream keeps it full too): the difference is the outcome path alone."""
+    chunk (the stream keeps it full too): transfers/s, and CPU µs of the application's
+    (Trio) thread per transfer."""
     done = 0
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.thread_time()
 
     async def worker() -> None:
         nonlocal done
@@ -50,12 +53,13 @@ async def _send_many(link: Link, seconds: float) -> float:
     async with trio.open_nursery() as nursery:
         nursery.start_soon(worker)
         nursery.start_soon(worker)
-    return done / (time.perf_counter() - t0)
+    return done / (time.perf_counter() - t0), (time.thread_time() - c0) * 1e6 / done
 
 
-async def _stream(link: Link, seconds: float, keys: Iterator[int]) -> float:
+async def _stream(link: Link, seconds: float, keys: Iterator[int]) -> tuple[float, float]:
     posted = done = 0
     rate = 0.0
+    c0 = time.thread_time()
     feeding = trio.CancelScope()
 
     async def feed() -> None:
@@ -77,14 +81,14 @@ async def _stream(link: Link, seconds: float, keys: Iterator[int]) -> float:
                 feeding.cancel()  # no more posts: take what is still coming
             if rate and done == posted:
                 break
-    return rate
+    return rate, (time.thread_time() - c0) * 1e6 / done
 
 
 async def _measure(pair: VethPair, durable: bool, opts: BenchOptions) -> dict:
     tx = LinkOptions(window=WINDOW, beat=BEAT, idle=0.0)
     rx = LinkOptions(window=WINDOW, beat=BEAT, idle=0.0, sink=True)
-    plain: list[float] = []
-    stream: list[float] = []
+    plain: list[tuple[float, float]] = []
+    stream: list[tuple[float, float]] = []
     with tempfile.TemporaryDirectory(prefix="oae-bench-outcomes-") as tmp:
         dirs = ({"state_dir": f"{tmp}/a"}, {"state_dir": f"{tmp}/b"}) if durable else ({}, {})
         async with (
@@ -105,12 +109,17 @@ async def _measure(pair: VethPair, durable: bool, opts: BenchOptions) -> dict:
                 if opts.progress:
                     mode = "durable" if durable else "volatile"
                     print(f"[bench] outcomes {mode} {i + 1}/{opts.repeats}: send_many "
-                          f"{plain[-1]:,.0f}/s, stream {stream[-1]:,.0f}/s",
+                          f"{plain[-1][0]:,.0f}/s {plain[-1][1]:.1f} µs, stream "
+                          f"{stream[-1][0]:,.0f}/s {stream[-1][1]:.1f} µs",
                           file=sys.stderr, flush=True)  # fmt: skip
+    pairs = list(zip(stream, plain, strict=True))
     return {
-        "send_many_per_s": statistics.median(plain),
-        "stream_per_s": statistics.median(stream),
-        "ratio": statistics.median(s / p for s, p in zip(stream, plain, strict=True)),
+        "send_many_per_s": statistics.median(p[0] for p in plain),
+        "stream_per_s": statistics.median(s[0] for s in stream),
+        "ratio": statistics.median(s[0] / p[0] for s, p in pairs),
+        "send_many_cpu_us": statistics.median(p[1] for p in plain),
+        "stream_cpu_us": statistics.median(s[1] for s in stream),
+        "cpu_ratio": statistics.median(s[1] / p[1] for s, p in pairs),
     }
 
 
@@ -130,5 +139,10 @@ def run(opts: BenchOptions) -> dict:
             "stream_per_s": "transfers settled/s at the sender, keyed post + outcomes() taking"
             " and acknowledging each (median)",
             "ratio": "x (stream / send_many, median of per-repeat ratios)",
+            "send_many_cpu_us": "CPU µs of the application's (Trio) thread per transfer,"
+            " send_many (median)",
+            "stream_cpu_us": "CPU µs of the application's (Trio) thread per transfer, post +"
+            " outcomes() (median)",
+            "cpu_ratio": "x (stream / send_many CPU per transfer, median of per-repeat ratios)",
         },
     }

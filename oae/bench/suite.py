@@ -145,6 +145,9 @@ RULES: dict[str, list[Rule]] = {
         Rule(r"(\w+)\.stream_per_s", "measured", _SEND_MANY, r"\1.send_many_per_s"),
         Rule(r"(\w+)\.send_many_per_s", "baseline", _SEND_MANY),
         Rule(r"(\w+)\.ratio", "ratio", _SEND_MANY, r"\1.send_many_per_s"),
+        Rule(r"(\w+)\.stream_cpu_us", "measured", _SEND_MANY, r"\1.send_many_cpu_us"),
+        Rule(r"(\w+)\.send_many_cpu_us", "baseline", _SEND_MANY),
+        Rule(r"(\w+)\.cpu_ratio", "ratio", _SEND_MANY, r"\1.send_many_cpu_us"),
         _PARAM,
     ],
     "testbed": [
