@@ -70,6 +70,10 @@ _CPU = (
     " idle CPU per second, same run, is reported next to it)"
 )
 _DIRECT = "direct veth between the same two namespaces, same Python sender, same run"
+_SEND_MANY = (
+    "Link.send_many of the same payloads, 16,384 at a time, two calls in flight, on the same"
+    " links (with or without state dirs, as the figure), same run"
+)
 _PARAM = Rule(r"(.*\.)?(repeats|window|beat|rtt_us)", "parameter", "a setting, not compared")
 
 RULES: dict[str, list[Rule]] = {
@@ -152,6 +156,15 @@ RULES: dict[str, list[Rule]] = {
         Rule(r"c_rtt_us", "baseline", _C_PINGPONG),
         Rule(r"(durable_)?transfer_us", "measured", _C_PINGPONG, "c_rtt_us"),
         Rule(r"(durable|transfer)_over_c_rtt", "ratio", _C_PINGPONG, "c_rtt_us"),
+        _PARAM,
+    ],
+    "outcomes": [
+        Rule(r"(\w+)\.stream_per_s", "measured", _SEND_MANY, r"\1.send_many_per_s"),
+        Rule(r"(\w+)\.send_many_per_s", "baseline", _SEND_MANY),
+        Rule(r"(\w+)\.ratio", "ratio", _SEND_MANY, r"\1.send_many_per_s"),
+        Rule(r"(\w+)\.stream_cpu_us", "measured", _SEND_MANY, r"\1.send_many_cpu_us"),
+        Rule(r"(\w+)\.send_many_cpu_us", "baseline", _SEND_MANY),
+        Rule(r"(\w+)\.cpu_ratio", "ratio", _SEND_MANY, r"\1.send_many_cpu_us"),
         _PARAM,
     ],
     "testbed": [

@@ -424,7 +424,7 @@ async def _then_cancel(wait: Callable[[], Awaitable[None]], scope: trio.CancelSc
 @asynccontextmanager
 async def serve(node: Node, cfg: EpochConfig, log: Log) -> AsyncIterator[EpochService]:
     """Run the epoch layer of `cfg` (its identity resolved) over every link of `node`
-    (opened with collect=False) and serve its ops on the node's control socket until the
+    (opened with layered=True) and serve its ops on the node's control socket until the
     block exits."""
     node_id, labels = cfg.node_id, cfg.labels
     assert node_id is not None and set(labels) == set(node.links)
