@@ -251,6 +251,8 @@ int oae_slotfile_store(const char *path, const uint8_t *payload, size_t len)
 #define ROOM_PER_INPUT 8    /* runner events one input may publish, at most */
 #define CMDS 256
 #define CONTROL_COOKIE (1ull << 63) /* marks the runner's own CONTROL transfers */
+#define CTL_RING (1u << 14)   /* CONTROL log entries */
+#define SENT_AT 4096          /* submit instants of the last CONTROL transfers, by number */
 
 enum { CMD_PROPOSE = 1, CMD_CHECKPOINT = 2 };
 
@@ -286,11 +288,16 @@ struct oae_epochrun {
     int notified;
     slotfile store;
     uint64_t control_seq;
+    /* the CONTROL log, under mu */
+    oae_epochrun_ctl *ctl;
+    uint32_t ctl_head, ctl_tail;
+    uint64_t sent_at[SENT_AT];
     oae_epochrun_stats st;
     int running;
     clockid_t cpuclock;
     /* runner thread only */
     oae_pump_event pev[PUMP_BATCH];
+    uint32_t release_n, release_upto; /* deliveries consumed in the batch being drained */
     oae_epoch_action acts[OAE_EPOCH_ACTIONS_MAX]; /* the list being performed */
     oae_epochrun_event seen[OAE_EPOCH_ACTIONS_MAX]; /* its observations, published after */
 };
@@ -326,6 +333,20 @@ static oae_epochrun_event *publish(oae_epochrun *r, int type)
         r->notified = 1;
     }
     return e;
+}
+
+static oae_epochrun_ctl *control_log(oae_epochrun *r, int kind, uint32_t link, uint64_t at)
+{
+    if (r->ctl_tail - r->ctl_head == CTL_RING) {
+        r->ctl_head++;
+        r->st.control_log_lost++;
+    }
+    oae_epochrun_ctl *c = &r->ctl[r->ctl_tail++ % CTL_RING];
+    memset(c, 0, sizeof *c);
+    c->kind = (uint8_t)kind;
+    c->link = link;
+    c->at_ns = at;
+    return c;
 }
 
 static void publish_wave(oae_epochrun *r, int type, const oae_epoch_wave *w, int ok)
@@ -426,10 +447,15 @@ static int perform(oae_epochrun *r, int n)
         case OAE_EA_OFFER: {
             uint8_t len = a->len;
             uint8_t f = OAE_F_CONTROL | (a->gated ? OAE_OFFER_GATED : 0);
-            if (oae_pump_submit(p, a->payload, &len, 1, f, CONTROL_COOKIE | ++r->control_seq) < 0) {
+            uint64_t seq = ++r->control_seq, now = oae_now_ns();
+            if (oae_pump_submit(p, a->payload, &len, 1, f, CONTROL_COOKIE | seq, NULL) < 0) {
                 fail_as(r, -ENOMEM, 1);
                 return r->failed;
             }
+            r->sent_at[seq % SENT_AT] = now;
+            oae_epochrun_ctl *c = control_log(r, OAE_ERC_SENT, a->link, now);
+            c->len = len;
+            memcpy(c->payload, a->payload, len);
             break;
         }
         /* a decision the link can no longer take (it went down meanwhile) is taken by
@@ -496,6 +522,15 @@ static int perform(oae_epochrun *r, int n)
     return 0;
 }
 
+/* A delivery of the pump being drained that nobody else will see: released with the
+ * batch (room for the peer; with a state dir, never handed out again). */
+static void consumed(oae_epochrun *r, uint32_t tid)
+{
+    r->release_n++;
+    if (tid > r->release_upto)
+        r->release_upto = tid;
+}
+
 /* One event of pump i (mu held). */
 static int on_pump_event(oae_epochrun *r, size_t i, const oae_pump_event *pe)
 {
@@ -513,17 +548,21 @@ static int on_pump_event(oae_epochrun *r, size_t i, const oae_pump_event *pe)
     case OAE_PEV_ERROR: /* the pump stopped: the link is gone for good */
         rc = input_done(r, oae_epoch_link_down(m, id), 0);
         break;
-    case OAE_EV_OFFERED:
+    case OAE_EV_OFFERED: {
         r->st.control_in++;
+        oae_epochrun_ctl *c = control_log(r, OAE_ERC_OFFERED, id, oae_now_ns());
+        c->len = e->length;
+        memcpy(c->payload, e->payload, e->length);
         return input_done(r, oae_epoch_offered(m, id, e->tid, e->payload, e->length, e->info),
                           0);
+    }
     case OAE_EV_REFLECTED:
         r->st.control_in++;
         return input_done(r, oae_epoch_reflected(m, id, e->tid), 0);
     case OAE_EV_DELIVERED:
         if (control) {
             r->st.control_in++;
-            oae_pump_release(r->pumps[i], 1);
+            consumed(r, e->tid);
             return input_done(r, oae_epoch_delivered(m, id, e->tid, e->payload, e->length), 0);
         }
         accepted = 0;
@@ -532,7 +571,7 @@ static int on_pump_event(oae_epochrun *r, size_t i, const oae_pump_event *pe)
                             1);
         if (!accepted) {
             r->st.mixed_frames++;
-            oae_pump_release(r->pumps[i], 1);
+            consumed(r, e->tid);
             return rc;
         }
         r->st.app_frames++;
@@ -541,6 +580,10 @@ static int on_pump_event(oae_epochrun *r, size_t i, const oae_pump_event *pe)
     case OAE_EV_ABORTED:
         if (mine) {
             r->st.control_in++;
+            oae_pump_ack(r->pumps[i], e->tid, e->tid, 0); /* never handed out again */
+            uint64_t now = oae_now_ns();
+            control_log(r, OAE_ERC_SETTLED, id, now)->took_ns =
+                now - r->sent_at[(pe->cookie & ~CONTROL_COOKIE) % SENT_AT];
             const uint8_t *payload = e->length ? e->payload : NULL;
             return input_done(r, oae_epoch_outcome(m, id, e->tid, e->type == OAE_EV_COMMITTED,
                                                    payload, e->length,
@@ -613,10 +656,11 @@ oae_epochrun *oae_epochrun_new(uint32_t node_id, const uint32_t *ids, oae_pump *
     if (!r->m)
         goto fail;
     r->ring = calloc(RING, sizeof *r->ring);
+    r->ctl = calloc(CTL_RING, sizeof *r->ctl);
     r->store.path = strdup(record_path);
     r->cmdfd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     r->evfd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
-    if (!r->ring || !r->store.path || r->cmdfd < 0 || r->evfd < 0) {
+    if (!r->ring || !r->ctl || !r->store.path || r->cmdfd < 0 || r->evfd < 0) {
         *err = r->cmdfd < 0 || r->evfd < 0 ? -errno : -ENOMEM;
         goto fail;
     }
@@ -625,6 +669,7 @@ oae_epochrun *oae_epochrun_new(uint32_t node_id, const uint32_t *ids, oae_pump *
 fail:
     oae_epoch_free(r->m);
     free(r->ring);
+    free(r->ctl);
     free(r->store.path);
     if (r->cmdfd >= 0)
         close(r->cmdfd);
@@ -646,6 +691,7 @@ void oae_epochrun_free(oae_epochrun *r)
         close(r->store.fd);
     free(r->store.path);
     free(r->ring);
+    free(r->ctl);
     free(r);
 }
 
@@ -703,8 +749,11 @@ int oae_epochrun_run(oae_epochrun *r)
             if (!pf[j].revents)
                 continue;
             size_t got = oae_pump_events(r->pumps[j - 1], r->pev, PUMP_BATCH);
+            r->release_n = r->release_upto = 0;
             for (size_t e = 0; e < got && !r->failed; e++)
                 on_pump_event(r, j - 1, &r->pev[e]);
+            if (r->release_n)
+                oae_pump_release(r->pumps[j - 1], r->release_n, r->release_upto);
         }
         if (r->changed || r->waiters) {
             publish(r, OAE_ER_CHANGED);
@@ -798,7 +847,7 @@ int64_t oae_epochrun_send(oae_epochrun *r, uint32_t link, const uint8_t *payload
             memcpy(p + OAE_EPOCHRUN_TAG_LEN, payloads + 16 * (done + k), lens[done + k]);
             blen[k] = (uint8_t)(lens[done + k] + OAE_EPOCHRUN_TAG_LEN);
         }
-        if (oae_pump_submit(r->pumps[i], buf, blen, b, 0, cookie0 + done) < 0) {
+        if (oae_pump_submit(r->pumps[i], buf, blen, b, 0, cookie0 + done, NULL) < 0) {
             pthread_mutex_unlock(&r->mu);
             return -ENOMEM; /* the first `done` went out: the caller's outcomes tell */
         }
@@ -809,6 +858,16 @@ int64_t oae_epochrun_send(oae_epochrun *r, uint32_t link, const uint8_t *payload
     r->st.app_sent += n;
     pthread_mutex_unlock(&r->mu);
     return tag;
+}
+
+size_t oae_epochrun_control_log(oae_epochrun *r, oae_epochrun_ctl *out, size_t max)
+{
+    size_t n = 0;
+    pthread_mutex_lock(&r->mu);
+    while (n < max && r->ctl_head != r->ctl_tail)
+        out[n++] = r->ctl[r->ctl_head++ % CTL_RING];
+    pthread_mutex_unlock(&r->mu);
+    return n;
 }
 
 const oae_epoch *oae_epochrun_lock(oae_epochrun *r)

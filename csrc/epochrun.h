@@ -15,7 +15,9 @@
  * object (the Link must not take its pump's events itself).  Application frames go out
  * through oae_epochrun_send, which tags them with the link end's epoch (4 bytes,
  * big-endian) under the runner's lock; a delivered frame whose tag is not the epoch of
- * its link end is counted and dropped here (released to the engine), never re-published.
+ * its link end is counted and dropped here, never re-published.  What the runner consumes
+ * it settles with the pump: deliveries (CONTROL ones, dropped frames) are released with
+ * the batch they came in, the outcomes of its own CONTROL transfers acknowledged.
  *
  * Locking: one mutex guards the machine, the command queue and the event ring.  The
  * runner holds it while it feeds the machine and performs actions, except during a
@@ -68,6 +70,23 @@ typedef struct oae_epochrun_event {
     oae_pump_event pe; /* OAE_ER_LINK */
 } oae_epochrun_event;
 
+/* The CONTROL log, for measurement: what the runner sent, what reached it, and how long
+ * its transfers took (a bounded ring: the oldest entries give way). */
+enum {
+    OAE_ERC_SENT = 1,    /* a CONTROL offer submitted to `link` */
+    OAE_ERC_OFFERED = 2, /* a CONTROL offer from `link` reached this node (OFFERED) */
+    OAE_ERC_SETTLED = 3  /* a CONTROL transfer to `link` got its outcome after took_ns */
+};
+
+typedef struct oae_epochrun_ctl {
+    uint8_t kind; /* OAE_ERC_* */
+    uint8_t len;
+    uint32_t link;
+    uint64_t at_ns;
+    uint64_t took_ns;
+    uint8_t payload[16];
+} oae_epochrun_ctl;
+
 typedef struct oae_epochrun_stats {
     uint64_t steps;        /* machine inputs */
     uint64_t actions;      /* actions performed */
@@ -80,6 +99,7 @@ typedef struct oae_epochrun_stats {
     uint64_t app_sent;     /* application frames sent through oae_epochrun_send */
     uint64_t held_sends;   /* oae_epochrun_send answers HELD */
     uint64_t wakeups;
+    uint64_t control_log_lost; /* CONTROL log entries overwritten before they were taken */
     uint64_t cpu_ns;       /* CPU time of the runner thread so far */
 } oae_epochrun_stats;
 
@@ -116,6 +136,8 @@ int64_t oae_epochrun_send(oae_epochrun *r, uint32_t link, const uint8_t *payload
  * thread; the runner never holds the lock across a disk write. */
 const oae_epoch *oae_epochrun_lock(oae_epochrun *r);
 void oae_epochrun_unlock(oae_epochrun *r);
+/* Take up to max entries of the CONTROL log, oldest first. */
+size_t oae_epochrun_control_log(oae_epochrun *r, oae_epochrun_ctl *out, size_t max);
 /* 1 when every link is up and has told this node its committed epoch */
 int oae_epochrun_ready(oae_epochrun *r);
 void oae_epochrun_stats_get(oae_epochrun *r, oae_epochrun_stats *out);

@@ -3,8 +3,9 @@
 Public API (kept small on purpose):
 
 - wire format v1: `Record`, `Frame`, `DecodeError`, `encode_frame`, `decode_frame`
-- Trio runtime: `open_link` (-> `Link`: `send`, `received`, `stats`), `Outcome`,
-  `Message`, `LinkOptions`, `LinkError`; `open_node`, `Node`, `LinkSpec`
+- Trio runtime: `open_link` (-> `Link`: `send`, `post`, `outcomes`, `received`, `stats`;
+  exactly-once for applications: docs/applications.md), `Outcome`, `Message`,
+  `LinkOptions`, `LinkError`; `open_node`, `Node`, `LinkSpec`
 - epoch layer: `EpochMachine` (sans-I/O), `Wave`, `open_epoch_node` (-> `EpochNode`)
 - link engine (sans-I/O, C): `LinkEngine`, `LinkConfig`, `Durable`, events `LinkUp`,
   `LinkDown`, `Delivered`, `Committed`, `Aborted`, `Persist`, and with gates `Offered`,

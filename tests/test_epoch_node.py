@@ -17,7 +17,7 @@ import pytest
 import trio
 
 from oae.epoch.durable import DurableRecord, FileStore
-from oae.epoch.messages import Wave
+from oae.epoch.messages import Kind, Message, Wave
 from oae.epoch.node import EpochNode, EpochNodeError, open_epoch_node
 from oae.errors import UsageError
 from oae.runtime.link import open_link
@@ -60,6 +60,10 @@ async def test_two_nodes_converge_send_and_recover(veth_pair, tmp_path: Path) ->
                 ]
                 assert a.converged_at[wave] >= a.decided_at[wave] >= a.proposed_at[wave]
                 assert a.counters()["persists"] >= 2 and a.stats()["steps"] > 0
+                took, log = a.harvest()
+                assert took and all(0 < t < 20 for t in took)
+                assert (True, 1, Message(Kind.PROPOSE, wave).encode()) in [x[:3] for x in log]
+                assert a.harvest() == ([], [])
                 with pytest.raises(UsageError, match="at most 12 bytes"):
                     await a.send(1, bytes(13))
             assert FileStore(da / "epoch.json").load().epoch == 1
@@ -97,7 +101,7 @@ async def test_a_frame_of_another_epoch_is_dropped_and_counted(veth_pair, tmp_pa
                 n, msg = await b.received().receive()
                 assert (n, msg.payload) == (0, b"ok")
                 c = b.counters()
-                assert (c["app_received"], c["mixed_app_frames"], c["mixed_frames"]) == (1, 2, 1)
+                assert (c["app_received"], c["mixed_app_frames"], c["mixed_frames"]) == (3, 2, 1)
 
 
 async def test_triangle_with_checkpoints_and_a_failed_one(tmp_path: Path) -> None:

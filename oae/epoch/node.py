@@ -23,6 +23,7 @@ is read here once and rewritten by the runner's first write.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import time
@@ -251,8 +252,9 @@ class EpochNode:
         return self._inbox
 
     def counters(self) -> dict[str, int]:
-        """What this node counted: application frames received, and refused as
-        mixed-epoch (`mixed_app_frames`: tag not the link end's epoch, or no tag;
+        """What this node counted: application frames delivered (`app_received`), and
+        of them refused as mixed-epoch (`mixed_app_frames`: tag not the link end's epoch,
+        or no tag;
         `mixed_frames`: the machine's own count of the first kind), undecodable CONTROL
         messages, epoch records written, waves decided/converged here."""
         st = self.stats()
@@ -263,7 +265,7 @@ class EpochNode:
         finally:
             lib.oae_epochrun_unlock(self._run)
         return {
-            "app_received": self.app_received,
+            "app_received": self.app_received + st["mixed_frames"],
             "mixed_app_frames": st["mixed_frames"],
             "mixed_frames": ctr.mixed_frames,
             "bad_messages": ctr.bad_messages,
@@ -273,6 +275,26 @@ class EpochNode:
             "converged": len(self.converged),
         }
 
+    def harvest(self) -> tuple[list[float], list[tuple[bool, int, bytes, float]]]:
+        """The runner's CONTROL log since the last harvest: the transfer times (submit to
+        outcome, s) of its CONTROL transfers, and (sent, neighbour, payload, trio time) of
+        each CONTROL offer it submitted (sent) or that reached it (OFFERED), from which a
+        leg's one-way time is measured."""
+        buf = ffi.new("oae_epochrun_ctl[]", EVENT_BATCH)
+        offset = trio.current_time() - time.monotonic()
+        took: list[float] = []
+        log: list[tuple[bool, int, bytes, float]] = []
+        while n := lib.oae_epochrun_control_log(self._run, buf, EVENT_BATCH):
+            for c in buf[0:n]:
+                if c.kind == lib.OAE_ERC_SETTLED:
+                    took.append(c.took_ns * 1e-9)
+                else:
+                    payload = bytes(ffi.buffer(c.payload, c.len))
+                    log.append(
+                        (c.kind == lib.OAE_ERC_SENT, c.link, payload, c.at_ns * 1e-9 + offset)
+                    )
+        return took, log
+
     def stats(self) -> dict[str, int]:
         """The runner's counters (csrc/epochrun.h oae_epochrun_stats)."""
         st = ffi.new("oae_epochrun_stats *")
@@ -280,18 +302,33 @@ class EpochNode:
         return {name: getattr(st, name) for name in dir(st)}
 
     def status(self) -> dict[str, Any]:
-        """JSON-ready: oae.epoch.machine's status snapshot (committed and prepared waves,
-        the wave in progress, deferred waves, per link up/heard/epoch/send_epoch), the
-        last wave initiated here known converged, and the counters."""
+        """JSON-ready: the committed wave, the wave in progress (with whether it is
+        prepared), the waves deferred, per neighbour link its state (up; heard: the
+        committed epoch the peer proved on this link session; `epoch`: the tag its
+        application frames carry now, None while held), the last wave initiated here
+        that is known converged, and the counters."""
         m = lib.oae_epochrun_lock(self._run)
         try:
             st = machine_status(ffi, lib, m, self.node_id)
         finally:
             lib.oae_epochrun_unlock(self._run)
+        wave = st["wave"]
+        if wave is not None:
+            wave = {**wave, "prepared": st["prepared"] == wave["wave"]}
         conv = max(self.converged, default=None)
-        st["converged"] = None if conv is None else [conv.epoch, conv.attempt, conv.initiator]
-        st["counters"] = self.counters()
-        return st
+        return {
+            "node_id": self.node_id,
+            "epoch": st["epoch"],
+            "committed": st["committed"],
+            "wave": wave,
+            "deferred": [json.loads(w) for w in st["deferred"]],
+            "converged": None if conv is None else [conv.epoch, conv.attempt, conv.initiator],
+            "links": {
+                int(n): {"up": ln["up"], "heard": ln["heard"], "epoch": ln["send_epoch"]}
+                for n, ln in st["links"].items()
+            },
+            "counters": self.counters(),
+        }
 
     # ------------------------------------------------------------ plumbing
     def _check(self, rc: int) -> None:
