@@ -184,6 +184,7 @@ class _Link:
     heard: int | None = None  # highest committed epoch the peer proved on this session
     epoch: int = 0  # the epoch this link end carries (what LinkEpoch last said)
     out: list[_Out] = field(default_factory=list)  # in offer order = reflection order
+    offer_after: Wave | None = None  # PROPOSE to send once our older offer is refused
     inc: dict[Wave, _In] = field(default_factory=dict)
     delivered: int = 0  # highest tid delivered from the peer (tids are never reused)
     ctl_delivered: int = 0  # highest CONTROL tid delivered from the peer
@@ -332,6 +333,9 @@ class EpochMachine:
         # may be waiting for exactly one of them.
         for w in sorted(self.rec.aborted):
             out.append(self._status(link, Kind.ABORT, w))
+        st = self.wave
+        if st is not None and link in st.waiting:
+            self._propose_to(link, st.wave, out)  # it was down when we joined
         return self._finish(out)
 
     def link_down(self, link: int) -> list[Action]:
@@ -379,7 +383,10 @@ class EpochMachine:
             return out
         o.tid = tid
         st = self.wave
-        if o.wave == self.rec.committed:
+        if o.wave in self.rec.aborted:
+            out.append(Reset(link))  # held although aborted: only a round undoes it
+            self._end_session(link)
+        elif o.wave == self.rec.committed:
             out.append(Commit(link, tid))  # a crossing neighbour held it after our commit
             o.committed = True
         elif st is not None and st.wave == o.wave:
@@ -444,10 +451,18 @@ class EpochMachine:
                 msg = decode(payload)
             except MessageError:
                 return out
-            o = ls.out_of(msg.wave) if msg.kind is Kind.PROPOSE else None
+            if msg.kind is not Kind.PROPOSE:
+                if not committed and ls.up:
+                    # Reversed with an earlier transfer the peer refused: it never saw
+                    # this status, which says something still true; say it again.
+                    out.append(self._status(link, msg.kind, msg.wave))
+                return self._finish(out)
+            o = ls.out_of(msg.wave)
         if o is None:
             return out  # a status message, or a transfer of an ended session
         ls.out.remove(o)
+        if ls.offer_after is not None and all(x.tid is not None for x in ls.out):
+            self._propose_to(link, ls.offer_after, out)
         if committed:
             # The peer reported: it committed (a crossing peer), or its subtree switched.
             if ls.up and (ls.heard is None or o.wave.epoch > ls.heard):
@@ -512,14 +527,25 @@ class EpochMachine:
         out.append(Capture(w))
         for ls in self.links.values():
             ls.logged = 0
-        if any(not self.links[n].up for n in self.links):
-            self._abort(w, out)
-            return
         # PROPOSE on every other link, also to crossing neighbours (the senders of a
-        # deferred wave): each of them waits for our offer as its answer.
+        # deferred wave): each of them waits for our offer as its answer. A link that is
+        # down (reset by the abort of an earlier wave, say) gets it when it is back.
         for n in others:
-            out.append(Offer(n, Message(Kind.PROPOSE, w).encode(), True))
-            self.links[n].out.append(_Out(w))
+            ls = self.links[n]
+            if not ls.up:
+                continue
+            if any(o.tid is None for o in ls.out):
+                # Our offer of the wave that aborted is still pending there, and the
+                # refusal of it would reverse this one too: offer once it is refused.
+                ls.offer_after = w
+            else:
+                self._propose_to(n, w, out)
+
+    def _propose_to(self, link: int, w: Wave, out: list[Action]) -> None:
+        ls = self.links[link]
+        ls.offer_after = None
+        out.append(Offer(link, Message(Kind.PROPOSE, w).encode(), True))
+        ls.out.append(_Out(w))
 
     def _closed(self, link: int, w: Wave) -> bool:
         """Has every transfer from `link` before its offer of `w` been delivered?"""
@@ -626,8 +652,12 @@ class EpochMachine:
         for n, ls in self.links.items():
             if not ls.up:
                 continue
-            inc = ls.inc.get(w)
-            if ls.out_of(w) is not None or (inc is not None and inc.held):
+            inc, o = ls.inc.get(w), ls.out_of(w)
+            if o is not None and o.tid is None and any(n in s for s in self.deferred.values()):
+                # The peer is in the higher wave it offered us: it refuses our offer (or,
+                # if its wave aborts, resets the link). A reset here would end its wave.
+                continue
+            if o is not None or (inc is not None and inc.held):
                 # Offered by us or held by us: only a round can abort it at both ends.
                 out.append(Reset(n))
                 self._end_session(n)
@@ -661,7 +691,7 @@ class EpochMachine:
     def _end_session(self, link: int) -> None:
         """Forget a link session: its wave transfers and pending offers are gone."""
         ls = self.links[link]
-        ls.up, ls.heard = False, None
+        ls.up, ls.heard, ls.offer_after = False, None, None
         ls.out.clear()
         ls.inc.clear()
         if link == self.rec.tree_parent:
