@@ -27,6 +27,8 @@ typedef struct link_t { /* _Link */
     uint32_t epoch;
     uint32_t n_out;
     out_t out[OAE_EPOCH_OUT_MAX]; /* in offer order */
+    int has_offer_after;
+    oae_epoch_wave offer_after; /* PROPOSE to send once our older offer is refused */
     uint32_t n_inc;
     in_t inc[OAE_EPOCH_INC_MAX];
     uint32_t delivered, ctl_delivered, reported;
@@ -427,6 +429,15 @@ static void deferred_pop(oae_epoch *m, const oae_epoch_wave *w)
     del_at(m->deferred, sizeof *d, &m->n_deferred, (size_t)(d - m->deferred));
 }
 
+/* any(link in s for s in self.deferred.values()) */
+static int deferred_from(const oae_epoch *m, int i)
+{
+    for (size_t k = 0; k < m->n_deferred; k++)
+        if (m->deferred[k].senders & bit(i))
+            return 1;
+    return 0;
+}
+
 static int children_have(const oae_epoch_record *r, uint32_t id)
 {
     for (uint32_t k = 0; k < r->n_tree_children; k++)
@@ -462,6 +473,7 @@ static void _end_session(oae_epoch *m, int i)
     ls->up = 0;
     ls->has_heard = 0;
     ls->heard = 0;
+    ls->has_offer_after = 0;
     ls->n_out = 0;
     ls->n_inc = 0;
     if (m->rec.has_tree_parent && ls->id == m->rec.tree_parent)
@@ -475,6 +487,24 @@ static void _end_session(oae_epoch *m, int i)
             m->deferred[k++] = m->deferred[j];
     }
     m->n_deferred = (uint32_t)k;
+}
+
+/* any(o.tid is None for o in ls.out) */
+static int unreflected(const link_t *ls)
+{
+    for (uint32_t k = 0; k < ls->n_out; k++)
+        if (!ls->out[k].has_tid)
+            return 1;
+    return 0;
+}
+
+/* _propose_to */
+static void _propose_to(oae_epoch *m, int i, const oae_epoch_wave *w)
+{
+    link_t *ls = &m->links[i];
+    ls->has_offer_after = 0;
+    emit_offer(m, i, OAE_EPOCH_PROPOSE, w, 1);
+    out_append(m, ls, w);
 }
 
 /* _join */
@@ -496,16 +526,17 @@ static void _join(oae_epoch *m, const oae_epoch_wave *w, int parent, uint64_t cr
     emit_wave(m, OAE_EA_CAPTURE, w);
     for (size_t i = 0; i < m->n; i++)
         m->links[i].logged = 0;
-    for (size_t i = 0; i < m->n; i++)
-        if (!m->links[i].up) {
-            _abort(m, w);
-            return;
+    for (size_t i = 0; i < m->n; i++) {
+        link_t *ls = &m->links[i];
+        if (!(others & bit((int)i)) || !ls->up)
+            continue;
+        if (unreflected(ls)) {
+            ls->has_offer_after = 1;
+            ls->offer_after = *w;
+        } else {
+            _propose_to(m, (int)i, w);
         }
-    for (size_t i = 0; i < m->n; i++)
-        if (others & bit((int)i)) {
-            emit_offer(m, (int)i, OAE_EPOCH_PROPOSE, w, 1);
-            out_append(m, &m->links[i], w);
-        }
+    }
 }
 
 /* _closed */
@@ -622,7 +653,10 @@ static void _abort(oae_epoch *m, const oae_epoch_wave *w)
         if (!ls->up)
             continue;
         in_t *inc = inc_get(ls, w);
-        if (out_of(ls, w) || (inc && inc->held)) {
+        out_t *o = out_of(ls, w);
+        if (o && !o->has_tid && deferred_from(m, (int)i))
+            continue;
+        if (o || (inc && inc->held)) {
             emit_link(m, OAE_EA_RESET, (int)i, 0);
             _end_session(m, (int)i);
         } else if (inc) {
@@ -934,6 +968,10 @@ int oae_epoch_link_up(oae_epoch *m, uint32_t link)
         status_msg(m, i, OAE_EPOCH_PREPARED, &m->rec.prepared);
     for (uint32_t k = 0; k < m->rec.n_aborted; k++)
         status_msg(m, i, OAE_EPOCH_ABORT, &m->rec.aborted[k]);
+    if (m->in_wave && (m->wave.waiting & bit(i))) {
+        oae_epoch_wave w = m->wave.wave;
+        _propose_to(m, i, &w); /* it was down when we joined */
+    }
     return finish(m);
 }
 
@@ -998,7 +1036,10 @@ int oae_epoch_reflected(oae_epoch *m, uint32_t link, uint32_t tid)
     o->has_tid = 1;
     o->tid = tid;
     wave_t *st = &m->wave;
-    if (wave_eq(&o->wave, &m->rec.committed)) {
+    if (aborted_has(&m->rec, &o->wave)) {
+        emit_link(m, OAE_EA_RESET, i, 0); /* held although aborted: only a round undoes it */
+        _end_session(m, i);
+    } else if (wave_eq(&o->wave, &m->rec.committed)) {
         emit_link(m, OAE_EA_COMMIT, i, tid);
         o->committed = 1;
     } else if (m->in_wave && wave_eq(&st->wave, &o->wave)) {
@@ -1074,12 +1115,21 @@ int oae_epoch_outcome(oae_epoch *m, uint32_t link, uint32_t tid, int committed,
         oae_epoch_wave w;
         if (msg_decode(payload, len, &kind, &w) < 0)
             return 0;
-        o = kind == OAE_EPOCH_PROPOSE ? out_of(ls, &w) : NULL;
+        if (kind != OAE_EPOCH_PROPOSE) {
+            if (!committed && ls->up)
+                status_msg(m, i, kind, &w); /* reversed with a refused offer: say it again */
+            return finish(m);
+        }
+        o = out_of(ls, &w);
     }
     if (!o)
         return 0;
     out_t gone = *o;
     out_remove(ls, o);
+    if (ls->has_offer_after && !unreflected(ls)) {
+        oae_epoch_wave w = ls->offer_after;
+        _propose_to(m, i, &w);
+    }
     if (committed) {
         if (ls->up && (!ls->has_heard || gone.wave.epoch > ls->heard)) {
             ls->has_heard = 1;

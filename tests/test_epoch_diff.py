@@ -3,11 +3,12 @@
 record they persist), identical queries after every input, and an exception from the
 Python machine exactly where the C machine returns an error.
 
-Input sequences come from three sources: the simulator on gated links (oae.epoch.sim's
-LegSim: loss, link flaps, crash-restarts, refused checkpoints, application traffic; every
-node's machine, and those of its recovery probes, is a `Twin`); Hypothesis' arbitrary
-inputs to one node, bad and out-of-order ones included; and the binary record codec,
-C against Python, on arbitrary records and damaged bytes.
+Input sequences come from: tests/test_epoch_machine.py's adversarial harness (its property
+and scenarios) and the simulator on gated links (oae.epoch.sim's LegSim: loss, link flaps,
+crash-restarts, refused checkpoints, application traffic), every node's machine a `Twin`;
+Hypothesis' arbitrary inputs to one node, bad and out-of-order ones included, and a few
+scripted rare paths; and the binary record codec, C against Python, on arbitrary records
+and damaged bytes.
 """
 
 from __future__ import annotations
@@ -124,6 +125,28 @@ def test_c_machine_agrees_on_simulated_runs(
                 flap_rate=flap_rate, initiator=initiator)  # fmt: skip
     assert r["mixed_epoch_states"] == 0 and r["mixed_epoch_frames"] == 0
     assert sum(t.inputs for t in twins) > 10 * len(topo.edges)
+
+
+# ------------------------------------------------------------------ the adversarial harness
+def test_c_machine_agrees_under_the_adversarial_harness() -> None:
+    """tests/test_epoch_machine.py's harness (gated links at record level: loss, reorder,
+    link failures and resets, crash-restarts, concurrent proposals, application frames),
+    its Hypothesis property and every scenario, with every machine a Twin."""
+    import inspect
+
+    import test_epoch_machine as harness
+
+    scenarios = [
+        f
+        for name, f in vars(harness).items()
+        if name.startswith("test_") and callable(f) and not inspect.signature(f).parameters
+    ]
+    assert len(scenarios) >= 8
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(harness, "EpochMachine", Twin)
+        for scenario in scenarios:
+            scenario()
+        harness.test_machine_is_safe_always_and_live_once_faults_stop()
 
 
 # ------------------------------------------------------------------ arbitrary inputs

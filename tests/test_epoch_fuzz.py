@@ -10,8 +10,17 @@ from pathlib import Path
 import pytest
 from fuzzutil import NEEDS_CLANG, broken_build_aborts, build, short_run
 
+from oae.epoch.durable import DurableRecord
+from oae.epoch.messages import Wave
+
 pytestmark = NEEDS_CLANG
 
+RECORD = DurableRecord(
+    committed=Wave(1, 1, 0),
+    initiating=Wave(2, 0, 0),
+    aborted=frozenset({Wave(2, 1, 30)}),
+    next_attempt=2,
+).to_bytes()
 # steps: op, link byte, tid, then the op's payload bytes (see csrc/fuzz_epoch.c)
 ALL_UP, PROPOSE, WRITTEN = [14, 0, 0], [0, 0, 0], [1, 0, 0]
 REFLECTED = [[6, 0x00, 1], [6, 0x08, 1]]  # on links 10 and 20, tid 1
@@ -23,10 +32,9 @@ SEEDS = {
     # join from link 10, a child on 20, prepare (hold 10's offer), the commit arrives
     "join": [0x01, *ALL_UP, 4, 0x00, 1, *PROPOSE_W, 0, *WRITTEN, *REFLECTED[1],
              7, 0x00, 1, *PROPOSE_W, 8, 0x08, 1, 0x84, 0xE5, 0, 0, 0],
-    # a record (committed epoch 1, one aborted wave) and status messages after restart
-    "record": [0x0A, 72, 1, 0x08, 0, 0, 0, 0, 1, 0, 0, 0, 1, 0, 0, 0, 1, 0, 0, 0, 0,
-               *bytes(12), 0, 0, 0, 0, 0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
-               0, 0, 0, 0, 0, 0, 0, 7, 0, 0, 0, 2, 0, 0, 0, 1, 0, 0, 0, 30, *ALL_UP,
+    # a record (committed epoch 1, an undecided wave of its own: aborted at the start,
+    # one aborted wave already) and status messages after restart
+    "record": [0x0A, len(RECORD), *RECORD, *ALL_UP,
                7, 0x08, 3, 0x1A, 0x00, 9, 0x10, 3, 0x84, 0xE5, 0, 0, 0],
 }  # fmt: skip
 
