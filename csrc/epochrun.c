@@ -250,7 +250,8 @@ int oae_slotfile_store(const char *path, const uint8_t *payload, size_t len)
 #define PUMP_BATCH 256      /* pump events taken at once */
 #define ROOM_PER_INPUT 8    /* runner events one input may publish, at most */
 #define CMDS 256
-#define CONTROL_COOKIE (1ull << 63) /* marks the runner's own CONTROL transfers */
+#define CONTROL_COOKIE OAE_PUMP_EARLY_COOKIE /* the runner's own CONTROL transfers: their
+                                                outcomes may come before the link's store */
 #define CTL_RING (1u << 14)   /* CONTROL log entries */
 #define SENT_AT 4096          /* submit instants of the last CONTROL transfers, by number */
 
@@ -275,7 +276,7 @@ struct oae_epochrun {
     volatile int stop;
     int failed;   /* the error that stopped it */
     int stepping; /* a record is being written: sends are held */
-    int waiters;  /* a send was held: publish CHANGED after the next step */
+    int watch;    /* the application waits for a change (oae_epochrun_watch, a held send) */
     int changed;  /* a step ran since the last CHANGED */
     int backed_up; /* the ring had no room: the application's take wakes us */
     uint32_t epoch_seen; /* the committed epoch last published (OAE_ER_EPOCH) */
@@ -755,9 +756,9 @@ int oae_epochrun_run(oae_epochrun *r)
             if (r->release_n)
                 oae_pump_release(r->pumps[j - 1], r->release_n, r->release_upto);
         }
-        if (r->changed || r->waiters) {
+        if (r->changed && r->watch) {
             publish(r, OAE_ER_CHANGED);
-            r->changed = r->waiters = 0;
+            r->changed = r->watch = 0;
         }
         pthread_mutex_unlock(&r->mu);
     }
@@ -819,6 +820,16 @@ int oae_epochrun_checkpoint_written(oae_epochrun *r, const oae_epoch_wave *wave,
     return command_push(r, &c);
 }
 
+/* (mu held) */
+static void watch_locked(oae_epochrun *r)
+{
+    r->watch = 1;
+    if (r->changed) { /* it moved since the last CHANGED: say so now */
+        publish(r, OAE_ER_CHANGED);
+        r->changed = r->watch = 0;
+    }
+}
+
 int64_t oae_epochrun_send(oae_epochrun *r, uint32_t link, const uint8_t *payloads,
                           const uint8_t *lens, size_t n, uint64_t cookie0)
 {
@@ -834,7 +845,8 @@ int64_t oae_epochrun_send(oae_epochrun *r, uint32_t link, const uint8_t *payload
     if (!r->failed && !r->stop && !r->stepping)
         tag = oae_epoch_send_epoch(r->m, link);
     if (tag < 0) {
-        r->waiters = tag == OAE_EPOCHRUN_HELD;
+        if (tag == OAE_EPOCHRUN_HELD)
+            watch_locked(r);
         r->st.held_sends += tag == OAE_EPOCHRUN_HELD;
         pthread_mutex_unlock(&r->mu);
         return tag;
@@ -858,6 +870,13 @@ int64_t oae_epochrun_send(oae_epochrun *r, uint32_t link, const uint8_t *payload
     r->st.app_sent += n;
     pthread_mutex_unlock(&r->mu);
     return tag;
+}
+
+void oae_epochrun_watch(oae_epochrun *r)
+{
+    pthread_mutex_lock(&r->mu);
+    watch_locked(r);
+    pthread_mutex_unlock(&r->mu);
 }
 
 size_t oae_epochrun_control_log(oae_epochrun *r, oae_epochrun_ctl *out, size_t max)

@@ -46,7 +46,9 @@ enum {
     OAE_ER_DECIDED = 5,   /* wave, ok = committed (at the initiator) */
     OAE_ER_CONVERGED = 6, /* wave: Conv known (at the initiator) */
     OAE_ER_EPOCH = 7,     /* wave: this node committed it (durably) */
-    OAE_ER_CHANGED = 8,   /* the machine moved: held sends may go, status and readiness too */
+    OAE_ER_CHANGED = 8,   /* the machine moved (since the last CHANGED): held sends may go,
+                             status and readiness too; only once asked (oae_epochrun_watch,
+                             or a held send), so that nobody is woken at every step */
     OAE_ER_FAILED = 9     /* the runner stopped: info the machine's OAE_EPOCH_E* (ok = 0), or
                              -errno of the record store, a pump or ppoll (ok = 1) */
 };
@@ -131,6 +133,10 @@ int oae_epochrun_checkpoint_written(oae_epochrun *r, const oae_epoch_wave *wave,
  * OAE_EPOCHRUN_HELD / NOLINK / TOOLONG / STOPPED (nothing sent), or -ENOMEM. */
 int64_t oae_epochrun_send(oae_epochrun *r, uint32_t link, const uint8_t *payloads,
                           const uint8_t *lens, size_t n, uint64_t cookie0);
+
+/* Ask for one OAE_ER_CHANGED at the machine's next move (at once if it moved since the
+ * last CHANGED). */
+void oae_epochrun_watch(oae_epochrun *r);
 
 /* Queries.  lock/unlock bracket reads of the machine (oae_epoch_* queries) from another
  * thread; the runner never holds the lock across a disk write. */

@@ -277,7 +277,7 @@ static void log_marks_now(oae_pump *p)
 
 static int add_ack(oae_pump *p, uint32_t lo, uint32_t hi)
 {
-    if (!p->durable_path || !lo || hi < lo)
+    if (!p->durable_path || (p->flags & OAE_PUMP_NO_LOG) || !lo || hi < lo)
         return 0;
     if (p->nacks) { /* consecutive acknowledgements make one record */
         tid_range *last = &p->acks[p->nacks - 1];
@@ -532,7 +532,7 @@ oae_pump *oae_pump_new(int fd, const oae_link_config *cfg, const oae_link_durabl
             goto fail;
         snprintf(p->durable_path, n, "%s/durable", state_dir);
         snprintf(p->log_path, n, "%s/events.log", state_dir);
-        int rc = open_log(p, restored ? &regs : NULL);
+        int rc = flags & OAE_PUMP_NO_LOG ? 0 : open_log(p, restored ? &regs : NULL);
         if (rc) {
             err = -rc;
             goto fail;
@@ -766,6 +766,24 @@ static void publish(oae_pump *p, uint32_t upto)
     }
 }
 
+/* OAE_PUMP_EARLY_CONTROL: the end of the run of events at the head of those waiting for
+ * a store that may go before it: CONTROL deliveries, gate events, and outcomes of
+ * transfers submitted with OAE_PUMP_EARLY_COOKIE in their cookie (mu held). */
+static uint32_t early_end(const oae_pump *p)
+{
+    uint32_t i = p->app_vis;
+    for (; i != p->app_tail; i++) {
+        const oae_pump_event *a = &p->app[i % APP_RING];
+        uint8_t t = a->ev.type;
+        int control = t == OAE_EV_DELIVERED && (a->ev.data_flags & OAE_F_CONTROL);
+        int outcome = (t == OAE_EV_COMMITTED || t == OAE_EV_ABORTED) &&
+                      (a->cookie & OAE_PUMP_EARLY_COOKIE);
+        if (!control && !outcome && t != OAE_EV_OFFERED && t != OAE_EV_REFLECTED)
+            break;
+    }
+    return i;
+}
+
 /* Move engine events to the log (written, not yet synced), the app ring or the sink;
  * returns -errno if the log could not be written (mu held).  The registers are stored by
  * persist(), outside mu.  Events replayed from the log after a restart go first; an
@@ -859,6 +877,8 @@ static int drain_events(oae_pump *p)
      * publishes at once, since the store itself waits for the application to drain it */
     if (rc || !p->durable_path || !p->persist_pending || p->backed_up)
         publish(p, p->app_tail);
+    else if (p->flags & OAE_PUMP_EARLY_CONTROL)
+        publish(p, early_end(p));
     return rc;
 }
 

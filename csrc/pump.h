@@ -108,6 +108,18 @@ typedef struct oae_pump oae_pump;
 #define OAE_PUMP_BUSY 1  /* spin (with sched_yield) instead of sleeping */
 #define OAE_PUMP_SINK 2  /* consume DELIVERED events in the pump and release them at once */
 #define OAE_PUMP_QUIET 4 /* do not hand COMMITTED events to the app (count them only) */
+#define OAE_PUMP_NO_LOG 8 /* with a state dir: the durable registers only, no events.log (an
+                             application that keeps its own record: the epoch runner);
+                             nothing is handed out again after a restart */
+#define OAE_PUMP_EARLY_CONTROL 16 /* hand CONTROL deliveries, and the outcomes of transfers
+                             submitted with OAE_PUMP_EARLY_COOKIE in their cookie, to the
+                             application before the store of the registers that count them
+                             (never to the peer: it hears of them after the store): for an
+                             application that takes one again after a crash unharmed (the
+                             epoch runner), which then acts a store sooner.  Events stay in
+                             order: only a run of such events and gate events at the head
+                             goes early */
+#define OAE_PUMP_EARLY_COOKIE 0x8000000000000000 /* bit 63 */
 
 /* A pump on socket fd (kept open; the caller closes it after oae_pump_free) running a new
  * engine for cfg, restored from `restored` (may be NULL).  state_dir (may be NULL): where

@@ -20,12 +20,12 @@ from oae.epoch.durable import DurableRecord, FileStore
 from oae.epoch.messages import Kind, Message, Wave
 from oae.epoch.node import EpochNode, EpochNodeError, open_epoch_node
 from oae.errors import UsageError
-from oae.runtime.link import open_link
+from oae.runtime.link import LinkOptions, open_link
 from oae.testbed import kernel
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: namespaces, raw sockets")
 
-EPOCH_LINK = {"gates": True, "external_events": True}
+EPOCH_LINK = {"gates": True, "epoch_runner": True}
 
 
 @contextmanager
@@ -68,6 +68,8 @@ async def test_two_nodes_converge_send_and_recover(veth_pair, tmp_path: Path) ->
                     await a.send(1, bytes(13))
             assert FileStore(da / "epoch.json").load().epoch == 1
             assert FileStore(db / "epoch.json").load().committed == wave
+            # the runner keeps its own record: the links store registers, no events.log
+            assert (da / "link" / "durable").exists() and not (da / "link" / "events.log").exists()
             # both restart from their records; b leads epoch 2
             async with open_epoch_node(0, {1: la}, da) as a, open_epoch_node(1, {0: lb}, db) as b:
                 assert b.epoch == 1
@@ -198,8 +200,10 @@ async def test_a_record_that_cannot_be_written_stops_the_node(veth_pair, tmp_pat
 
 
 async def test_links_must_be_opened_for_the_runner(veth_pair, tmp_path) -> None:
+    with pytest.raises(UsageError, match="needs gates"):
+        LinkOptions(epoch_runner=True).check()
     async with open_link(veth_pair.if_a, veth_pair.ns_a, gates=True) as la:
-        with pytest.raises(UsageError, match="gates and external_events"):
+        with pytest.raises(UsageError, match="opened for its runner"):
             EpochNode(0, {1: la}, tmp_path)
     (tmp_path / "epoch.json").parent.mkdir(exist_ok=True)
     FileStore(tmp_path / "epoch.json").write(DurableRecord(tree_parent=5))

@@ -56,9 +56,10 @@ def transition_timeout(topo: Topology) -> float:
 
 def link_options(algorithm: str, options: LinkOptions) -> LinkOptions:
     """The link options `algorithm` needs: bilateral runs in the C epoch runner, which
-    takes the links' events itself and decides their gated CONTROL transfers."""
+    takes the links' events itself, decides their gated CONTROL transfers and keeps its own
+    durable record (LinkOptions.epoch_runner)."""
     if algorithm == "bilateral":
-        return replace(options, gates=True, external_events=True)
+        return replace(options, gates=True, epoch_runner=True)
     return options
 
 

@@ -9,7 +9,7 @@ later action, link epochs), so a leg never waits for Python. What Python needs c
 back through the runner's event fd: each link's own events (LINK_UP/DOWN, application
 deliveries and outcomes) for its Link object (`Link.take_event`: its state, `received()`
 and `wait_outcomes` work as usual), and the epoch events (proposal answers, captures,
-decisions, Conv, commits). The links must be opened with `gates` and `external_events`
+decisions, Conv, commits). The links must be opened with `gates` and `epoch_runner`
 (the runner, not the Link, reads their pumps).
 
 Application frames go out through the runner (`send`), which tags each with the epoch
@@ -79,10 +79,10 @@ class EpochNode:
         self.node_id = node_id
         self.links = dict(sorted(links.items()))
         for n, link in self.links.items():
-            if not (link.options.gates and link.options.external_events):
+            if not link.options.epoch_runner:
                 raise UsageError(
-                    f"link to {n}: an epoch node's links are opened with gates and "
-                    "external_events (LinkOptions)"
+                    f"link to {n}: an epoch node's links are opened for its runner "
+                    "(LinkOptions(gates=True, epoch_runner=True))"
                 )
         try:
             Path(state_dir).mkdir(parents=True, exist_ok=True)
@@ -206,6 +206,7 @@ class EpochNode:
         self._raise_if_failed()
         if self._changed is None:
             self._changed = trio.Event()
+            lib.oae_epochrun_watch(self._run)  # the runner says CHANGED only when asked
         await self._changed.wait()
 
     def send_epoch(self, neighbour: int) -> int | None:
@@ -431,7 +432,7 @@ async def open_epoch_node(
     state_dir: str | Path,
     checkpoint: Checkpoint | None = None,
 ) -> AsyncIterator[EpochNode]:
-    """Run an EpochNode over open runtime links (opened with gates and external_events)
+    """Run an EpochNode over open runtime links (opened with gates and epoch_runner)
     until the block exits; the runner thread is stopped before it returns."""
     node = EpochNode(node_id, links, state_dir, checkpoint)
     with unwrap_single():

@@ -115,9 +115,12 @@ class LinkOptions:
     quiet: bool = False
     # the application holds, reports and commits CONTROL transfers (docs/protocol.md 7.11)
     gates: bool = False
-    # another consumer takes the pump's events (the node's epoch runner, csrc/epochrun.c)
-    # and hands this link its own ones (`take_event`); the link does not read them itself
-    external_events: bool = False
+    # the link belongs to a node's epoch runner (csrc/epochrun.c, oae.epoch.node): the
+    # runner takes the pump's events and hands this link its own ones (`take_event`); no
+    # events.log (the runner keeps its own record; an epoch node owes its application
+    # nothing across a crash, docs/applications.md §7); CONTROL deliveries reach the runner
+    # before the store that counts them (one taken again after a crash does no harm)
+    epoch_runner: bool = False
     # posted transfers open at a time (in flight, or settled and their outcome not yet
     # acknowledged): at this many the link offers nothing new until the application
     # acknowledges outcomes from `Link.outcomes()` (bounded memory, nothing dropped)
@@ -145,6 +148,8 @@ class LinkOptions:
                 raise UsageError(f"{name} {getattr(self, name)}: must be > 0 seconds")
         if self.idle < 0:
             raise UsageError(f"idle {self.idle}: must be >= 0 seconds")
+        if self.epoch_runner and not self.gates:
+            raise UsageError("an epoch runner's link needs gates")
         if self.gates and self.sink:
             raise UsageError(
                 "sink with gates: the pump would consume CONTROL deliveries that only the "
@@ -704,11 +709,11 @@ class Link:
 
     @property
     def pump(self) -> Any:
-        """The pump (cffi `oae_pump *`), for a consumer of its events (external_events)."""
+        """The pump (cffi `oae_pump *`), for the epoch runner that takes its events."""
         return self._pump
 
     def take_event(self, pe: Any, at: float) -> None:
-        """With `external_events`: one of this link's own pump events (LINK_UP/DOWN,
+        """With `epoch_runner`: one of this link's own pump events (LINK_UP/DOWN,
         application deliveries and outcomes, a pump error), handed over by the consumer
         at trio time `at`, in the pump's order."""
         self._on_event(pe, at)
@@ -873,7 +878,9 @@ async def open_link(
             cfg = _config(sock, peer_mac, key, opts)
             flags = ((lib.OAE_PUMP_BUSY if opts.busy else 0)
                      | (lib.OAE_PUMP_SINK if opts.sink else 0)
-                     | (lib.OAE_PUMP_QUIET if opts.quiet else 0))  # fmt: skip
+                     | (lib.OAE_PUMP_QUIET if opts.quiet else 0)
+                     | (lib.OAE_PUMP_NO_LOG | lib.OAE_PUMP_EARLY_CONTROL
+                        if opts.epoch_runner else 0))  # fmt: skip
             pump = lib.oae_pump_new(sock.fd, cfg, restored,
                                     str(sdir).encode() if sdir else ffi.NULL, flags)  # fmt: skip
             if pump == ffi.NULL:
@@ -890,7 +897,7 @@ async def open_link(
                     async with trio.open_nursery() as nursery:
                         nursery.start_soon(link._stopper)
                         nursery.start_soon(link._run_pump)
-                        if not opts.external_events:
+                        if not opts.epoch_runner:
                             nursery.start_soon(link._dispatch)
                         try:
                             yield link
