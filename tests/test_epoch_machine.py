@@ -204,7 +204,7 @@ class Net:
             elif isinstance(ev, legs.Offered):
                 self.apply(v, m.offered(w, ev.tid, ev.payload, ev.info))
             elif isinstance(ev, legs.Reflected):
-                self.apply(v, m.reflected(w, ev.tid))
+                self.apply(v, m.reflected(w, ev.tid, ev.payload))
             elif isinstance(ev, legs.Delivered) and ev.xfer.control:
                 assert isinstance(ev.xfer.data, bytes)
                 self.apply(v, m.delivered(w, ev.xfer.tid, ev.xfer.data))
@@ -320,7 +320,8 @@ class Net:
         self.up.discard(self.key(a, b))
         for x, y in ((a, b), (b, a)):
             self.q[(x, y)].clear()
-            self.post(x, y, ["down", *self.ends[(x, y)].down()])
+            self.ends[(x, y)].down()
+            self.post(x, y, ["down"])
 
     def link_up(self, a: int, b: int) -> None:
         if self.m[a] is None or self.m[b] is None or self.key(a, b) in self.up:
@@ -690,9 +691,9 @@ def test_a_childs_frames_are_delivered_before_its_accept() -> None:
     assert m0 is not None
     reflected = m0.reflected
 
-    def watch(link: int, tid: int) -> list[Action]:
+    def watch(link: int, tid: int, payload: bytes) -> list[Action]:
         seen.append(net.received[(1, 0)])
-        return reflected(link, tid)
+        return reflected(link, tid, payload)
 
     m0.reflected = watch  # type: ignore[method-assign]
     net.drive()

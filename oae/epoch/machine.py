@@ -376,28 +376,37 @@ class EpochMachine:
         self._on_propose(link, _In(msg.wave, tid, delivered), out)
         return self._finish(out)
 
-    def reflected(self, link: int, tid: int) -> list[Action]:
-        """REFLECTED: the peer holds our oldest unreflected gated transfer, `tid`."""
+    def reflected(self, link: int, tid: int, payload: bytes) -> list[Action]:
+        """REFLECTED: the peer holds our gated transfer `tid` (payload PROPOSE(W)). Every
+        reflected transfer of ours ends committed or reset, also one the link offered in
+        a later session than ours (a submission queued across a restart)."""
         out: list[Action] = []
         ls = self.links[link]
-        o = next((o for o in ls.out if o.tid is None), None) if ls.up else None
-        if o is None:
+        try:
+            w = decode(payload).wave
+        except MessageError:
             return out
+        if not ls.up:
+            return out  # a stale event of a session our Reset ended
+        o = next((o for o in ls.out if o.wave == w and o.tid is None), None)
+        if o is None:
+            o = _Out(w)
+            ls.out.append(o)
         o.tid = tid
         st = self.wave
-        if o.wave in self.rec.aborted:
-            out.append(Reset(link))  # held although aborted: only a round undoes it
-            self._end_session(link)
-        elif o.wave == self.rec.committed:
+        if w == self.rec.committed:
             out.append(Commit(link, tid))  # a crossing neighbour held it after our commit
             o.committed = True
-        elif st is not None and st.wave == o.wave:
+        elif st is not None and st.wave == w:
             if link in st.crossing:
                 # The peer took our offer: it knows we are crossing, our hold is no ACCEPT.
-                self._hold_crossing(link, st.wave, out)
+                self._hold_crossing(link, w, out)
             elif link in st.waiting:
                 st.children.add(link)  # the child's ACCEPT
                 st.waiting.discard(link)
+        else:
+            out.append(Reset(link))  # held although its wave aborted: only a round undoes it
+            self._end_session(link)
         return self._finish(out)
 
     def delivered(self, link: int, tid: int, payload: bytes) -> list[Action]:

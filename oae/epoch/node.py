@@ -1,23 +1,30 @@
 """The epoch machine on real links: `EpochNode` plugs an EpochMachine onto runtime links
-(oae.runtime.link.Link), the same way the simulator's adapter plugs it onto model links.
+opened with gates (oae.runtime.link.Link, `LinkOptions(gates=True)`: docs/protocol.md
+§7.11), the same way the simulator's adapter plugs it onto model links.
 
-Every action is performed synchronously, in the machine's order, by `_do`: a CONTROL
-message is submitted to its link (`Link.submit`; the pump keeps submission order: the
-FIFO order the switch rule relies on) and its outcome is awaited aside; a link epoch
-switch is applied with `Link.set_epoch` (records carry the epoch both ends committed);
-an application frame is submitted by `send` the moment the machine lets it go (no await
-between the check and the submit) and only its outcome is awaited. So CONTROL messages,
-application frames and switches reach each link in exactly the order the machine and
-the application produced them, and nothing waits for another transfer's outcome.
-One receiver task per link feeds CONTROL deliveries to the machine and application
-deliveries to `received()`. The link's LIVE/down changes and reconnections become
-link_up/link_down through a watcher woken by the link's state-change notification
-(`Link.wait_state_change`) and, before every delivery, the same check (`_sync`), so no
-message of a new link session is taken under the old session's state. The durable
-record lives in `state_dir/epoch.json` (FileStore: two slots updated in place, one
-fdatasync), written synchronously before any later action (a worker thread was tried
-and was slower under load: docs/convergence.md §11.4); of several consecutive records
-only the last is written. The checkpoint of e+1 is written by the `checkpoint` callback.
+Every action is performed synchronously, in the machine's order, by `_do`: an offer is
+submitted to its link (`Link.submit`, gated for the wave transfer; the pump keeps
+submission order) and its outcome is awaited aside and handed to the machine; a hold,
+refusal, commit, report or reset is the link's call of that name; a link epoch switch is
+`Link.set_epoch`; an application frame is submitted by `send`/`send_many` the moment the
+machine lets it go (no await between the check and the submit), and its outcome, awaited
+aside, settles it in the machine. So offers, decisions, application frames and switches
+reach each link in exactly the order the machine and the application produced them.
+
+The link hands over its events in two queues, deliveries (`received`) and gate events
+(`gate_events`); the machine needs them in the engine's order where it matters: the
+deliveries that came before a REFLECTED (a child's frames before its ACCEPT: the channel
+log) must reach it first. One task per link therefore takes every delivery already
+waiting before it hands over a gate event (the engine queued them before it); deliveries
+queued after it may come first too, which changes nothing (docs/convergence.md §11).
+The link's LIVE/down changes and reconnections become link_up/link_down through a watcher
+woken by the link's state-change notification (`Link.wait_state_change`) and, before
+every event, the same check (`_sync`), so no event of a new link session is taken under
+the old session's state. The durable record lives in `state_dir/epoch.json` (FileStore:
+two slots updated in place, one fdatasync), written synchronously before any later action
+(a worker thread was tried and was slower under load: docs/convergence.md §11.4); of
+several consecutive records only the last is written. The checkpoint of e+1 is written by
+the `checkpoint` callback.
 
 What a driver (the `oae node` daemon, oae.epoch.daemon; tests) uses is the public API
 below: `propose`, `wait_ready`, `outcome`/`wait_outcome`, `wait_epoch`, `send`,
@@ -37,17 +44,23 @@ from typing import Any
 
 import trio
 
+from oae.engine import Offered, Reflected
 from oae.epoch.durable import FileStore
 from oae.epoch.machine import (
     Action,
     Capture,
+    Commit,
     Converged,
     Decided,
     Discard,
     EpochMachine,
+    Hold,
     LinkEpoch,
+    Offer,
     Persist,
-    Offer as Send,
+    Refuse,
+    Report,
+    Reset,
 )
 from oae.epoch.messages import Wave
 from oae.errors import UsageError
@@ -88,6 +101,12 @@ class EpochNode:
         tag_epochs: bool = False,
     ) -> None:
         self.links = dict(links)
+        ungated = sorted(n for n, lk in self.links.items() if not lk.options.gates)
+        if ungated:
+            raise UsageError(
+                f"epoch node: the link(s) to {ungated} were opened without gates; the wave "
+                "rides in gated CONTROL transfers (LinkOptions(gates=True))"
+            )
         self.store = FileStore(Path(state_dir) / "epoch.json")
         record = self.store.load()
         named = {record.tree_parent, record.prepared_parent} - {None}
@@ -118,6 +137,10 @@ class EpochNode:
         self._inbox_send, self._inbox = trio.open_memory_channel[tuple[int, Message]](math.inf)
         self._nursery: trio.Nursery | None = None
         self._ups = {n: -1 for n in links}  # the link's up counter at our last link_up
+        # gate events taken from the link, handed to the machine after the deliveries
+        # waiting before them; the link's task waits for deliveries in `_waiting`
+        self._gates: dict[int, deque[Offered | Reflected]] = {n: deque() for n in links}
+        self._waiting: dict[int, trio.CancelScope | None] = dict.fromkeys(links)
 
     # ------------------------------------------------------------ application API
     async def propose(self) -> Wave | None:
@@ -189,9 +212,10 @@ class EpochNode:
 
     def status(self) -> dict[str, Any]:
         """JSON-ready: the committed wave, the wave in progress, per neighbour link its
-        state (up; told/heard: the committed epochs exchanged on this link session;
-        `epoch`: the tag its application frames carry now, None while held), the waves
-        deferred, and the last wave initiated here that is known converged."""
+        state (up; heard: the committed epoch the peer proved on this link session;
+        `link_epoch`: the epoch the link end carries; `epoch`: the tag its application
+        frames carry now, None while held), the waves deferred, and the last wave
+        initiated here that is known converged."""
         m = self.machine
 
         def w(x: Wave | None) -> list[int] | None:
@@ -200,7 +224,8 @@ class EpochNode:
         st = m.wave
         wave = None if st is None else {
             "wave": w(st.wave), "parent": st.parent, "waiting": sorted(st.waiting),
-            "children": sorted(st.children), "written": st.written, "accepted": st.accepted,
+            "children": sorted(st.children), "crossing": sorted(st.crossing),
+            "written": st.written, "accepted": st.accepted,
             "prepared": m.rec.prepared == st.wave,
         }  # fmt: skip
         conv = max(self.converged, default=None)
@@ -211,7 +236,7 @@ class EpochNode:
             "wave": wave,
             "deferred": [w(x) for x in sorted(m.deferred)],
             "converged": w(conv),
-            "links": {n: {"up": ls.up, "told": ls.told, "heard": ls.heard,
+            "links": {n: {"up": ls.up, "heard": ls.heard, "link_epoch": ls.epoch,
                           "epoch": m.send_epoch(n)} for n, ls in m.links.items()},
             "counters": self.counters(),
         }  # fmt: skip
@@ -233,7 +258,18 @@ class EpochNode:
             tag = epoch.to_bytes(4, "big")
             payloads = [tag + p for p in payloads]
         link = self.links[neighbour]
-        return await link.wait_outcomes(link.submit(payloads))
+        batch = link.submit(payloads)
+        for _ in payloads:
+            self.machine.app_sent(neighbour)
+        # The machine counts these frames until they settle (a child's frames must have
+        # reached its parent before its ACCEPT): the outcomes are taken aside, so a
+        # caller that stops waiting does not leave them unsettled.
+        done = trio.Event()
+        result: list[Any] = []
+        assert self._nursery is not None
+        self._nursery.start_soon(self._app_outcomes, neighbour, batch, result, done)
+        await done.wait()
+        return result
 
     def received(self) -> trio.MemoryReceiveChannel[tuple[int, Message]]:
         """(neighbour, message) of application frames, in order per link; with
@@ -257,20 +293,31 @@ class EpochNode:
         self._epoch_seen = self.machine.epoch
 
     def _do(self, actions: list[Action]) -> None:
-        """Perform `actions` in order, synchronously: each Send and LinkEpoch reaches its
-        link (Link.submit / Link.set_epoch) in the machine's order, and a Persist is
-        durable before any later action. Of consecutive Persists (nothing in between but
-        no-op Discards) only the last record is written: records only move forward, and
-        nothing that depends on the earlier ones happens before it is durable."""
+        """Perform `actions` in order, synchronously: each offer, gate call and LinkEpoch
+        reaches its link in the machine's order, and a Persist is durable before any
+        later action. Of consecutive Persists (nothing in between but no-op Discards)
+        only the last record is written: records only move forward, and nothing that
+        depends on the earlier ones happens before it is durable. A gate call the link
+        can no longer take (the link went down meanwhile) is the round's to settle."""
         last = len(actions) - 1
         for i, a in enumerate(actions):
-            if isinstance(a, Send):
+            if isinstance(a, Offer):
                 link = self.links[a.link]
-                batch = link.submit([a.payload], control=True)
+                batch = link.submit([a.payload], control=True, gated=a.gated)
                 assert self._nursery is not None and batch is not None
                 t0 = trio.current_time()
                 self.control_log.append((True, a.link, a.payload, t0))
                 self._nursery.start_soon(self._control_outcome, a.link, a.payload, batch, t0)
+            elif isinstance(a, Hold):
+                self.links[a.link].hold(a.tid)
+            elif isinstance(a, Refuse):
+                self.links[a.link].refuse(a.tid)
+            elif isinstance(a, Commit):
+                self.links[a.link].commit(a.tid)
+            elif isinstance(a, Report):
+                self.links[a.link].report(a.tid)
+            elif isinstance(a, Reset):
+                self.links[a.link].reset()
             elif isinstance(a, Persist):
                 j = i + 1
                 while j <= last and isinstance(actions[j], Discard):
@@ -297,28 +344,74 @@ class EpochNode:
         self._do(self.machine.checkpoint_written(wave, ok))
 
     async def _control_outcome(self, n: int, payload: bytes, batch: Any, t0: float) -> None:
-        """Wait for a CONTROL transfer's outcome (submitted at `t0`); an abort goes to
-        the machine."""
-        outcomes = await self.links[n].wait_outcomes(batch)
+        """Wait for a CONTROL transfer's outcome (submitted at `t0`) and hand it to the
+        machine (a report of a wave transfer, a refusal, or a round's settlement)."""
+        (o,) = await self.links[n].wait_outcomes(batch)
         self.transfer_s.append(trio.current_time() - t0)
-        if outcomes and not outcomes[0].committed:
-            self._do(self.machine.transfer_aborted(n, payload))
+        self._do(self.machine.outcome(n, o.tid, o.committed, payload, o.round))
 
-    async def _receiver(self, n: int) -> None:
-        async for msg in self.links[n].received():
-            self._sync(n)
-            if msg.control:
-                self.control_log.append((False, n, msg.payload, msg.at))
-                self._do(self.machine.receive(n, msg.payload))
-            else:
-                # The engine already refused offers tagged with another epoch.
-                if self.tag_epochs:
-                    self.app_received += 1
-                    if int.from_bytes(msg.payload[:4], "big") != self.machine.epoch:
-                        self.mixed_app_frames += 1
-                        continue
-                    msg = replace(msg, payload=msg.payload[4:])
-                self._inbox_send.send_nowait((n, msg))
+    async def _app_outcomes(self, n: int, batch: Any, result: list[Any], done: trio.Event) -> None:
+        result.extend(await self.links[n].wait_outcomes(batch))
+        for _ in result:
+            self._do(self.machine.app_settled(n))
+        done.set()
+
+    def _delivered(self, n: int, msg: Message) -> None:
+        self._sync(n)
+        if msg.control:
+            self.control_log.append((False, n, msg.payload, msg.at))
+            self._do(self.machine.delivered(n, msg.tid, msg.payload))
+            return
+        if self.tag_epochs:
+            self.app_received += 1
+            tag = int.from_bytes(msg.payload[:4], "big")
+            if tag != self.machine.epoch:
+                self.mixed_app_frames += 1
+        else:
+            tag = self.machine.links[n].epoch  # the engine held it, so it carries that
+        ok, actions = self.machine.app_frame(n, msg.tid, tag)
+        self._do(actions)
+        if not ok or (self.tag_epochs and tag != self.machine.epoch):
+            return
+        if self.tag_epochs:
+            msg = replace(msg, payload=msg.payload[4:])
+        self._inbox_send.send_nowait((n, msg))
+
+    def _gate(self, n: int, ev: Offered | Reflected) -> None:
+        self._sync(n)
+        if isinstance(ev, Offered):
+            self._do(self.machine.offered(n, ev.tid, ev.payload, ev.delivered))
+        else:
+            self._do(self.machine.reflected(n, ev.tid, ev.payload))
+
+    async def _events(self, n: int) -> None:
+        """Link n's deliveries and gate events, to the machine in the engine's order
+        where it matters: every delivery already waiting before each gate event."""
+        link = self.links[n]
+        while True:
+            while True:
+                async with link.taking_messages(64, 0) as msgs:
+                    for msg in msgs:
+                        self._delivered(n, msg)
+                if not msgs:
+                    break
+            if self._gates[n]:
+                self._gate(n, self._gates[n].popleft())
+                continue
+            with trio.CancelScope() as scope:
+                self._waiting[n] = scope
+                async with link.taking_messages(64, math.inf) as msgs:
+                    for msg in msgs:
+                        self._delivered(n, msg)
+            self._waiting[n] = None
+
+    async def _gate_events(self, n: int) -> None:
+        """Take link n's gate events as they come; `_events` hands them over."""
+        async for ev in self.links[n].gate_events():
+            self._gates[n].append(ev)
+            scope = self._waiting[n]
+            if scope is not None:
+                scope.cancel()
 
     def _sync(self, n: int) -> None:
         """Bring the machine's view of link n in line with the runtime's: down, up, or a
@@ -357,7 +450,8 @@ async def open_epoch_node(
             link.set_epoch(node.machine.epoch)
         node._do(node.machine.start())
         for n in node.links:
-            nursery.start_soon(node._receiver, n)
+            nursery.start_soon(node._events, n)
+            nursery.start_soon(node._gate_events, n)
             nursery.start_soon(node._watch, n)
         try:
             yield node

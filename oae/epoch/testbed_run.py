@@ -39,6 +39,7 @@ import struct
 import tempfile
 from collections.abc import Callable
 from contextlib import AsyncExitStack
+from dataclasses import replace
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -116,10 +117,12 @@ class _Host:
                 self.scope = scope
                 async with AsyncExitStack() as stack:
                     links = {}
+                    # bilateral's waves ride in gated CONTROL transfers
+                    opts = replace(LINK, gates=self.algorithm == "bilateral")
                     for peer, (iface, lname) in self.ends.items():
                         links[peer] = await stack.enter_async_context(
                             open_link(
-                                iface, self.ns, state_dir=self.work / f"link-{lname}", options=LINK
+                                iface, self.ns, state_dir=self.work / f"link-{lname}", options=opts
                             )
                         )
                     self.links = links

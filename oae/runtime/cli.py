@@ -203,8 +203,11 @@ def _specs(args: argparse.Namespace, epochs: daemon.EpochConfig | None) -> list[
     if args.window < 1:
         raise UsageError("--window must be >= 1")
     key = read_key_file(args.key_file) if args.key_file else None
+    # the bilateral epoch layer carries its waves in gated CONTROL transfers
+    gates = epochs is not None and epochs.algorithm == "bilateral"
     opts = LinkOptions(window=args.window, beat=args.beat, dead=args.dead, idle=args.idle,
-                       hello=args.hello, busy=args.busy, bypass=args.bypass)  # fmt: skip
+                       hello=args.hello, busy=args.busy, bypass=args.bypass,
+                       gates=gates)  # fmt: skip
     opts.check()
     specs = []
     for iface in args.iface:
