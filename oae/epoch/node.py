@@ -62,12 +62,14 @@ from oae.epoch.machine import (
     Report,
     Reset,
 )
-from oae.epoch.messages import Wave
+from oae.epoch.messages import GENESIS, Kind, Wave
+from oae.epoch.messages import Message as WaveMessage
 from oae.errors import UsageError
 from oae.runtime.link import Message
 
 Checkpoint = Callable[[Wave], Awaitable[bool]]
-CONTROL_LOG = 1 << 16  # CONTROL sends and deliveries kept for measurement
+CONTROL_LOG = 1 << 16  # status messages sent and delivered, kept for measurement
+_PROPOSE = WaveMessage(Kind.PROPOSE, GENESIS).encode()[:1]  # the wave transfer's first byte
 
 
 async def _no_checkpoint(wave: Wave) -> bool:
@@ -123,8 +125,11 @@ class EpochNode:
         self.mixed_app_frames = 0
         self.persists = 0  # epoch records written (consecutive ones count once)
         self.decided: dict[Wave, bool] = {}
-        self.transfer_s: list[float] = []  # CONTROL transfer latencies (submit -> outcome)
-        # (sent, neighbour, payload, trio time) of CONTROL messages, submitted here (sent)
+        # Latencies (submit -> outcome) of CONTROL transfers that are one AIT transfer
+        # each: the status messages. A wave transfer's legs are the wave's phases (its
+        # outcome is the DONE), so it measures the wave, not the link, and is left out.
+        self.transfer_s: list[float] = []
+        # (sent, neighbour, payload, trio time) of status messages, submitted here (sent)
         # or handed over by the link (not sent): the one-way delivery is measured from it
         self.control_log: deque[tuple[bool, int, bytes, float]] = deque(maxlen=CONTROL_LOG)
         self.converged: set[Wave] = set()
@@ -306,8 +311,11 @@ class EpochNode:
                 batch = link.submit([a.payload], control=True, gated=a.gated)
                 assert self._nursery is not None and batch is not None
                 t0 = trio.current_time()
-                self.control_log.append((True, a.link, a.payload, t0))
-                self._nursery.start_soon(self._control_outcome, a.link, a.payload, batch, t0)
+                if not a.gated:
+                    self.control_log.append((True, a.link, a.payload, t0))
+                self._nursery.start_soon(
+                    self._control_outcome, a.link, a.payload, batch, None if a.gated else t0
+                )
             elif isinstance(a, Hold):
                 self.links[a.link].hold(a.tid)
             elif isinstance(a, Refuse):
@@ -343,11 +351,15 @@ class EpochNode:
         ok = await self.checkpoint(wave)
         self._do(self.machine.checkpoint_written(wave, ok))
 
-    async def _control_outcome(self, n: int, payload: bytes, batch: Any, t0: float) -> None:
-        """Wait for a CONTROL transfer's outcome (submitted at `t0`) and hand it to the
-        machine (a report of a wave transfer, a refusal, or a round's settlement)."""
+    async def _control_outcome(
+        self, n: int, payload: bytes, batch: Any, t0: float | None
+    ) -> None:
+        """Wait for a CONTROL transfer's outcome (a status message's, timed from `t0`) and
+        hand it to the machine (a report of a wave transfer, a refusal, or a round's
+        settlement)."""
         (o,) = await self.links[n].wait_outcomes(batch)
-        self.transfer_s.append(trio.current_time() - t0)
+        if t0 is not None:
+            self.transfer_s.append(trio.current_time() - t0)
         self._do(self.machine.outcome(n, o.tid, o.committed, payload, o.round))
 
     async def _app_outcomes(self, n: int, batch: Any, result: list[Any], done: trio.Event) -> None:
@@ -359,7 +371,8 @@ class EpochNode:
     def _delivered(self, n: int, msg: Message) -> None:
         self._sync(n)
         if msg.control:
-            self.control_log.append((False, n, msg.payload, msg.at))
+            if msg.payload[:1] != _PROPOSE:
+                self.control_log.append((False, n, msg.payload, msg.at))
             self._do(self.machine.delivered(n, msg.tid, msg.payload))
             return
         if self.tag_epochs:
