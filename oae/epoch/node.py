@@ -62,14 +62,12 @@ from oae.epoch.machine import (
     Report,
     Reset,
 )
-from oae.epoch.messages import GENESIS, Kind, Wave
-from oae.epoch.messages import Message as WaveMessage
+from oae.epoch.messages import Wave
 from oae.errors import UsageError
 from oae.runtime.link import Message
 
 Checkpoint = Callable[[Wave], Awaitable[bool]]
 CONTROL_LOG = 1 << 16  # status messages sent and delivered, kept for measurement
-_PROPOSE = WaveMessage(Kind.PROPOSE, GENESIS).encode()[:1]  # the wave transfer's first byte
 
 
 async def _no_checkpoint(wave: Wave) -> bool:
@@ -125,12 +123,15 @@ class EpochNode:
         self.mixed_app_frames = 0
         self.persists = 0  # epoch records written (consecutive ones count once)
         self.decided: dict[Wave, bool] = {}
-        # Latencies (submit -> outcome) of CONTROL transfers that are one AIT transfer
-        # each: the status messages. A wave transfer's legs are the wave's phases (its
-        # outcome is the DONE), so it measures the wave, not the link, and is left out.
+        # Latencies (submit -> outcome) of transfers that are one AIT exchange each: the
+        # status messages and the application frames. A wave transfer's legs are the
+        # wave's phases (its outcome is the DONE), so it would measure the wave, not the
+        # link, and is left out. (A child's frame sent between its own switch and its
+        # parent's waits for the parent's: the link holds no frame of another epoch.)
         self.transfer_s: list[float] = []
-        # (sent, neighbour, payload, trio time) of status messages, submitted here (sent)
-        # or handed over by the link (not sent): the one-way delivery is measured from it
+        # (sent, neighbour, payload, trio time) of CONTROL transfers released here (sent: a
+        # status message's submit, a wave transfer's commit) or handed over by the link
+        # (not sent): the one-way durable delivery after the release is measured from it
         self.control_log: deque[tuple[bool, int, bytes, float]] = deque(maxlen=CONTROL_LOG)
         self.converged: set[Wave] = set()
         self.proposed_at: dict[Wave, float] = {}
@@ -146,6 +147,7 @@ class EpochNode:
         # waiting before them; the link's task waits for deliveries in `_waiting`
         self._gates: dict[int, deque[Offered | Reflected]] = {n: deque() for n in links}
         self._waiting: dict[int, trio.CancelScope | None] = dict.fromkeys(links)
+        self._gated: dict[tuple[int, int], bytes] = {}  # reflected wave transfers' payloads
 
     # ------------------------------------------------------------ application API
     async def propose(self) -> Wave | None:
@@ -264,6 +266,7 @@ class EpochNode:
             payloads = [tag + p for p in payloads]
         link = self.links[neighbour]
         batch = link.submit(payloads)
+        t0 = trio.current_time()
         for _ in payloads:
             self.machine.app_sent(neighbour)
         # The machine counts these frames until they settle (a child's frames must have
@@ -272,7 +275,7 @@ class EpochNode:
         done = trio.Event()
         result: list[Any] = []
         assert self._nursery is not None
-        self._nursery.start_soon(self._app_outcomes, neighbour, batch, result, done)
+        self._nursery.start_soon(self._app_outcomes, neighbour, batch, t0, result, done)
         await done.wait()
         return result
 
@@ -321,7 +324,10 @@ class EpochNode:
             elif isinstance(a, Refuse):
                 self.links[a.link].refuse(a.tid)
             elif isinstance(a, Commit):
-                self.links[a.link].commit(a.tid)
+                if self.links[a.link].commit(a.tid):
+                    payload = self._gated.pop((a.link, a.tid), None)
+                    if payload is not None:
+                        self.control_log.append((True, a.link, payload, trio.current_time()))
             elif isinstance(a, Report):
                 self.links[a.link].report(a.tid)
             elif isinstance(a, Reset):
@@ -362,8 +368,11 @@ class EpochNode:
             self.transfer_s.append(trio.current_time() - t0)
         self._do(self.machine.outcome(n, o.tid, o.committed, payload, o.round))
 
-    async def _app_outcomes(self, n: int, batch: Any, result: list[Any], done: trio.Event) -> None:
+    async def _app_outcomes(
+        self, n: int, batch: Any, t0: float, result: list[Any], done: trio.Event
+    ) -> None:
         result.extend(await self.links[n].wait_outcomes(batch))
+        self.transfer_s.append(trio.current_time() - t0)
         for _ in result:
             self._do(self.machine.app_settled(n))
         done.set()
@@ -371,8 +380,7 @@ class EpochNode:
     def _delivered(self, n: int, msg: Message) -> None:
         self._sync(n)
         if msg.control:
-            if msg.payload[:1] != _PROPOSE:
-                self.control_log.append((False, n, msg.payload, msg.at))
+            self.control_log.append((False, n, msg.payload, msg.at))
             self._do(self.machine.delivered(n, msg.tid, msg.payload))
             return
         if self.tag_epochs:
@@ -395,6 +403,7 @@ class EpochNode:
         if isinstance(ev, Offered):
             self._do(self.machine.offered(n, ev.tid, ev.payload, ev.delivered))
         else:
+            self._gated[(n, ev.tid)] = ev.payload  # its commit is timed (control_log)
             self._do(self.machine.reflected(n, ev.tid, ev.payload))
 
     async def _events(self, n: int) -> None:
@@ -429,12 +438,14 @@ class EpochNode:
     def _sync(self, n: int) -> None:
         """Bring the machine's view of link n in line with the runtime's: down, up, or a
         reconnection (the link's up counter moved) as a down and an up. Called by the
-        watcher on every state change of the link, and before every delivery, so no
-        message of a new session is taken under the old session's state."""
+        watcher on every state change of the link, and before every event, so no event
+        of a new session is taken under the old session's state."""
         link, ls = self.links[n], self.machine.links[n]
         count = link.counters["links_up"]
         if ls.up and (not link.up or count != self._ups[n]):
             self._do(self.machine.link_down(n))
+        if not ls.up:  # the round settles the session's wave transfers
+            self._gated = {k: p for k, p in self._gated.items() if k[0] != n}
         if link.up and not ls.up:
             self._ups[n] = count
             self._do(self.machine.link_up(n))
