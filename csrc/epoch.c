@@ -33,6 +33,7 @@ typedef struct link_t { /* _Link */
     in_t inc[OAE_EPOCH_INC_MAX];
     uint32_t delivered, ctl_delivered, reported;
     uint64_t unsettled_app, logged;
+    uint64_t unsettled_ctl; /* our status messages to the peer this session, not settled */
 } link_t;
 
 typedef struct wave_t { /* _Wave; sets are bitmaps of link indices */
@@ -332,6 +333,7 @@ static void emit_offer(oae_epoch *m, int i, int kind, const oae_epoch_wave *w, i
 /* _status */
 static void status_msg(oae_epoch *m, int i, int kind, const oae_epoch_wave *w)
 {
+    m->links[i].unsettled_ctl++;
     emit_offer(m, i, kind, w, 0);
 }
 
@@ -474,6 +476,7 @@ static void _end_session(oae_epoch *m, int i)
     ls->has_heard = 0;
     ls->heard = 0;
     ls->has_offer_after = 0;
+    ls->unsettled_ctl = 0;
     ls->n_out = 0;
     ls->n_inc = 0;
     if (m->rec.has_tree_parent && ls->id == m->rec.tree_parent)
@@ -819,6 +822,15 @@ static void _finish(oae_epoch *m)
     _progress(m);
     if (m->err)
         return;
+    if (m->in_wave) {
+        oae_epoch_wave w = m->wave.wave;
+        for (size_t i = 0; i < m->n; i++) {
+            link_t *ls = &m->links[i];
+            if ((m->wave.crossing & bit((int)i)) && ls->up && !ls->unsettled_app &&
+                !ls->unsettled_ctl)
+                _hold_crossing(m, (int)i, &w);
+        }
+    }
     uint32_t c = m->rec.committed.epoch;
     int switched = 1;
     for (size_t i = 0; i < m->n; i++) {
@@ -1020,36 +1032,44 @@ int oae_epoch_offered(oae_epoch *m, uint32_t link, uint32_t tid, const uint8_t *
     return finish(m);
 }
 
-int oae_epoch_reflected(oae_epoch *m, uint32_t link, uint32_t tid)
+int oae_epoch_reflected(oae_epoch *m, uint32_t link, uint32_t tid, const uint8_t *payload,
+                        size_t len)
 {
     int rc = begin(m);
     if (rc)
         return rc;
     LINK_OR_RETURN(i, m, link);
     link_t *ls = &m->links[i];
-    out_t *o = NULL;
-    for (uint32_t k = 0; ls->up && k < ls->n_out && !o; k++)
-        if (!ls->out[k].has_tid)
-            o = &ls->out[k];
-    if (!o)
+    int kind;
+    oae_epoch_wave w;
+    if (msg_decode(payload, len, &kind, &w) < 0)
         return 0;
+    if (!ls->up)
+        return 0;
+    out_t *o = NULL;
+    for (uint32_t k = 0; k < ls->n_out && !o; k++)
+        if (wave_eq(&ls->out[k].wave, &w) && !ls->out[k].has_tid)
+            o = &ls->out[k];
+    if (!o) {
+        out_append(m, ls, &w);
+        o = &ls->out[ls->n_out - 1];
+    }
     o->has_tid = 1;
     o->tid = tid;
     wave_t *st = &m->wave;
-    if (aborted_has(&m->rec, &o->wave)) {
-        emit_link(m, OAE_EA_RESET, i, 0); /* held although aborted: only a round undoes it */
-        _end_session(m, i);
-    } else if (wave_eq(&o->wave, &m->rec.committed)) {
+    if (wave_eq(&w, &m->rec.committed)) {
         emit_link(m, OAE_EA_COMMIT, i, tid);
         o->committed = 1;
-    } else if (m->in_wave && wave_eq(&st->wave, &o->wave)) {
+    } else if (m->in_wave && wave_eq(&st->wave, &w)) {
         if (st->crossing & bit(i)) {
-            oae_epoch_wave w = st->wave;
             _hold_crossing(m, i, &w);
         } else if (st->waiting & bit(i)) {
             st->children |= bit(i);
             st->waiting &= ~bit(i);
         }
+    } else {
+        emit_link(m, OAE_EA_RESET, i, 0); /* held although its wave aborted: only a round */
+        _end_session(m, i);
     }
     return finish(m);
 }
@@ -1116,6 +1136,8 @@ int oae_epoch_outcome(oae_epoch *m, uint32_t link, uint32_t tid, int committed,
         if (msg_decode(payload, len, &kind, &w) < 0)
             return 0;
         if (kind != OAE_EPOCH_PROPOSE) {
+            if (ls->unsettled_ctl)
+                ls->unsettled_ctl--;
             if (!committed && ls->up)
                 status_msg(m, i, kind, &w); /* reversed with a refused offer: say it again */
             return finish(m);

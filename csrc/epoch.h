@@ -171,7 +171,9 @@ int oae_epoch_link_up(oae_epoch *m, uint32_t link);
 int oae_epoch_link_down(oae_epoch *m, uint32_t link);
 int oae_epoch_offered(oae_epoch *m, uint32_t link, uint32_t tid, const uint8_t *payload,
                       size_t len, uint32_t delivered);
-int oae_epoch_reflected(oae_epoch *m, uint32_t link, uint32_t tid);
+/* payload: the reflected transfer's (PROPOSE of its wave) */
+int oae_epoch_reflected(oae_epoch *m, uint32_t link, uint32_t tid, const uint8_t *payload,
+                        size_t len);
 int oae_epoch_delivered(oae_epoch *m, uint32_t link, uint32_t tid, const uint8_t *payload,
                         size_t len);
 /* payload NULL: none known (Python None) */

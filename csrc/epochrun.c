@@ -559,7 +559,7 @@ static int on_pump_event(oae_epochrun *r, size_t i, const oae_pump_event *pe)
     }
     case OAE_EV_REFLECTED:
         r->st.control_in++;
-        return input_done(r, oae_epoch_reflected(m, id, e->tid), 0);
+        return input_done(r, oae_epoch_reflected(m, id, e->tid, e->payload, e->length), 0);
     case OAE_EV_DELIVERED:
         if (control) {
             r->st.control_in++;

@@ -191,7 +191,8 @@ static void step(node *d, script *s)
     case 6:
         if (i >= 0)
             d->reflected[i] |= 1ull << tid;
-        rc = oae_epoch_reflected(m, link, tid);
+        len = payload(d, s, buf);
+        rc = oae_epoch_reflected(m, link, tid, buf, len);
         break;
     case 7:
     case 8:

@@ -21,16 +21,24 @@ RECORD = DurableRecord(
     aborted=frozenset({Wave(2, 1, 30)}),
     next_attempt=2,
 ).to_bytes()
-# steps: op, link byte, tid, then the op's payload bytes (see csrc/fuzz_epoch.c)
+# steps: op, link byte, tid, then the op's payload bytes (see csrc/fuzz_epoch.c); the
+# link byte 0x00 names neighbour 20, 0x08 neighbour 10
 ALL_UP, PROPOSE, WRITTEN = [14, 0, 0], [0, 0, 0], [1, 0, 0]
-REFLECTED = [[6, 0x00, 1], [6, 0x08, 1]]  # on links 10 and 20, tid 1
-PROPOSE_W = [0x02, 0x00]  # payload: PROPOSE of (1, 0, 10)
+MY_WAVE = [0x01, 0xE1]  # payload: PROPOSE of (1, 1, 0), the wave node 0 starts
+PROPOSE_W = [0x02, 0x00]  # payload: PROPOSE of (1, 0, 20)
+
+
+def reflected(link: int, payload: list[int]) -> list[int]:
+    return [6, link, 1, *payload]  # tid 1
+
+
 SEEDS = {
     # two links: initiate, write, both neighbours hold, commit; their reports (DONE)
-    "initiate": [0x01, *ALL_UP, *PROPOSE, *WRITTEN, *REFLECTED[0], *REFLECTED[1],
-                 0x19, 0x00, 1, 0x00, 0x00, 0x19, 0x08, 1, 0x00, 0x00],
-    # join from link 10, a child on 20, prepare (hold 10's offer), the commit arrives
-    "join": [0x01, *ALL_UP, 4, 0x00, 1, *PROPOSE_W, 0, *WRITTEN, *REFLECTED[1],
+    "initiate": [0x01, *ALL_UP, *PROPOSE, *WRITTEN, *reflected(0x00, MY_WAVE),
+                 *reflected(0x08, MY_WAVE), 0x19, 0x00, 1, 0x00, 0x00, 0x19, 0x08, 1, 0x00,
+                 0x00],
+    # join from 20, a child on 10, prepare (hold 20's offer), the commit arrives
+    "join": [0x01, *ALL_UP, 4, 0x00, 1, *PROPOSE_W, 0, *WRITTEN, *reflected(0x08, PROPOSE_W),
              7, 0x00, 1, *PROPOSE_W, 8, 0x08, 1, 0x84, 0xE5, 0, 0, 0],
     # a record (committed epoch 1, an undecided wave of its own: aborted at the start,
     # one aborted wave already) and status messages after restart

@@ -204,7 +204,7 @@ class Net:
             elif isinstance(ev, legs.Offered):
                 self.apply(v, m.offered(w, ev.tid, ev.payload, ev.info))
             elif isinstance(ev, legs.Reflected):
-                self.apply(v, m.reflected(w, ev.tid))
+                self.apply(v, m.reflected(w, ev.tid, ev.payload))
             elif isinstance(ev, legs.Delivered) and ev.xfer.control:
                 assert isinstance(ev.xfer.data, bytes)
                 self.apply(v, m.delivered(w, ev.xfer.tid, ev.xfer.data))
@@ -320,7 +320,8 @@ class Net:
         self.up.discard(self.key(a, b))
         for x, y in ((a, b), (b, a)):
             self.q[(x, y)].clear()
-            self.post(x, y, ["down", *self.ends[(x, y)].down()])
+            self.ends[(x, y)].down()
+            self.post(x, y, ["down"])
 
     def link_up(self, a: int, b: int) -> None:
         if self.m[a] is None or self.m[b] is None or self.key(a, b) in self.up:
@@ -613,23 +614,27 @@ def test_a_deferred_wave_joined_later_answers_every_sender() -> None:
     net.check_live()
 
 
-def test_a_crossing_edge_holds_only_after_a_commit_and_needs_no_done() -> None:
-    """Ring 0-1-2-3: node 2 joins under the first offer it takes and answers the other
-    neighbour (crossing) with its own offer. A crossing offer is held only once the holder
-    committed (or the peer took its offer): a hold before that would look like a child's
-    ACCEPT to the peer if the peer had not taken the holder's own offer yet."""
+def test_a_crossing_offer_is_held_once_our_earlier_transfers_settled() -> None:
+    """Ring 0-1-2-3: node 2 joins under 1 and answers 3 (crossing) with its own offer. It
+    holds 3's offer only once every transfer it sent 3 before its own offer has settled:
+    then 3 has taken 2's offer (a crossing answer) when it sees the hold, which it could
+    otherwise take for a child's ACCEPT (here a frame of 2 is still in flight ahead of
+    2's offer). The crossing edge needs no DONE: each end reports the other's transfer
+    once it committed."""
     net = Net(4, [(0, 1), (1, 2), (2, 3), (3, 0)])
     net.settle()
+    net.app((2, 3))  # submitted, not yet offered to 3
     w = net.propose(0)
     for d in [(0, 1), (0, 3), (1, 2), (3, 2)]:
         net.flush(d)
     m2, m3 = net.m[2], net.m[3]
     assert m2 is not None and m3 is not None
     assert m2.wave.parent == 1 and m2.wave.crossing == {3}  # type: ignore[union-attr]
-    net.checkpoint(2, True)
-    net.flush((2, 3))  # 3 takes 2's crossing offer
-    assert 2 in m3.wave.crossing  # type: ignore[union-attr]
-    assert not m2.links[3].inc[w].held and not m3.links[2].inc[w].held
+    assert m2.links[3].unsettled_app == 1 and not m2.links[3].inc[w].held
+    net.flush((2, 3))  # 3 takes the frame, then 2's offer: 2 is crossing, 3 holds 2's offer
+    assert m3.wave.crossing == {2} and m3.links[2].inc[w].held  # type: ignore[union-attr]
+    net.flush((3, 2))  # 2 sees the hold of its offer: it holds 3's
+    assert m2.links[3].inc[w].held
     net.drive()
     assert net.decided[w] == {True} and w in net.converged
     assert net.stores[0].load().tree_children == {1, 3}
@@ -686,9 +691,9 @@ def test_a_childs_frames_are_delivered_before_its_accept() -> None:
     assert m0 is not None
     reflected = m0.reflected
 
-    def watch(link: int, tid: int) -> list[Action]:
+    def watch(link: int, tid: int, payload: bytes) -> list[Action]:
         seen.append(net.received[(1, 0)])
-        return reflected(link, tid)
+        return reflected(link, tid, payload)
 
     m0.reflected = watch  # type: ignore[method-assign]
     net.drive()

@@ -121,8 +121,13 @@ def run(opts: BenchOptions) -> dict:
                 f"messages {x['lost_control_messages']}"
             )
         floor = legs * (c_rtt / 2 + fsync)
+        # A fault-free bilateral run sends no CONTROL transfer that is one exchange (its
+        # wave transfers are the wave's legs): the exchange is then 2pc's, same links.
+        exchange = r["median_link_rtt_us"] or t["median_link_rtt_us"]
+        delivery = r["median_control_delivery_us"]
         median = r["median_convergence_us"]
         path = r["critical_path_exchanges"]
+        bound = path * exchange if path and exchange else None  # type: ignore[operator]
         median2 = t["median_convergence_us"]
 
         def ratio(a: object, b: float | None) -> float | None:
@@ -141,11 +146,11 @@ def run(opts: BenchOptions) -> dict:
             f"{key}_critical_path_exchanges": path,
             f"{key}_c_rtt_us": c_rtt,
             f"{key}_c_bound_us": path * c_rtt if path else None,  # type: ignore[operator]
-            f"{key}_link_exchange_us": r["median_link_rtt_us"],
+            f"{key}_link_exchange_us": exchange,
             f"{key}_ratio_vs_c": ratio(median, path * c_rtt if path else None),  # type: ignore[operator]
-            f"{key}_ratio_vs_exchange": r["convergence_ratio"],
-            f"{key}_control_delivery_us": r["median_control_delivery_us"],
-            f"{key}_ratio_floor": r["delivery_floor_ratio"],
+            f"{key}_ratio_vs_exchange": ratio(median, bound),
+            f"{key}_control_delivery_us": delivery,
+            f"{key}_ratio_floor": ratio(2 * delivery if delivery else None, exchange),  # type: ignore[operator]
             f"{key}_2pc_us": median2,
             f"{key}_2pc_committed": t["committed"],
             f"{key}_2pc_critical_path_exchanges": t["critical_path_exchanges"],
@@ -176,11 +181,13 @@ def run(opts: BenchOptions) -> dict:
                 f"{key}_critical_path_exchanges": "link exchanges (2 x eccentricity of node 0)",
                 f"{key}_c_rtt_us": "µs per round trip, bare C ping-pong (blocking), same link",
                 f"{key}_c_bound_us": "µs: critical-path exchanges x C round trip",
-                f"{key}_link_exchange_us": "µs median CONTROL transfer latency (send to outcome)",
+                f"{key}_link_exchange_us": "µs median CONTROL transfer latency (send to "
+                "outcome) of the bilateral run, or of the 2pc run when bilateral's had none",
                 f"{key}_ratio_vs_c": "x (convergence / C bound)",
                 f"{key}_ratio_vs_exchange": "x (convergence / critical path x CONTROL latency)",
-                f"{key}_control_delivery_us": "µs median one-way CONTROL delivery (submit to "
-                "the peer link handing it over, durable at the peer)",
+                f"{key}_control_delivery_us": "µs median one-way CONTROL delivery (release to "
+                "the peer link handing it over, durable at the peer: a wave transfer's "
+                "commit leg)",
                 f"{key}_ratio_floor": "x (2 x delivery / CONTROL latency: ratio_vs_exchange "
                 "if every wave hop cost only the link's delivery)",
                 f"{key}_2pc_us": "µs median 2pc convergence (proposal to every commit ACK "

@@ -85,7 +85,7 @@ class BilateralProcess(GatedProcess):
         elif isinstance(ev, legs.Offered):
             self.do(m.offered(link, ev.tid, ev.payload, ev.info))
         elif isinstance(ev, legs.Reflected):
-            self.do(m.reflected(link, ev.tid))
+            self.do(m.reflected(link, ev.tid, ev.payload))
         elif isinstance(ev, legs.Delivered):
             x = ev.xfer
             if x.control:

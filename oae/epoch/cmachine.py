@@ -236,8 +236,9 @@ class CEpochMachine:
         rc = lib.oae_epoch_offered(self._m, link, tid, payload, len(payload), delivered)
         return self._take(rc, f"link {link}")
 
-    def reflected(self, link: int, tid: int) -> list[Action]:
-        return self._take(lib.oae_epoch_reflected(self._m, link, tid), f"link {link}")
+    def reflected(self, link: int, tid: int, payload: bytes) -> list[Action]:
+        rc = lib.oae_epoch_reflected(self._m, link, tid, payload, len(payload))
+        return self._take(rc, f"link {link}")
 
     def delivered(self, link: int, tid: int, payload: bytes) -> list[Action]:
         rc = lib.oae_epoch_delivered(self._m, link, tid, payload, len(payload))

@@ -25,12 +25,14 @@ WINDOW = 64
 @dataclass(frozen=True)
 class Xfer:
     """One transfer: CONTROL (`data` is its payload) or application (`data` is the
-    driver's, e.g. its epoch tag and number)."""
+    driver's, e.g. its epoch tag and number); `cookie`: the driver's handle on its
+    submission (never sent)."""
 
     tid: int
     control: bool
     gated: bool
     data: object
+    cookie: object = None
 
 
 @dataclass(frozen=True)
@@ -47,6 +49,7 @@ class Reflected:
     """Sender: the peer holds gated transfer `tid`."""
 
     tid: int
+    payload: bytes
 
 
 @dataclass(frozen=True)
@@ -100,7 +103,7 @@ class GatedEnd:
     opened: set[int] = field(default_factory=set)  # gated tids released by commit()
     reversed: set[int] = field(default_factory=set)  # reversed, not yet settled
     restored: bool = False  # restarted: the gates of the unsettled tids are unknown
-    queue: list[tuple[object, bool, bool]] = field(default_factory=list)  # not yet offered
+    queue: list[tuple[object, bool, bool, object]] = field(default_factory=list)  # not offered
     # incoming
     in_held: int = 0
     in_delivered: int = 0
@@ -114,9 +117,11 @@ class GatedEnd:
     offers_wrong_epoch: int = 0
 
     # ------------------------------------------------------------ application calls
-    def submit(self, data: object, control: bool = False, gated: bool = False) -> None:
+    def submit(
+        self, data: object, control: bool = False, gated: bool = False, cookie: object = None
+    ) -> None:
         """Queue a transfer; it is offered as soon as the window and the link allow."""
-        self.queue.append((data, control, gated))
+        self.queue.append((data, control, gated, cookie))
         self._offer_queued()
 
     def hold(self, tid: int) -> bool:
@@ -187,10 +192,10 @@ class GatedEnd:
         return ev
 
     # ------------------------------------------------------------ failures
-    def down(self) -> list[Event]:
-        """The link failed or was reset: nothing is offered until the round."""
+    def down(self) -> None:
+        """The link failed or was reset: nothing is offered until the round (what is
+        queued stays queued, for the next session, as the runtime's pump keeps it)."""
         self.live = False
-        return self._drop_queue(restored=False)
 
     def crash(self) -> list[Event]:
         """The process died: volatile state is lost, the durable registers remain;
@@ -204,7 +209,11 @@ class GatedEnd:
         self.opened.clear()
         self.restored = self.out_hi > self.out_settled
         self.out_commit = self.out_peer_held = self.out_hi
-        return self._drop_queue(restored=True)
+        queued, self.queue = self.queue, []
+        return [
+            Outcome(Xfer(0, control, gated, data, cookie), False, by_round=True, restored=True)
+            for data, control, gated, cookie in queued
+        ]
 
     # ------------------------------------------------------------ internals
     def _closed(self, tid: int) -> bool:
@@ -216,15 +225,6 @@ class GatedEnd:
             and tid not in self.reversed
             and not self.restored
         )
-
-    def _drop_queue(self, restored: bool) -> list[Event]:
-        """Transfers queued and never offered belong to the session that ended (or to
-        the life that ended): they are aborted, as a round would abort them."""
-        queued, self.queue = self.queue, []
-        return [
-            Outcome(Xfer(0, control, gated, data), False, by_round=True, restored=restored)
-            for data, control, gated in queued
-        ]
 
     def _advance_commit(self) -> None:
         while self.out_commit < self.out_peer_held and not self._closed(self.out_commit + 1):
@@ -240,9 +240,9 @@ class GatedEnd:
             and not (self.abort_hi and self.out_settled < self.abort_hi)
             and self.out_hi - self.out_settled < self.window
         ):
-            data, control, gated = self.queue.pop(0)
+            data, control, gated, cookie = self.queue.pop(0)
             self.out_hi += 1
-            self.out[self.out_hi] = Xfer(self.out_hi, control, gated, data)
+            self.out[self.out_hi] = Xfer(self.out_hi, control, gated, data, cookie)
 
     def _deliver_held(self, upto: int, ev: list[Event]) -> None:
         while self.in_delivered < upto:
@@ -292,7 +292,9 @@ class GatedEnd:
         if r.held_upto > self.out_peer_held:
             for t in range(self.out_peer_held + 1, r.held_upto + 1):
                 if self._closed(t):
-                    ev.append(Reflected(t))
+                    data = self.out[t].data
+                    assert isinstance(data, bytes)
+                    ev.append(Reflected(t, data))
             self.out_peer_held = r.held_upto
         self._advance_commit()
         refused = r.held_upto + 1
@@ -326,7 +328,7 @@ def reconcile(a: GatedEnd, b: GatedEnd) -> tuple[list[Event], list[Event]]:
     every unsettled tid with the receiver's final delivered value D. Returns each end's
     events (its apply's deliveries, then its settlement's outcomes, all with ROUND)."""
     applied: dict[int, list[Event]] = {id(a): [], id(b): []}
-    settled: dict[int, list[Event]] = {id(a): a._drop_queue(False), id(b): b._drop_queue(False)}
+    settled: dict[int, list[Event]] = {id(a): [], id(b): []}
     for s, r in ((a, b), (b, a)):
         rec_hi = s.out_hi
         rec_commit = rec_hi

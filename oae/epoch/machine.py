@@ -16,8 +16,9 @@ direction that takes part, whose legs are the wave's phases (docs/convergence.md
 2. The receiver's hold (REFLECTED at the sender) = ACCEPT: given to the parent once the
    checkpoint is written, every other neighbour answered, the channels into this node are
    closed (§5 there: the consistent cut) and `prepared` is durable. A crossing offer is
-   held only once this node committed or knows the peer took its own offer (the hold
-   would otherwise be mistaken for a child's ACCEPT).
+   held once every transfer this node sent that peer before its own offer has settled
+   (so the peer has taken our offer when it sees the hold, and cannot mistake the hold
+   for a child's ACCEPT), or once this node committed or the peer held our offer.
 3. The sender's commit (DELIVERED at the receiver) = COMMIT: the sender durably committed
    W; the initiator commits once every neighbour answered. A delivery of a committed W
    transfer commits the receiver (it must be prepared: else EpochSafetyError).
@@ -190,6 +191,7 @@ class _Link:
     ctl_delivered: int = 0  # highest CONTROL tid delivered from the peer
     reported: int = 0  # highest tid we reported
     unsettled_app: int = 0  # our application transfers to the peer without an outcome
+    unsettled_ctl: int = 0  # our status messages to the peer this session, not settled
     logged: int = 0  # frames of the current capture's channel log
 
     def out_of(self, wave: Wave) -> _Out | None:
@@ -374,28 +376,37 @@ class EpochMachine:
         self._on_propose(link, _In(msg.wave, tid, delivered), out)
         return self._finish(out)
 
-    def reflected(self, link: int, tid: int) -> list[Action]:
-        """REFLECTED: the peer holds our oldest unreflected gated transfer, `tid`."""
+    def reflected(self, link: int, tid: int, payload: bytes) -> list[Action]:
+        """REFLECTED: the peer holds our gated transfer `tid` (payload PROPOSE(W)). Every
+        reflected transfer of ours ends committed or reset, also one the link offered in
+        a later session than ours (a submission queued across a restart)."""
         out: list[Action] = []
         ls = self.links[link]
-        o = next((o for o in ls.out if o.tid is None), None) if ls.up else None
-        if o is None:
+        try:
+            w = decode(payload).wave
+        except MessageError:
             return out
+        if not ls.up:
+            return out  # a stale event of a session our Reset ended
+        o = next((o for o in ls.out if o.wave == w and o.tid is None), None)
+        if o is None:
+            o = _Out(w)
+            ls.out.append(o)
         o.tid = tid
         st = self.wave
-        if o.wave in self.rec.aborted:
-            out.append(Reset(link))  # held although aborted: only a round undoes it
-            self._end_session(link)
-        elif o.wave == self.rec.committed:
+        if w == self.rec.committed:
             out.append(Commit(link, tid))  # a crossing neighbour held it after our commit
             o.committed = True
-        elif st is not None and st.wave == o.wave:
+        elif st is not None and st.wave == w:
             if link in st.crossing:
                 # The peer took our offer: it knows we are crossing, our hold is no ACCEPT.
-                self._hold_crossing(link, st.wave, out)
+                self._hold_crossing(link, w, out)
             elif link in st.waiting:
                 st.children.add(link)  # the child's ACCEPT
                 st.waiting.discard(link)
+        else:
+            out.append(Reset(link))  # held although its wave aborted: only a round undoes it
+            self._end_session(link)
         return self._finish(out)
 
     def delivered(self, link: int, tid: int, payload: bytes) -> list[Action]:
@@ -452,6 +463,7 @@ class EpochMachine:
             except MessageError:
                 return out
             if msg.kind is not Kind.PROPOSE:
+                ls.unsettled_ctl = max(0, ls.unsettled_ctl - 1)
                 if not committed and ls.up:
                     # Reversed with an earlier transfer the peer refused: it never saw
                     # this status, which says something still true; say it again.
@@ -691,7 +703,7 @@ class EpochMachine:
     def _end_session(self, link: int) -> None:
         """Forget a link session: its wave transfers and pending offers are gone."""
         ls = self.links[link]
-        ls.up, ls.heard, ls.offer_after = False, None, None
+        ls.up, ls.heard, ls.offer_after, ls.unsettled_ctl = False, None, None, 0
         ls.out.clear()
         ls.inc.clear()
         if link == self.rec.tree_parent:
@@ -704,12 +716,19 @@ class EpochMachine:
         self.deferred = {w: s for w, s in self.deferred.items() if s}
 
     def _status(self, link: int, kind: Kind, w: Wave) -> Offer:
+        self.links[link].unsettled_ctl += 1
         return Offer(link, Message(kind, w).encode(), False)
 
     def _finish(self, out: list[Action]) -> list[Action]:
         """After every event: prepare or decide when ready, announce link switches, send
         DONE / report Conv when the subtree is done, and report deliveries."""
         self._progress(out)
+        st = self.wave
+        if st is not None:
+            for n in st.crossing:
+                ls = self.links[n]
+                if ls.up and not ls.unsettled_app and not ls.unsettled_ctl:
+                    self._hold_crossing(n, st.wave, out)
         c = self.rec.epoch
         switched = True
         for n, ls in self.links.items():

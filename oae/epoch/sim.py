@@ -602,10 +602,10 @@ class LegSim(Sim):
         self.link_up_[k] = False
         self.session[k] += 1
         for x, y in ((a, b), (b, a)):
-            events = self.ends[(x, y)].down()
+            self.ends[(x, y)].down()
             if self.nodes[x].process is None:
                 self.held[(x, y)] = 0
-            self._dispatch(x, y, [LinkDown(), *events])
+            self._dispatch(x, y, [LinkDown()])
 
     def _up(self, a: int, b: int) -> None:
         k = _key(a, b)
