@@ -406,7 +406,7 @@ class _Run:
         self.paths: list[float] = []
         self.committed_2pc: list[tuple[int, float]] = []  # (epoch, proposal instant)
         self.counts = {"committed": 0, "aborted": 0, "stuck": 0, "crashes": 0}
-        self.mixed_states = self.probes = self.probes_pending = 0
+        self.mixed_states = self.probes = self.probes_pending = self.crashes_pending = 0
         self.target = self.attempt = 0  # clock baselines' epoch; 2pc's attempts
         self.cpu = 0.0
         self.idle_s = 0.0
@@ -436,6 +436,7 @@ class _Run:
                 who = self.rng.randrange(len(nodes))
             if self.rng.random() < self.crash_rate:
                 victim = nodes[self.rng.randrange(len(nodes))]
+                self.crashes_pending += 1
                 fleet.nursery.start_soon(self.crash, victim, self.rng.uniform(0.0, 0.2),
                                          self.rng.uniform(0.6, 1.0))  # fmt: skip
             probe_after = self.rng.uniform(0.0, 2 * LEAD)
@@ -444,6 +445,10 @@ class _Run:
             else:
                 result, elapsed = await self.clocks(probe_after)
             self.record(k, who, result, elapsed)
+        # a transition may end before its crash is due: the victim is restarted before
+        # the end (a harvest of a killed node would find it down)
+        while self.crashes_pending:
+            await trio.sleep(0.01)
         await fleet.all_ready(self.limit)
         while self.probes_pending:  # the last transition's probe may still be asleep
             await trio.sleep(0.01)
@@ -472,14 +477,17 @@ class _Run:
         """`down` is drawn with the rest of the transition's faults, not here: a draw at
         crash time would interleave with the main loop's by timing, and the algorithms
         would no longer get the same faults from one seed."""
-        await trio.sleep(after)
-        if not node.alive:
-            return  # still down from an earlier crash: nothing to crash
-        self.counts["crashes"] += 1
-        self.disturbed = True
-        await node.kill()
-        await trio.sleep(down)
-        await node.start()
+        try:
+            await trio.sleep(after)
+            if not node.alive:
+                return  # still down from an earlier crash: nothing to crash
+            self.counts["crashes"] += 1
+            self.disturbed = True
+            await node.kill()
+            await trio.sleep(down)
+            await node.start()
+        finally:
+            self.crashes_pending -= 1
 
     def start_probe(self, after: float) -> None:
         self.probes_pending += 1
