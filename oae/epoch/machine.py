@@ -248,9 +248,15 @@ class EpochMachine:
 
     def send_epoch(self, link: int) -> int | None:
         """Tag for application frames on `link` now, or None: hold them. Both ends have
-        committed the tag; between a capture and the decision nothing is sent."""
+        committed the tag; between a capture and the decision nothing is sent; and to
+        the tree parent nothing before our DONE, since its end switches only on it: a
+        frame would wait there for our whole subtree, and the next wave's ACCEPT for
+        the frame (found by Hypothesis: with a DONE message stuck behind a gated
+        transfer, a deadlock)."""
         ls = self.links[link]
         c = self.rec.epoch
+        if link == self.rec.tree_parent and not self.done_sent:
+            return None
         if self.wave is None and ls.up and ls.heard == c:
             return c
         return None
