@@ -1319,6 +1319,8 @@ int64_t oae_epoch_send_epoch(const oae_epoch *m, uint32_t link)
         return -1;
     const link_t *ls = &m->links[i];
     uint32_t c = m->rec.committed.epoch;
+    if (m->rec.has_tree_parent && link == m->rec.tree_parent && !m->done_sent)
+        return -1; /* to the tree parent only after our DONE */
     if (!m->in_wave && ls->up && ls->has_heard && ls->heard == c)
         return c;
     return -1;

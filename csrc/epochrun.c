@@ -254,8 +254,14 @@ int oae_slotfile_store(const char *path, const uint8_t *payload, size_t len)
                                                 outcomes may come before the link's store */
 #define CTL_RING (1u << 14)   /* CONTROL log entries */
 #define SENT_AT 4096          /* submit instants of the last CONTROL transfers, by number */
+#define REFLECTED_MAX 16      /* per link: payloads of our last reflected wave transfers */
 
 enum { CMD_PROPOSE = 1, CMD_CHECKPOINT = 2 };
+
+typedef struct reflected_t { /* a wave transfer of ours the peer held: its payload */
+    uint32_t tid;
+    uint8_t payload[16], len;
+} reflected_t;
 
 typedef struct command {
     int type;
@@ -292,7 +298,8 @@ struct oae_epochrun {
     /* the CONTROL log, under mu */
     oae_epochrun_ctl *ctl;
     uint32_t ctl_head, ctl_tail;
-    uint64_t sent_at[SENT_AT];
+    uint64_t sent_at[SENT_AT]; /* 0: a gated transfer (not timed) */
+    reflected_t reflected[OAE_EPOCH_LINKS_MAX][REFLECTED_MAX]; /* (runner thread only) */
     oae_epochrun_stats st;
     int running;
     clockid_t cpuclock;
@@ -453,10 +460,7 @@ static int perform(oae_epochrun *r, int n)
                 fail_as(r, -ENOMEM, 1);
                 return r->failed;
             }
-            r->sent_at[seq % SENT_AT] = now;
-            oae_epochrun_ctl *c = control_log(r, OAE_ERC_SENT, a->link, now);
-            c->len = len;
-            memcpy(c->payload, a->payload, len);
+            r->sent_at[seq % SENT_AT] = a->gated ? 0 : now;
             break;
         }
         /* a decision the link can no longer take (it went down meanwhile) is taken by
@@ -467,9 +471,16 @@ static int perform(oae_epochrun *r, int n)
         case OAE_EA_REFUSE:
             oae_pump_refuse(p, a->tid);
             break;
-        case OAE_EA_COMMIT:
+        case OAE_EA_COMMIT: {
             oae_pump_commit(p, a->tid);
+            reflected_t *x = &r->reflected[i][a->tid % REFLECTED_MAX];
+            if (x->tid == a->tid) {
+                oae_epochrun_ctl *c = control_log(r, OAE_ERC_COMMIT, a->link, oae_now_ns());
+                c->len = x->len;
+                memcpy(c->payload, x->payload, x->len);
+            }
             break;
+        }
         case OAE_EA_REPORT:
             oae_pump_report(p, a->tid);
             break;
@@ -549,21 +560,27 @@ static int on_pump_event(oae_epochrun *r, size_t i, const oae_pump_event *pe)
     case OAE_PEV_ERROR: /* the pump stopped: the link is gone for good */
         rc = input_done(r, oae_epoch_link_down(m, id), 0);
         break;
-    case OAE_EV_OFFERED: {
+    case OAE_EV_OFFERED:
         r->st.control_in++;
-        oae_epochrun_ctl *c = control_log(r, OAE_ERC_OFFERED, id, oae_now_ns());
-        c->len = e->length;
-        memcpy(c->payload, e->payload, e->length);
         return input_done(r, oae_epoch_offered(m, id, e->tid, e->payload, e->length, e->info),
                           0);
-    }
-    case OAE_EV_REFLECTED:
+    case OAE_EV_REFLECTED: {
         r->st.control_in++;
+        reflected_t *x = &r->reflected[i][e->tid % REFLECTED_MAX];
+        x->tid = e->tid;
+        x->len = e->length;
+        memcpy(x->payload, e->payload, e->length);
         return input_done(r, oae_epoch_reflected(m, id, e->tid, e->payload, e->length), 0);
+    }
     case OAE_EV_DELIVERED:
         if (control) {
             r->st.control_in++;
             consumed(r, e->tid);
+            if (e->length && e->payload[0] == (0xE0 | OAE_EPOCH_PROPOSE)) { /* a wave transfer */
+                oae_epochrun_ctl *c = control_log(r, OAE_ERC_DELIVERED, id, oae_now_ns());
+                c->len = e->length;
+                memcpy(c->payload, e->payload, e->length);
+            }
             return input_done(r, oae_epoch_delivered(m, id, e->tid, e->payload, e->length), 0);
         }
         accepted = 0;
@@ -583,8 +600,9 @@ static int on_pump_event(oae_epochrun *r, size_t i, const oae_pump_event *pe)
             r->st.control_in++;
             oae_pump_ack(r->pumps[i], e->tid, e->tid, 0); /* never handed out again */
             uint64_t now = oae_now_ns();
-            control_log(r, OAE_ERC_SETTLED, id, now)->took_ns =
-                now - r->sent_at[(pe->cookie & ~CONTROL_COOKIE) % SENT_AT];
+            uint64_t sent = r->sent_at[(pe->cookie & ~CONTROL_COOKIE) % SENT_AT];
+            if (sent) /* a status message (wave transfers' outcomes time the wave) */
+                control_log(r, OAE_ERC_SETTLED, id, now)->took_ns = now - sent;
             const uint8_t *payload = e->length ? e->payload : NULL;
             return input_done(r, oae_epoch_outcome(m, id, e->tid, e->type == OAE_EV_COMMITTED,
                                                    payload, e->length,

@@ -72,12 +72,13 @@ typedef struct oae_epochrun_event {
     oae_pump_event pe; /* OAE_ER_LINK */
 } oae_epochrun_event;
 
-/* The CONTROL log, for measurement: what the runner sent, what reached it, and how long
- * its transfers took (a bounded ring: the oldest entries give way). */
+/* The CONTROL log, for measurement: each wave transfer's commit leg (the runner's commit
+ * to the peer runner taking the delivery), and how long its status messages took (a
+ * bounded ring: the oldest entries give way). */
 enum {
-    OAE_ERC_SENT = 1,    /* a CONTROL offer submitted to `link` */
-    OAE_ERC_OFFERED = 2, /* a CONTROL offer from `link` reached this node (OFFERED) */
-    OAE_ERC_SETTLED = 3  /* a CONTROL transfer to `link` got its outcome after took_ns */
+    OAE_ERC_COMMIT = 1,    /* this node committed its wave transfer (payload) to `link` */
+    OAE_ERC_DELIVERED = 2, /* a wave transfer (payload) from `link` was delivered here */
+    OAE_ERC_SETTLED = 3    /* a status message to `link` got its outcome after took_ns */
 };
 
 typedef struct oae_epochrun_ctl {

@@ -3,16 +3,15 @@
     python scripts/profile_epoch_hops.py ring 8 10
 
 Brings up a SHAPE/N testbed (direct veths), runs EPOCHS bilateral transitions initiated by
-node 0 (oae.epoch.testbed_run) with the epoch layer instrumented by monkeypatching, and
-prints: the run's convergence figures; the epoch FileStore writes (count, median time);
-the CONTROL transfer latency (send to outcome); the one-way delivery time of a CONTROL
-message (the machine's Send action to the peer machine's receive); of which the adapter
-queuing (Send action to Link.submit: the epoch records written before the Send in the same
-step), submit to the peer link's event task taking the DELIVERED event (the C pump, the
-wire, the peer's durable link write, its event fd and the Trio wake-up), and that event
-to the peer machine's receive (the peer's receiver task getting scheduled). Messages are
-matched by (sender, receiver, payload). Also the process's CPU time (user + system) and
-that of the Trio thread (the rest is the links' pump threads).
+node 0 (oae.epoch.testbed_run, every node in this process) with the epoch layer
+instrumented by monkeypatching, and prints: the run's convergence figures; the epoch
+FileStore writes (count, median time); and each kind of leg of the wave transfers, one-way
+from the action at one machine to the event at the peer machine: the offer (Offer action
+to OFFERED, matched by payload), the hold (Hold to REFLECTED), the commit (Commit to
+DELIVERED) and the report (Report to the COMMITTED outcome), matched by tid; so each
+includes the C pump, the wire, the durable store at the end that sends it, and the Trio
+hand-over at the peer. Also the process's CPU time (user + system) and that of the Trio
+thread (the rest is the links' pump threads).
 """
 
 from __future__ import annotations
@@ -21,6 +20,7 @@ import os
 import statistics as st
 import sys
 import time
+from typing import Any
 
 import trio
 
@@ -28,96 +28,72 @@ from oae.epoch import durable
 from oae.epoch import machine as mm
 from oae.epoch import node as nodem
 from oae.epoch.testbed_run import run_on_testbed
-from oae.runtime import link as linkm
 from oae.testbed import manager
 from oae.testbed.topology import loads
 
 pc = time.perf_counter
 WRITES: list[float] = []
-TRANSFERS: list[float] = []
-ONEWAY: list[float] = []
-QUEUE: list[float] = []
-SUBRECV: list[float] = []
-DISPRECV: list[float] = []
-SENT: dict[tuple[int, int, bytes], float] = {}
-QT: dict[tuple[int, bytes], float] = {}
-SUBT: dict[tuple[int, bytes], float] = {}  # (id of the sending Link, payload)
-DISP: dict[tuple[int, bytes], float] = {}  # (id of the receiving Link, payload)
-ENDS: dict[tuple[int, int], int] = {}  # (node, peer) -> id of the node's Link to the peer
-NODES: dict[int, nodem.EpochNode] = {}  # id of a machine -> its EpochNode
+# (kind, from node, to node, offer payload or tid) -> instant of the action
+ACTED: dict[tuple[str, int, int, object], float] = {}
+LEGS: dict[str, list[float]] = {"offer": [], "hold": [], "commit": [], "report": []}
 
 _write = durable.FileStore.write
 _do = nodem.EpochNode._do
-_submit = linkm.Link.submit
-_receive = mm.EpochMachine.receive
-_on_event = linkm.Link._on_event
-_outcome = nodem.EpochNode._control_outcome
+_gate = nodem.EpochNode._gate
+_delivered = nodem.EpochNode._delivered
+_outcome = mm.EpochMachine.outcome
 
 
-def write(self, rec):  # type: ignore[no-untyped-def]
+def write(self: Any, rec: Any) -> None:
     t = pc()
     _write(self, rec)
     WRITES.append(pc() - t)
 
 
-def do(self, actions):  # type: ignore[no-untyped-def]
-    if id(self.machine) not in NODES:
-        NODES[id(self.machine)] = self
-        for peer, lk in self.links.items():
-            ENDS[(self.machine.node_id, peer)] = id(lk)
+def do(self: Any, actions: list[Any]) -> None:
+    me, now = self.machine.node_id, pc()
     for a in actions:
-        if isinstance(a, mm.Send):
-            SENT[(self.machine.node_id, a.link, a.payload)] = pc()
-            QT[(id(self.links[a.link]), a.payload)] = pc()
+        if isinstance(a, mm.Offer) and a.gated:
+            ACTED[("offer", me, a.link, a.payload)] = now
+        elif isinstance(a, mm.Hold | mm.Commit | mm.Report):
+            kind = {mm.Hold: "hold", mm.Commit: "commit", mm.Report: "report"}[type(a)]
+            ACTED[(kind, me, a.link, a.tid)] = now
     _do(self, actions)
 
 
-def submit(self, payloads, control=False):  # type: ignore[no-untyped-def]
-    if control:
-        now = pc()
-        q = QT.pop((id(self), payloads[0]), None)
-        if q is not None:
-            QUEUE.append(now - q)
-        SUBT[(id(self), payloads[0])] = now
-    return _submit(self, payloads, control)
-
-
-def on_event(self, pe, now):  # type: ignore[no-untyped-def]
-    ev = pe.ev
-    if ev.type == linkm.lib.OAE_EV_DELIVERED and ev.data_flags & linkm.lib.OAE_F_CONTROL:
-        payload = bytes(linkm.ffi.buffer(ev.payload, ev.length))
-        DISP[(id(self), payload)] = pc()
-    return _on_event(self, pe, now)
-
-
-def receive(self, link, payload):  # type: ignore[no-untyped-def]
-    t = SENT.pop((link, self.node_id, payload), None)
+def arrived(kind: str, frm: int, to: int, key: object) -> None:
+    t = ACTED.pop((kind, frm, to, key), None)
     if t is not None:
-        ONEWAY.append(pc() - t)
-    node = NODES.get(id(self))
-    if node is not None:
-        lk = node.links[link]
-        d = DISP.pop((id(lk), payload), None)
-        if d is not None:
-            DISPRECV.append(pc() - d)
-        u = SUBT.pop((ENDS.get((link, self.node_id), 0), payload), None)
-        if u is not None and d is not None:
-            SUBRECV.append(d - u)
-    return _receive(self, link, payload)
+        LEGS[kind].append(pc() - t)
 
 
-async def outcome(self, *args):  # type: ignore[no-untyped-def]
-    await _outcome(self, *args)
-    TRANSFERS.append(self.transfer_s[-1])
+def gate(self: Any, n: int, ev: Any) -> None:
+    me = self.machine.node_id
+    if isinstance(ev, nodem.Offered):
+        arrived("offer", n, me, ev.payload)
+    else:
+        arrived("hold", n, me, ev.tid)
+    _gate(self, n, ev)
+
+
+def delivered(self: Any, n: int, msg: Any) -> None:
+    if msg.control:
+        arrived("commit", n, self.machine.node_id, msg.tid)
+    _delivered(self, n, msg)
+
+
+def outcome(self: Any, link: int, tid: int, committed: bool, *rest: Any) -> list[Any]:
+    if committed:
+        arrived("report", link, self.node_id, tid)
+    return _outcome(self, link, tid, committed, *rest)
 
 
 def main() -> None:
     durable.FileStore.write = write  # type: ignore[method-assign]
     nodem.EpochNode._do = do  # type: ignore[method-assign]
-    linkm.Link.submit = submit  # type: ignore[method-assign]
-    mm.EpochMachine.receive = receive  # type: ignore[method-assign]
-    linkm.Link._on_event = on_event  # type: ignore[method-assign]
-    nodem.EpochNode._control_outcome = outcome  # type: ignore[method-assign]
+    nodem.EpochNode._gate = gate  # type: ignore[method-assign]
+    nodem.EpochNode._delivered = delivered  # type: ignore[method-assign]
+    mm.EpochMachine.outcome = outcome  # type: ignore[method-assign]
     shape, n, epochs = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
     text = f'[topology]\nname = "prof{os.getpid()}"\nshape = "{shape}"\nnodes = {n}\n'
     with manager.running(loads(text, "<profile>")) as tb:
@@ -129,13 +105,7 @@ def main() -> None:
             f"wall {time.time() - t0:.1f} s, CPU {cpu:.1f} s (user {c1.user - c0.user:.1f}), "
             f"of which the Trio thread {th:.1f} s"
         )
-    for k in (
-        "committed",
-        "median_convergence_us",
-        "critical_path_exchanges",
-        "median_link_rtt_us",
-        "convergence_ratio",
-    ):
+    for k in ("committed", "median_convergence_us", "critical_path_exchanges"):
         print(k, r.get(k))
 
     def ms(xs: list[float]) -> str:
@@ -148,11 +118,8 @@ def main() -> None:
         )
 
     print("epoch FileStore writes", ms(WRITES), f"({len(WRITES) / epochs:.0f} per transition)")
-    print("CONTROL transfer (send -> outcome)", ms(TRANSFERS))
-    print("one-way (Send action -> peer receive)", ms(ONEWAY))
-    print("  queuing (Send action -> Link.submit)", ms(QUEUE))
-    print("  submit -> peer link's DELIVERED event", ms(SUBRECV))
-    print("  peer link's DELIVERED event -> peer machine's receive", ms(DISPRECV))
+    for kind, xs in LEGS.items():
+        print(f"{kind} leg (action -> peer machine's event)", ms(xs))
 
 
 if __name__ == "__main__":

@@ -95,7 +95,7 @@ def run_status(args: argparse.Namespace) -> int:
     for ln in st["links"]:
         epoch = ln.get("epoch")
         state = "up" if ln.get("up") else "down"
-        extra = f"  told {ln['told']} heard {ln['heard']}" if "told" in ln else ""
+        extra = f"  heard {ln['heard']}" if "heard" in ln else ""
         shown = "held" if epoch is None else epoch
         print(f"link {ln['iface']} [{ln['label']}]  {state}{extra}  epoch {shown}")
     c = st.get("counters", {})

@@ -3,8 +3,8 @@
 `CEpochMachine` takes the same inputs as `EpochMachine` and returns the same actions and
 queries; it is what the node's epoch runner (csrc/epochrun.c) runs without Python, and
 tests/test_epoch_diff.py holds it to the Python machine, its oracle. `machine_status`
-builds `EpochMachine.status()`'s snapshot from a C machine of either extension module
-(this one's, or a runner's in oae._pump).
+takes a JSON-able snapshot of a C machine of either extension module (this one's, or a
+runner's in oae._pump).
 """
 
 from __future__ import annotations
@@ -105,7 +105,9 @@ def convert(f: Any, lb: Any, m: Any, n: int) -> list[Action]:
 
 
 def machine_status(f: Any, lb: Any, m: Any, node_id: int) -> dict[str, object]:
-    """EpochMachine.status() of C machine `m` (module ffi `f`, lib `lb`)."""
+    """A JSON-able snapshot of C machine `m` (module ffi `f`, lib `lb`): the committed and
+    prepared waves, the wave in progress, the deferred waves, each link's state, the
+    counters."""
 
     def w(x: Any) -> list[int]:
         return [x.epoch, x.attempt, x.initiator]

@@ -278,9 +278,10 @@ class EpochNode:
 
     def harvest(self) -> tuple[list[float], list[tuple[bool, int, bytes, float]]]:
         """The runner's CONTROL log since the last harvest: the transfer times (submit to
-        outcome, s) of its CONTROL transfers, and (sent, neighbour, payload, trio time) of
-        each CONTROL offer it submitted (sent) or that reached it (OFFERED), from which a
-        leg's one-way time is measured."""
+        outcome, s) of its status messages (a wave transfer's outcome is its DONE leg: it
+        times the wave), and (sent, neighbour, payload, trio time) of each wave
+        transfer's commit leg, sent (this node's commit) or taken (its delivery here),
+        from which the leg's one-way time is measured."""
         buf = ffi.new("oae_epochrun_ctl[]", EVENT_BATCH)
         offset = trio.current_time() - time.monotonic()
         took: list[float] = []
@@ -291,9 +292,8 @@ class EpochNode:
                     took.append(c.took_ns * 1e-9)
                 else:
                     payload = bytes(ffi.buffer(c.payload, c.len))
-                    log.append(
-                        (c.kind == lib.OAE_ERC_SENT, c.link, payload, c.at_ns * 1e-9 + offset)
-                    )
+                    at = c.at_ns * 1e-9 + offset
+                    log.append((c.kind == lib.OAE_ERC_COMMIT, c.link, payload, at))
         return took, log
 
     def stats(self) -> dict[str, int]:

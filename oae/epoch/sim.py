@@ -1,24 +1,29 @@
 """A deterministic discrete-event network for running epoch algorithms side by side.
 
 Everything here is simulated — the clock is virtual (µs) and the links are models — so
-results carry `"network": "simulated"`. The link model is what the AIT link layer
-promises the epoch layer (docs/protocol.md, docs/convergence.md §Link model):
+results carry `"network": "simulated"`. Two link models, both what the AIT link layer
+promises (docs/protocol.md, docs/convergence.md §1):
 
-- per direction, transfers are delivered exactly once and in order (FIFO), both CONTROL
-  transfers and application frames, after a one-way delay of rtt/2 with seeded jitter;
-  frame loss becomes retransmission delay (each loss adds `rto_us`), which also models
-  reordering below the link (the link re-establishes order);
-- a link failure (flap, or a node crash) aborts every transfer still in flight, on both
-  ends: the sender is told `transfer_aborted`, the receiver never sees it;
-- a node crash loses the process (volatile state) and keeps its durable store and the
-  checkpoints it finished writing; after `downtime` a fresh process is built from them;
-- a node processes CONTROL transfers one at a time, `proc_us` each (application frames
-  wait behind them, keeping FIFO order).
+`Sim` (the baselines): per direction, messages and application frames are delivered
+exactly once and in order (FIFO), after a one-way delay of rtt/2 with seeded jitter;
+frame loss becomes retransmission delay (each loss adds `rto_us`), which also models
+reordering below the link (the link re-establishes order); a link failure (flap, or a node
+crash) aborts every transfer still in flight, on both ends: the sender is told
+`transfer_aborted`, the receiver never sees it; a node processes CONTROL messages one at a
+time, `proc_us` each (application frames wait behind them, keeping FIFO order).
 
-Per directed link the simulator counts application frames sent and accepted, so that a
-recovered state can be checked as a cut (`Sim.check_cut`): for every link u→v, frames
-v had received at its capture plus frames in v's channel log must equal frames u had sent
-at its capture and the link did not abort (an aborted frame returns to its sender) — no
+`LegSim` (bilateral): gated links modelled leg by leg on oae.epoch.legs: each change of a
+link end's registers sends one record, one such one-way delay later, so a transfer's
+offer, hold, commit and report are each a leg; application frames are delivered in tid
+order after their own legs, only into the epoch the receiving end carries; a failure
+loses the records in flight and the round that brings the link back settles the rest.
+
+Both: a node crash loses the process (volatile state) and keeps its durable store and the
+checkpoints it finished writing; after `downtime` a fresh process is built from them. Per
+directed link the simulator counts application frames sent and accepted, so that a
+recovered state can be checked as a cut (`Sim.check_cut`): for every link u→v, frames v
+had received at its capture plus frames in v's channel log must equal frames u had sent at
+its capture and the link did not abort (an aborted frame returns to its sender) — no
 orphan, no lost in-transit frame.
 """
 
@@ -692,8 +697,6 @@ class LegSim(Sim):
             else:
                 self.stats["mixed_epoch_frames"] += 1
         self._flush(v)
-        for u in self.nbrs[v]:
-            self._send_record(v, u)
 
     def _flush(self, v: int) -> None:
         """Submit node v's pending application frames on every link not on hold, each
