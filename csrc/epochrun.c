@@ -357,6 +357,18 @@ static oae_epochrun_ctl *control_log(oae_epochrun *r, int kind, uint32_t link, u
     return c;
 }
 
+/* a leg in the CONTROL log: this node's action (acted) or the peer's arriving */
+static void log_leg(oae_epochrun *r, int kind, int acted, uint32_t link, uint32_t tid,
+                    const uint8_t *payload, uint8_t len)
+{
+    oae_epochrun_ctl *c = control_log(r, kind, link, oae_now_ns());
+    c->acted = (uint8_t)acted;
+    c->tid = tid;
+    c->len = len;
+    if (len)
+        memcpy(c->payload, payload, len);
+}
+
 static void publish_wave(oae_epochrun *r, int type, const oae_epoch_wave *w, int ok)
 {
     oae_epochrun_event *e = publish(r, type);
@@ -461,28 +473,29 @@ static int perform(oae_epochrun *r, int n)
                 return r->failed;
             }
             r->sent_at[seq % SENT_AT] = a->gated ? 0 : now;
+            if (a->gated)
+                log_leg(r, OAE_ERC_OFFER, 1, a->link, 0, a->payload, len);
             break;
         }
         /* a decision the link can no longer take (it went down meanwhile) is taken by
          * the link's next round: the machine learns it from the link's events */
         case OAE_EA_HOLD:
             oae_pump_hold(p, a->tid);
+            log_leg(r, OAE_ERC_HOLD, 1, a->link, a->tid, NULL, 0);
             break;
         case OAE_EA_REFUSE:
             oae_pump_refuse(p, a->tid);
             break;
         case OAE_EA_COMMIT: {
             oae_pump_commit(p, a->tid);
-            reflected_t *x = &r->reflected[i][a->tid % REFLECTED_MAX];
-            if (x->tid == a->tid) {
-                oae_epochrun_ctl *c = control_log(r, OAE_ERC_COMMIT, a->link, oae_now_ns());
-                c->len = x->len;
-                memcpy(c->payload, x->payload, x->len);
-            }
+            const reflected_t *x = &r->reflected[i][a->tid % REFLECTED_MAX];
+            int known = x->tid == a->tid;
+            log_leg(r, OAE_ERC_COMMIT, 1, a->link, a->tid, x->payload, known ? x->len : 0);
             break;
         }
         case OAE_EA_REPORT:
             oae_pump_report(p, a->tid);
+            log_leg(r, OAE_ERC_REPORT, 1, a->link, a->tid, NULL, 0);
             break;
         case OAE_EA_RESET:
             oae_pump_reset(p);
@@ -562,6 +575,7 @@ static int on_pump_event(oae_epochrun *r, size_t i, const oae_pump_event *pe)
         break;
     case OAE_EV_OFFERED:
         r->st.control_in++;
+        log_leg(r, OAE_ERC_OFFER, 0, id, e->tid, e->payload, e->length);
         return input_done(r, oae_epoch_offered(m, id, e->tid, e->payload, e->length, e->info),
                           0);
     case OAE_EV_REFLECTED: {
@@ -570,17 +584,14 @@ static int on_pump_event(oae_epochrun *r, size_t i, const oae_pump_event *pe)
         x->tid = e->tid;
         x->len = e->length;
         memcpy(x->payload, e->payload, e->length);
+        log_leg(r, OAE_ERC_HOLD, 0, id, e->tid, NULL, 0);
         return input_done(r, oae_epoch_reflected(m, id, e->tid, e->payload, e->length), 0);
     }
     case OAE_EV_DELIVERED:
         if (control) {
             r->st.control_in++;
             consumed(r, e->tid);
-            if (e->length && e->payload[0] == (0xE0 | OAE_EPOCH_PROPOSE)) { /* a wave transfer */
-                oae_epochrun_ctl *c = control_log(r, OAE_ERC_DELIVERED, id, oae_now_ns());
-                c->len = e->length;
-                memcpy(c->payload, e->payload, e->length);
-            }
+            log_leg(r, OAE_ERC_COMMIT, 0, id, e->tid, e->payload, e->length);
             return input_done(r, oae_epoch_delivered(m, id, e->tid, e->payload, e->length), 0);
         }
         accepted = 0;
@@ -603,6 +614,8 @@ static int on_pump_event(oae_epochrun *r, size_t i, const oae_pump_event *pe)
             uint64_t sent = r->sent_at[(pe->cookie & ~CONTROL_COOKIE) % SENT_AT];
             if (sent) /* a status message (wave transfers' outcomes time the wave) */
                 control_log(r, OAE_ERC_SETTLED, id, now)->took_ns = now - sent;
+            else if (e->type == OAE_EV_COMMITTED && !(e->flags & OAE_EVF_ROUND))
+                log_leg(r, OAE_ERC_REPORT, 0, id, e->tid, NULL, 0);
             const uint8_t *payload = e->length ? e->payload : NULL;
             return input_done(r, oae_epoch_outcome(m, id, e->tid, e->type == OAE_EV_COMMITTED,
                                                    payload, e->length,

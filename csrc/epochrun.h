@@ -72,19 +72,26 @@ typedef struct oae_epochrun_event {
     oae_pump_event pe; /* OAE_ER_LINK */
 } oae_epochrun_event;
 
-/* The CONTROL log, for measurement: each wave transfer's commit leg (the runner's commit
- * to the peer runner taking the delivery), and how long its status messages took (a
- * bounded ring: the oldest entries give way). */
+/* The CONTROL log, for measurement: each leg of the wave transfers, where this node acted
+ * (its offer, hold, commit or report) and where the peer's action arrived (OFFERED,
+ * REFLECTED, the delivery, the COMMITTED outcome), so a leg's one-way time is the
+ * difference between the two nodes' entries (matched by payload for offers, by tid for
+ * the rest); and how long the runner's status messages took (a wave transfer's outcome
+ * is its DONE leg: it times the wave).  A bounded ring: the oldest entries give way. */
 enum {
-    OAE_ERC_COMMIT = 1,    /* this node committed its wave transfer (payload) to `link` */
-    OAE_ERC_DELIVERED = 2, /* a wave transfer (payload) from `link` was delivered here */
-    OAE_ERC_SETTLED = 3    /* a status message to `link` got its outcome after took_ns */
+    OAE_ERC_OFFER = 1,
+    OAE_ERC_HOLD = 2,
+    OAE_ERC_COMMIT = 3,
+    OAE_ERC_REPORT = 4,
+    OAE_ERC_SETTLED = 5 /* a status message to `link` got its outcome after took_ns */
 };
 
 typedef struct oae_epochrun_ctl {
-    uint8_t kind; /* OAE_ERC_* */
+    uint8_t kind;  /* OAE_ERC_* */
+    uint8_t acted; /* legs: 1 this node's action, 0 the peer's arriving */
     uint8_t len;
     uint32_t link;
+    uint32_t tid;
     uint64_t at_ns;
     uint64_t took_ns;
     uint8_t payload[16];

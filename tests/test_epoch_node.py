@@ -60,9 +60,15 @@ async def test_two_nodes_converge_send_and_recover(veth_pair, tmp_path: Path) ->
                 ]
                 assert a.converged_at[wave] >= a.decided_at[wave] >= a.proposed_at[wave]
                 assert a.counters()["persists"] >= 2 and a.stats()["steps"] > 0
-                took, log = a.harvest()
-                assert took and all(0 < t < 20 for t in took)
-                assert (True, 1, Message(Kind.PROPOSE, wave).encode()) in [x[:3] for x in log]
+                took, legs = a.harvest()
+                assert took and all(0 < t < 20 for t in took)  # the status messages
+                mine = {(x.leg, x.acted) for x in legs if x.neighbour == 1}
+                assert mine >= {("offer", True), ("hold", False), ("commit", True)}
+                _, theirs = b.harvest()
+                commit = next(x for x in legs if x.leg == "commit" and x.acted)
+                got = next(x for x in theirs if x.leg == "commit" and not x.acted)
+                assert commit.payload == got.payload == Message(Kind.PROPOSE, wave).encode()
+                assert commit.tid == got.tid and 0 < got.at - commit.at < 5
                 assert a.harvest() == ([], [])
                 with pytest.raises(UsageError, match="at most 12 bytes"):
                     await a.send(1, bytes(13))

@@ -205,8 +205,11 @@ class Bilateral:
         return self.node.status()
 
     def harvest(self) -> dict[str, Any]:
-        took, log = self.node.harvest()
-        return {"transfer_s": took, "control": [[sent, n, p.hex(), t] for sent, n, p, t in log]}
+        took, legs = self.node.harvest()
+        # the commit legs: the fleet times a leg from one node's commit to the other's
+        # delivery (docs/convergence.md §11)
+        control = [[x.acted, x.neighbour, x.payload.hex(), x.at] for x in legs if x.leg == "commit"]
+        return {"transfer_s": took, "control": control}
 
 
 # --------------------------------------------------------------------------- 2pc

@@ -31,7 +31,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequenc
 from contextlib import asynccontextmanager
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import trio
 
@@ -46,6 +46,21 @@ Checkpoint = Callable[[Wave], Awaitable[bool]]
 EVENT_BATCH = 1024
 TAG_LEN = 4
 PAYLOAD_MAX = 16 - TAG_LEN
+
+
+LEG_NAMES = {lib.OAE_ERC_OFFER: "offer", lib.OAE_ERC_HOLD: "hold",
+             lib.OAE_ERC_COMMIT: "commit", lib.OAE_ERC_REPORT: "report"}  # fmt: skip
+
+
+class Leg(NamedTuple):
+    """One end of a wave transfer's leg in the runner's CONTROL log (`harvest`)."""
+
+    leg: str  # offer, hold, commit, report
+    acted: bool  # this node acted (else: the peer's action arrived here)
+    neighbour: int
+    tid: int  # (0 for an offer this node made: the link numbers it later)
+    payload: bytes  # offers and commits: the wave transfer's
+    at: float  # trio time
 
 
 class EpochNodeError(OaeError):
@@ -276,25 +291,26 @@ class EpochNode:
             "converged": len(self.converged),
         }
 
-    def harvest(self) -> tuple[list[float], list[tuple[bool, int, bytes, float]]]:
+    def harvest(self) -> tuple[list[float], list[Leg]]:
         """The runner's CONTROL log since the last harvest: the transfer times (submit to
         outcome, s) of its status messages (a wave transfer's outcome is its DONE leg: it
-        times the wave), and (sent, neighbour, payload, trio time) of each wave
-        transfer's commit leg, sent (this node's commit) or taken (its delivery here),
-        from which the leg's one-way time is measured."""
+        times the wave), and each leg of the wave transfers where this node acted (its
+        offer, hold, commit, report) or where the peer's action arrived, with its trio
+        time: a leg's one-way time is the difference between two nodes' entries (offers
+        matched by payload, the others by tid)."""
         buf = ffi.new("oae_epochrun_ctl[]", EVENT_BATCH)
         offset = trio.current_time() - time.monotonic()
         took: list[float] = []
-        log: list[tuple[bool, int, bytes, float]] = []
+        legs: list[Leg] = []
         while n := lib.oae_epochrun_control_log(self._run, buf, EVENT_BATCH):
             for c in buf[0:n]:
                 if c.kind == lib.OAE_ERC_SETTLED:
                     took.append(c.took_ns * 1e-9)
-                else:
-                    payload = bytes(ffi.buffer(c.payload, c.len))
-                    at = c.at_ns * 1e-9 + offset
-                    log.append((c.kind == lib.OAE_ERC_COMMIT, c.link, payload, at))
-        return took, log
+                    continue
+                payload = bytes(ffi.buffer(c.payload, c.len))
+                at = c.at_ns * 1e-9 + offset
+                legs.append(Leg(LEG_NAMES[c.kind], bool(c.acted), c.link, c.tid, payload, at))
+        return took, legs
 
     def stats(self) -> dict[str, int]:
         """The runner's counters (csrc/epochrun.h oae_epochrun_stats)."""

@@ -217,13 +217,15 @@ class _Host:
             self.mixed_frames += now["mixed_app_frames"] - before.get("mixed_app_frames", 0)
             self.app_received += now["app_received"] - before.get("app_received", 0)
             self.bad_messages += now["bad_messages"] - before.get("bad_messages", 0)
-            took, log = node.harvest()
+            took, legs = node.harvest()
             self.transfer_s += took
-            for sent, peer, payload, t in log:
-                if sent:
-                    self.control_sent.setdefault((self.i, peer, payload), t)
+            for x in legs:
+                if x.leg != "commit":
+                    continue
+                if x.acted:
+                    self.control_sent.setdefault((self.i, x.neighbour, x.payload), x.at)
                 else:
-                    self.control_delivered.setdefault((peer, self.i, payload), t)
+                    self.control_delivered.setdefault((x.neighbour, self.i, x.payload), x.at)
         tpc = self.tpc
         if tpc is not None:
             self.mixed_frames += tpc.mixed_frames
