@@ -55,7 +55,10 @@ def test_bilateral_never_mixes_and_baselines_do(testbed, source: str) -> None:
     # Every transition decided, and after each the durable epochs of all nodes agree.
     assert r["committed"] + r["aborted"] == EPOCHS and r["stuck"] == 0
     assert r["committed"] >= EPOCHS // 2
-    assert r["app_frames"] > 1000  # the zero below is measured on real traffic
+    # the zero below is measured on real traffic (on the epoch runner a transition takes
+    # ~20 ms against ~130 ms before, so the run is shorter: ~1,700 frames at load average
+    # 4, 872 at load 35)
+    assert r["app_frames"] > 500
     assert r["mixed_epoch_frames"] == 0 and r["mixed_epoch_states"] == 0
     assert r["probes"] >= 2 * EPOCHS and r["bad_messages"] == 0
     assert r["median_convergence_us"] > 0 and r["median_link_rtt_us"] > 0
