@@ -120,14 +120,31 @@ def test_cli_json_and_one_line_errors(capsys: pytest.CaptureFixture[str]) -> Non
 
 def test_testbed_probe_applies_bilateral_recovery() -> None:
     """The testbed's random-instant probe for bilateral: a node behind the highest commit
-    is fine if it is prepared for that wave (recovery commits it), mixed otherwise."""
+    is fine if it is prepared for that wave (recovery commits it), mixed otherwise; the
+    records are read twice (a wave may prepare and commit while they are read one by
+    one), a node behind in the second read is mixed."""
     from oae.epoch.durable import DurableRecord
     from oae.epoch.fleet import bilateral_restore_mixed
     from oae.epoch.messages import Wave
 
     w1, other = Wave(1, 1, 0), Wave(1, 2, 3)
-    steady = DurableRecord()
-    assert not bilateral_restore_mixed([steady, steady])
-    assert not bilateral_restore_mixed([DurableRecord(committed=w1), DurableRecord(prepared=w1)])
-    assert bilateral_restore_mixed([DurableRecord(committed=w1), steady])
-    assert bilateral_restore_mixed([DurableRecord(committed=w1), DurableRecord(prepared=other)])
+    steady, c1, p1 = DurableRecord(), DurableRecord(committed=w1), DurableRecord(prepared=w1)
+
+    def reads(*passes: list[DurableRecord]):
+        it = iter(passes)
+        return lambda: next(it)
+
+    def same(*records: DurableRecord):
+        return reads(list(records), list(records))
+
+    assert not bilateral_restore_mixed(same(steady, steady))
+    assert not bilateral_restore_mixed(
+        same(DurableRecord(committed=w1), DurableRecord(prepared=w1))
+    )
+    assert bilateral_restore_mixed(same(DurableRecord(committed=w1), steady))
+    assert bilateral_restore_mixed(same(DurableRecord(committed=w1), DurableRecord(prepared=other)))
+    # node 0 read before it prepared, node 1 after the commit: the second read decides
+    early = [steady, DurableRecord(committed=w1)]
+    assert not bilateral_restore_mixed(reads(early, [DurableRecord(prepared=w1)] * 2))
+    assert not bilateral_restore_mixed(reads(early, [DurableRecord(committed=w1)] * 2))
+    assert bilateral_restore_mixed(reads(early, [steady, DurableRecord(committed=w1)]))

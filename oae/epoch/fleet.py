@@ -92,12 +92,18 @@ def testbed_topology(tb: Testbed) -> tuple[list[str], Topology]:
     return names, Topology(tb.name, len(names), edges)
 
 
-def bilateral_restore_mixed(records: list[DurableRecord]) -> bool:
-    """Would restarting every node from these records leave a mix of epochs? Recovery
+def bilateral_restore_mixed(read: Callable[[], list[DurableRecord]]) -> bool:
+    """Would restarting every node from its record leave a mix of epochs? Recovery
     (docs/convergence.md §5) brings the nodes prepared for the highest committed wave to
-    its epoch; any other node below it stays behind."""
-    top = max(records, key=lambda r: r.epoch).committed
-    return any(r.committed != top and r.prepared != top for r in records)
+    its epoch; any other node below it stays behind. `read` reads every node's record,
+    one after the other while the nodes run: a wave may prepare and commit between two
+    reads (a node read early, unprepared, next to one read late, committed), so the
+    highest committed wave is taken from one read and the others are checked in a second
+    read. A node that committed W proves every node prepared for W or committed it by
+    then, and both last until W commits there: behind in the second read, a node really
+    is."""
+    top = max(read(), key=lambda r: r.epoch).committed
+    return any(r.epoch < top.epoch and r.prepared != top for r in read())
 
 
 def cpu_seconds(pid: int) -> float:
@@ -347,7 +353,7 @@ class Fleet:
         (read from the state dirs): disagreeing epochs are a mixed-epoch state."""
         if self.algorithm == "bilateral":
             return bilateral_restore_mixed(
-                [FileStore(n.state / "epoch.json").load() for n in self.nodes]
+                lambda: [FileStore(n.state / "epoch.json").load() for n in self.nodes]
             )
         if self.algorithm == "2pc":
             stores = [load_store(n.state / "2pc.json") for n in self.nodes]

@@ -388,8 +388,9 @@ async def run_on_testbed(
                 """What every node would restore if all crashed now, by the algorithm's
                 own rule: disagreeing epochs are a mixed-epoch state."""
                 if algorithm == "bilateral":
-                    recs = [FileStore(h.work / "epoch.json").load() for h in hosts]
-                    return bilateral_restore_mixed(recs)
+                    return bilateral_restore_mixed(
+                        lambda: [FileStore(h.work / "epoch.json").load() for h in hosts]
+                    )
                 if algorithm == "2pc":
                     stores = [load_store(h.work / "2pc.json") for h in hosts]
                     return len({e for e, _ in restore_2pc(stores).values()}) != 1
