@@ -4,8 +4,10 @@ epoch machine's adversarial tests.
 
 It keeps what the epoch layer relies on and nothing of the wire: per direction, tids in
 order; a record is a snapshot of the sender's registers (commit_upto, held_upto,
-delivered_upto, REFUSE) and of its unreflected offers, taken in the engine's order
-(deliver up to commit_upto, take offers, then the sender half); an incoming CONTROL offer
+delivered_upto, REFUSE) and of its unreflected offers, processed by the receiver in the
+engine's order (deliver up to commit_upto, take offers, then the sender half); what is
+submitted waits for the window (and, like the pump's queue, survives a failure of the
+link, to be offered in its next session); an incoming CONTROL offer
 waits for `hold`/`refuse`, a delivered CONTROL transfer for `report`, an outgoing gated
 transfer for `commit`; an application offer tagged with another epoch is not held. A
 round (`reconcile`, after a failure, a reset or a restart) delivers what is held up to
@@ -114,7 +116,6 @@ class GatedEnd:
     held: dict[int, Xfer] = field(default_factory=dict)
     pending: Xfer | None = None
     unreported: list[int] = field(default_factory=list)  # delivered CONTROL tids
-    offers_wrong_epoch: int = 0
 
     # ------------------------------------------------------------ application calls
     def submit(
@@ -271,8 +272,7 @@ class GatedEnd:
         if t != self.in_held + 1 or self.refusing:
             return False
         if not x.control and epoch != self.epoch:
-            self.offers_wrong_epoch += 1
-            return False
+            return False  # the engine's offers_wrong_epoch: offered again after a switch
         if t - self.in_reported > self.window:
             self.refusing = t  # backpressure: the engine's own REFUSE
             return False

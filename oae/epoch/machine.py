@@ -281,6 +281,7 @@ class EpochMachine:
         return w, self._finish(out)
 
     def checkpoint_written(self, wave: Wave, ok: bool) -> list[Action]:
+        """The write of `wave`'s capture ended: a failure aborts the wave (refusal)."""
         out: list[Action] = []
         st = self.wave
         if st is None or st.wave != wave or st.written:
