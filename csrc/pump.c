@@ -101,7 +101,7 @@ int oae_sock_close(int fd)
 #define COOKIE_RING (2u * OAE_LINK_WINDOW_MAX)
 #define WAIT_MIN_US 4096        /* SO_RCVTIMEO has jiffy resolution anyway */
 #define WAIT_MAX_US 16384       /* also bounds how long oae_pump_stop takes */
-#define BEAT_WAIT_NS 50000ull   /* how long to wait for the rest of a beat */
+#define BEAT_WAIT_NS 50000ull   /* how long to wait for the next frame of a beat */
 #define NEAR_NS 8000000ull      /* timers closer than this are waited for with ppoll */
 #define IDLE_WAIT_MAX_NS 250000000ull /* an idle loop's longest sleep (stop wakes it anyway) */
 #define LOG_MAGIC 0x4Cu
@@ -589,20 +589,25 @@ static int fatal_errno(int e)
     return e == ENODEV || e == ENXIO || e == EBADF;
 }
 
-/* 1 if frame i is one of ours in the middle of a beat (more records of it are coming) */
+/* 1 if frame i is one of ours in the middle of a beat (more records of it are coming).  A
+ * beat is the sender's unreflected offers, or one plain token record when it has none
+ * (docs/protocol.md 7.4): only an OFFER record short of the beat size can be followed by
+ * more; a plain token (e.g. a receiver's answer, index 0 of a beat of 64) ends its beat. */
 static int mid_beat(const oae_pump *p, int i)
 {
     static const uint8_t sizes[4] = {1, 4, 16, 64};
     const uint8_t *f = p->rx_buf[i];
-    if (p->rx_msg[i].msg_len != OAE_FRAME_LEN || f[14] >> 4 != OAE_VERSION)
+    if (p->rx_msg[i].msg_len != OAE_FRAME_LEN || f[14] >> 4 != OAE_VERSION ||
+        (f[OAE_ETH_HLEN + 3] & 0x7F) != OAE_TR_OFFER)
         return 0;
     uint8_t beat = f[OAE_ETH_HLEN + 36];
     return (beat & 63) + 1 < sizes[beat >> 6];
 }
 
 /* The rest of a beat is on its way (the peer sent it in one sendmmsg): take it in the same
- * round, waiting up to BEAT_WAIT_NS, so the engine answers a whole beat at once and the
- * thread is woken once per beat rather than once per few frames. */
+ * round, waiting up to BEAT_WAIT_NS after the last frame that came, so the engine answers
+ * a whole beat at once (an answer to part of a beat makes the peer offer the rest again)
+ * and the thread is woken once per beat rather than once per few frames. */
 static int finish_beat(oae_pump *p, int k)
 {
     uint64_t deadline = 0;
@@ -611,6 +616,7 @@ static int finish_beat(oae_pump *p, int k)
         p->st.rx_calls++;
         if (m > 0) {
             k += m;
+            deadline = 0; /* progress: the peer is still sending this beat */
             continue;
         }
         uint64_t now = oae_now_ns();
