@@ -102,6 +102,7 @@ int oae_sock_close(int fd)
 #define WAIT_MIN_US 4096        /* SO_RCVTIMEO has jiffy resolution anyway */
 #define WAIT_MAX_US 16384       /* also bounds how long oae_pump_stop takes */
 #define BEAT_WAIT_NS 50000ull   /* how long to wait for the next frame of a beat */
+#define ANSWER_WAIT_NS 50000ull /* how long to poll for the answer to a beat we sent */
 #define NEAR_NS 8000000ull      /* timers closer than this are waited for with ppoll */
 #define IDLE_WAIT_MAX_NS 250000000ull /* an idle loop's longest sleep (stop wakes it anyway) */
 #define LOG_MAGIC 0x4Cu
@@ -629,6 +630,25 @@ static int finish_beat(oae_pump *p, int k)
     return k;
 }
 
+/* A beat of several records went out: its answer is due within the time the peer takes
+ * to take in the beat's last records and answer (microseconds), far less than waking a
+ * sleeping thread costs when the peer's answer has to wake it.  Poll for it until `until`
+ * (or a timer, new work, stop), as finish_beat polls for the rest of a beat; then the
+ * loop blocks as usual.  Returns recvmmsg's result, 0 if nothing came. */
+static int await_answer(oae_pump *p, uint64_t until, uint64_t next)
+{
+    for (;;) {
+        int m = recvmmsg(p->fd, p->rx_msg, RX_BATCH, MSG_DONTWAIT, NULL);
+        p->st.rx_calls++;
+        if (m > 0 || (m < 0 && errno != EAGAIN && errno != EWOULDBLOCK))
+            return m;
+        uint64_t now = oae_now_ns();
+        if (now >= until || now >= next || p->kick || p->stop)
+            return 0;
+        sched_yield();
+    }
+}
+
 /* Bound the next blocking receive by the engine's next timer: SO_RCVTIMEO, changed only
  * when the power-of-two bucket of the wait changes (no extra syscall per frame). */
 static void set_wait(oae_pump *p, uint64_t next, uint64_t now)
@@ -652,7 +672,7 @@ int oae_pump_run(oae_pump *p)
     int busy = p->flags & OAE_PUMP_BUSY;
     int batch_rx = p->beat > 1; /* beats arrive as bursts: take the rest of one at once */
     int rc = 0, dontwait = 1, near = 0, wakeable = 0;
-    uint64_t next = UINT64_MAX;
+    uint64_t next = UINT64_MAX, answer_by = 0;
     pthread_mutex_lock(&p->mu);
     /* thread CPU clocks count from thread start: keep what this thread had before */
     uint64_t cpu0 = oae_thread_cpu_ns();
@@ -681,6 +701,9 @@ int oae_pump_run(oae_pump *p)
                 p->rx_msg[0].msg_len = (unsigned)n;
         } else if (busy || dontwait) {
             k = recvmmsg(p->fd, p->rx_msg, RX_BATCH, MSG_DONTWAIT, NULL);
+        } else if (answer_by) {
+            k = await_answer(p, answer_by, next);
+            answer_by = 0; /* nothing within the wait: block from now on */
         } else if (wakeable || near) {
             /* a timer due soon, or an idle link: sleep until a frame or the next timer,
              * and on an idle link also until the application makes work (wakefd) */
@@ -777,6 +800,10 @@ int oae_pump_run(oae_pump *p)
         p->st.tx_frames += sent;
         /* a full batch either way means more is likely waiting; a due timer must not wait */
         now = oae_now_ns();
+        if (k > 0)
+            answer_by = 0;
+        if (sent > 1 && batch_rx && !busy)
+            answer_by = now + ANSWER_WAIT_NS;
         dontwait = k == RX_BATCH || ntx == TX_BATCH || next <= now;
         if (busy) {
             if (!k && !ntx)

@@ -69,7 +69,11 @@ int oae_flood_recv(int fd, uint16_t ethertype, uint32_t run, uint64_t max_ns, oa
  * during a busy exchange it blocks in recv() like the bare C ping-pong (the next frame is
  * due within a round trip, and submissions are seen then), in ppoll() when an engine
  * timer is due within 8 ms, else bounded by SO_RCVTIMEO (jiffy resolution, at most
- * ~16 ms). */
+ * ~16 ms).  With beats of more than one record, the loop polls (non-blocking recvmmsg,
+ * sched_yield) for the rest of a beat that has begun to arrive (up to 50 us after its
+ * last frame), and for up to 50 us for the answer to a beat of several records it has
+ * just sent, before it sleeps: both are due within microseconds, less than a sleeping
+ * thread takes to wake. */
 
 /* Event types the pump adds to the engine's OAE_EV_*. */
 enum {
