@@ -658,9 +658,7 @@ static void set_wait(oae_pump *p, uint64_t next, uint64_t now)
         us = WAIT_MIN_US;
     if (us > WAIT_MAX_US)
         us = WAIT_MAX_US;
-    uint64_t bucket = 1;
-    while (bucket * 2 <= us)
-        bucket *= 2;
+    uint64_t bucket = 1ull << (63 - __builtin_clzll(us)); /* us >= WAIT_MIN_US > 0 */
     if (bucket != p->wait_us) {
         oae_sock_set_rcvtimeo(p->fd, bucket * 1000);
         p->wait_us = bucket;
@@ -798,12 +796,14 @@ int oae_pump_run(oae_pump *p)
             sent += (size_t)m;
         }
         p->st.tx_frames += sent;
-        /* a full batch either way means more is likely waiting; a due timer must not wait */
-        now = oae_now_ns();
+        /* a full batch either way means more is likely waiting; a due timer must not wait
+         * (`now` is from before the send: a timer found due a send later is fired then) */
         if (k > 0)
             answer_by = 0;
-        if (sent > 1 && batch_rx && !busy)
+        if (sent > 1 && batch_rx && !busy) {
+            now = oae_now_ns(); /* a beat's sendmmsg takes a while */
             answer_by = now + ANSWER_WAIT_NS;
+        }
         dontwait = k == RX_BATCH || ntx == TX_BATCH || next <= now;
         if (busy) {
             if (!k && !ntx)
