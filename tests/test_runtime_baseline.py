@@ -35,6 +35,9 @@ def test_flood_is_received_and_counted(veth_pair) -> None:
     try:
         r = baseline.flood(a, b, seconds=0.3)
         assert r.count > 1000 and r.elapsed_s > 0
+        # the sender sent at least what was counted (a full receive buffer drops frames)
+        assert r.peer_sent >= r.count
+        assert 0 < r.peer_cpu_s < r.cpu_s
     finally:
         a.close()
         b.close()

@@ -30,11 +30,11 @@ CHUNK = 16_384  # transfers queued at a time; the backlog is kept above this
 PAYLOAD = b"oae-bench-ait-16"
 
 
-def measure_flood(pair: VethPair, seconds: float) -> float:
+def measure_flood(pair: VethPair, seconds: float) -> baseline.BaselineResult:
     a = open_socket(pair.if_a, pair.ns_a)
     b = open_socket(pair.if_b, pair.ns_b)
     try:
-        return baseline.flood(a, b, seconds).rate
+        return baseline.flood(a, b, seconds)
     finally:
         a.close()
         b.close()
@@ -71,23 +71,31 @@ async def steady_stats(
         return s0, s1, t1 - t0
 
 
-async def _commits(pair: VethPair, seconds: float) -> float:
+async def _commits(pair: VethPair, seconds: float) -> tuple[float, float]:
+    """(committed transfers/s, sender pump CPU seconds per commit)"""
     s0, s1, dt = await steady_stats(pair, seconds, WINDOW, BEAT)
-    return (s1["committed"] - s0["committed"]) / dt
+    n = s1["committed"] - s0["committed"]
+    return n / dt, (s1["pump"]["cpu_ns"] - s0["pump"]["cpu_ns"]) / 1e9 / max(n, 1)
 
 
-def measure_commits(pair: VethPair, seconds: float) -> float:
+def measure_commits(pair: VethPair, seconds: float) -> tuple[float, float]:
     return trio.run(_commits, pair, seconds)
 
 
 def run(opts: BenchOptions) -> dict:
     require_root("oae bench ait")
     floods: list[float] = []
+    flood_cpu: list[float] = []
     commits: list[float] = []
+    link_cpu: list[float] = []
     with veth_pair() as pair:
         for i in range(opts.repeats):
-            floods.append(measure_flood(pair, opts.seconds))
-            commits.append(measure_commits(pair, opts.seconds))
+            flood = measure_flood(pair, opts.seconds)
+            floods.append(flood.rate)
+            flood_cpu.append(flood.peer_cpu_s / max(flood.peer_sent, 1))
+            rate, cpu = measure_commits(pair, opts.seconds)
+            commits.append(rate)
+            link_cpu.append(cpu)
             if opts.progress:
                 line = (f"[bench] ait {i + 1}/{opts.repeats}: flood {floods[-1]:,.0f} "
                         f"frames/s, link {commits[-1]:,.0f} commits/s")  # fmt: skip
@@ -96,13 +104,19 @@ def run(opts: BenchOptions) -> dict:
         "commits_per_s": statistics.median(commits),
         "baseline_pps": statistics.median(floods),
         "ratio": statistics.median(c / f for c, f in zip(commits, floods, strict=True)),
+        "sender_cpu_us_per_commit": statistics.median(link_cpu) * 1e6,
+        "flood_sender_cpu_us_per_frame": statistics.median(flood_cpu) * 1e6,
         "window": WINDOW,
         "beat": BEAT,
         "repeats": opts.repeats,
         "units": {
             "commits_per_s": "committed transfers/s at the sender (median)",
             "baseline_pps": "frames/s received, one-way C sendmmsg flood (median)",
-            "ratio": "commits/flood frames, median of per-repeat ratios (target >= 0.5)",
+            "ratio": "commits/flood frames, median of per-repeat ratios (target >= 0.6)",
+            "sender_cpu_us_per_commit": "CPU us of the sender's pump thread per committed"
+            " transfer (median); each commit costs the sender one frame sent",
+            "flood_sender_cpu_us_per_frame": "CPU us of the flood's sending thread per frame"
+            " sent (median): the kernel's cost of one frame, both veth ends",
             "window": "transfers in flight",
             "beat": "records per exchange",
         },

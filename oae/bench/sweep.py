@@ -47,7 +47,7 @@ def run(opts: BenchOptions) -> dict:
     floods: list[float] = []
     with veth_pair() as pair:
         for i in range(opts.repeats):
-            floods.append(measure_flood(pair, opts.seconds))
+            floods.append(measure_flood(pair, opts.seconds).rate)
             for window, beat in points:
                 r = trio.run(_point, pair, opts.seconds, window, beat)
                 for k in keys:

@@ -19,7 +19,9 @@ from oae.runtime.sock import PacketSocket
 
 @dataclass(frozen=True)
 class BaselineResult:
-    """Counts of one run; cpu_s is the CPU time of both ends' threads together."""
+    """Counts of one run, as the counting end saw them (the ping-pong's initiator, the
+    flood's receiver); cpu_s is the CPU time of both ends' threads together, peer_cpu_s
+    that of the other end (the responder, the flood's sender)."""
 
     count: int
     sent: int
@@ -27,6 +29,8 @@ class BaselineResult:
     ignored: int
     elapsed_s: float
     cpu_s: float
+    peer_cpu_s: float
+    peer_sent: int
 
     @property
     def rate(self) -> float:
@@ -38,7 +42,8 @@ def _result(main: Any, peer: Any) -> BaselineResult:
         if r.err:
             raise OSError(r.err, f"baseline: {os.strerror(r.err)}")
     return BaselineResult(main.count, main.sent, main.retries, main.ignored,
-                          main.elapsed_ns / 1e9, (main.cpu_ns + peer.cpu_ns) / 1e9)  # fmt: skip
+                          main.elapsed_ns / 1e9, (main.cpu_ns + peer.cpu_ns) / 1e9,
+                          peer.cpu_ns / 1e9, peer.sent)  # fmt: skip
 
 
 def _pair(first: Callable[[], None], second: Callable[[], None]) -> None:
