@@ -671,7 +671,9 @@ int oae_pump_run(oae_pump *p)
     int batch_rx = p->beat > 1; /* beats arrive as bursts: take the rest of one at once */
     int rc = 0, dontwait = 1, near = 0, wakeable = 0;
     uint64_t next = UINT64_MAX, answer_by = 0;
+    pthread_setname_np(pthread_self(), "oae-pump");
     pthread_mutex_lock(&p->mu);
+    p->st.tid = (int)gettid();
     /* thread CPU clocks count from thread start: keep what this thread had before */
     uint64_t cpu0 = oae_thread_cpu_ns();
     p->running = pthread_getcpuclockid(pthread_self(), &p->cpuclock) == 0;
@@ -816,6 +818,7 @@ int oae_pump_run(oae_pump *p)
 out:
     pthread_mutex_lock(&p->mu);
     p->running = 0;
+    p->st.tid = 0;
     p->cpu_done += oae_thread_cpu_ns();
     pthread_mutex_unlock(&p->mu);
     if (rc)

@@ -93,6 +93,8 @@ typedef struct oae_pump_stats {
     uint64_t queued, submitted; /* transfers queued by the app / offered to the engine */
     uint64_t app_events, sunk;  /* events handed to the app / consumed by the pump (sink) */
     uint64_t cpu_ns;            /* CPU time used by the pump thread so far */
+    int tid;                    /* kernel thread id of the running loop (0: not running),
+                                   named "oae-pump" (for top -H, perf --tid) */
     uint8_t peer_mac[6];        /* source of the last accepted frame (all zero: none yet) */
 } oae_pump_stats;
 

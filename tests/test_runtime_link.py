@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import os
 import secrets
+import threading
+from pathlib import Path
 
 import pytest
 import trio
@@ -70,6 +72,11 @@ async def test_100k_transfers_commit_exactly_once_in_order(veth_pair) -> None:
         assert sa["aborted"] == 0 and sa["out_settled"] == n and sb["in_delivered"] == n
         # one record per frame: every payload rode in a frame of its own, sent from C
         assert sa["pump"]["cpu_ns"] > 0 and sa["pump"]["tx_frames"] >= n
+        # each pump runs in a thread of its own that tools can find by id and name
+        pumps = {sa["pump"]["tid"], sb["pump"]["tid"]}
+        assert len(pumps) == 2 and threading.get_native_id() not in pumps
+        for tid in pumps:
+            assert Path(f"/proc/self/task/{tid}/comm").read_text().strip() == "oae-pump"
 
 
 def _garbage_frames(dst: bytes, src: bytes) -> list[bytes]:

@@ -323,7 +323,7 @@ class Link:
             "pump": {name: getattr(ps, name) for name in (
                 "rx_calls", "rx_frames", "tx_calls", "tx_frames", "tx_errors", "wakeups",
                 "persists", "log_records", "queued", "submitted", "app_events", "sunk",
-                "cpu_ns")},
+                "cpu_ns", "tid")},
         }  # fmt: skip
 
     def backlog(self) -> int:
