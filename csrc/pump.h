@@ -47,9 +47,12 @@ int oae_pingpong_initiate(int fd, const uint8_t *src, const uint8_t *dst, uint16
 /* Ping-pong responder: echoes pings until STOP or `max_ns`. */
 int oae_pingpong_respond(int fd, uint16_t ethertype, uint32_t run, uint64_t max_ns, int busy,
                          oae_bench_result *out);
-/* One-way flood: `count` frames (or until `max_ns`) in sendmmsg batches of 64, then STOP. */
+/* One-way flood: `count` frames (or until `max_ns`) in batches of 64, then STOP: each
+ * batch with one sendmmsg, or (ring != 0) through a PACKET_TX_RING attached to fd with one
+ * send() (csrc/txring.h; -EOPNOTSUPP style errors if the kernel refuses the ring). */
 int oae_flood_send(int fd, const uint8_t *src, const uint8_t *dst, uint16_t ethertype,
-                   uint32_t run, uint64_t count, uint64_t max_ns, oae_bench_result *out);
+                   uint32_t run, uint64_t count, uint64_t max_ns, int ring,
+                   oae_bench_result *out);
 /* Counting receiver for the flood (recvmmsg), until STOP or `max_ns`. */
 int oae_flood_recv(int fd, uint16_t ethertype, uint32_t run, uint64_t max_ns, oae_bench_result *out);
 
@@ -95,6 +98,7 @@ typedef struct oae_pump_stats {
     uint64_t cpu_ns;            /* CPU time used by the pump thread so far */
     int tid;                    /* kernel thread id of the running loop (0: not running),
                                    named "oae-pump" (for top -H, perf --tid) */
+    int tx_ring;                /* 1: frames go out through a PACKET_TX_RING */
     uint8_t peer_mac[6];        /* source of the last accepted frame (all zero: none yet) */
 } oae_pump_stats;
 
@@ -104,11 +108,16 @@ typedef struct oae_pump oae_pump;
 #define OAE_PUMP_BUSY 1  /* spin (with sched_yield) instead of sleeping */
 #define OAE_PUMP_SINK 2  /* consume DELIVERED events in the pump and release them at once */
 #define OAE_PUMP_QUIET 4 /* do not hand COMMITTED events to the app (count them only) */
+#define OAE_PUMP_TX_RING 8 /* send beats through a PACKET_TX_RING (see oae_pump_new) */
 
 /* A pump on socket fd (kept open; the caller closes it after oae_pump_free) running a new
  * engine for cfg, restored from `restored` (may be NULL).  state_dir (may be NULL): where
  * the durable registers (`durable`) and the settled-transfer log (`events.log`) are
- * written; it sets cfg->persist.  NULL on invalid config or error (errno set). */
+ * written; it sets cfg->persist.  With OAE_PUMP_TX_RING and beats of more than one
+ * record, the pump attaches a PACKET_TX_RING to fd and sends every frame through it, a
+ * burst with one send() (csrc/txring.h); where the kernel refuses one it sends with
+ * send/sendmmsg as without the flag.  A socket with a ring sends only through it: do not
+ * send on fd otherwise.  NULL on invalid config or error (errno set). */
 oae_pump *oae_pump_new(int fd, const oae_link_config *cfg, const oae_link_durable *restored,
                        const char *state_dir, int flags);
 /* Free a pump whose thread has returned.  Does not close fd. */

@@ -56,6 +56,10 @@ class Rule:
 
 _C_PINGPONG = "bare C ping-pong (csrc/pingpong.c) on the same veth pair, same run"
 _C_FLOOD = "one-way C sendmmsg flood (frames received) on the same veth pair, same run"
+_C_FLOODS = (
+    "one-way C flood (frames received) on the same veth pair, same run, sending as the link"
+    " does: sendmmsg, or for ring_ figures through a PACKET_TX_RING"
+)
 _PY_CODEC = "pure-Python model codec (oae.model.wire), same run"
 _PY_MODEL = "pure-Python link model (oae.model.link), same workload, same run"
 _BOUND = "critical-path bound: critical-path link exchanges x median link round trip"
@@ -92,12 +96,12 @@ RULES: dict[str, list[Rule]] = {
         _PARAM,
     ],
     "ait": [
-        Rule(r"commits_per_s", "measured", _C_FLOOD, "baseline_pps"),
-        Rule(r"baseline_pps", "baseline", _C_FLOOD),
-        Rule(r"ratio", "ratio", _C_FLOOD, "baseline_pps"),
-        Rule(r"sender_cpu_us_per_commit", "measured", _C_FLOOD,
-             "flood_sender_cpu_us_per_frame"),
-        Rule(r"flood_sender_cpu_us_per_frame", "baseline", _C_FLOOD),
+        Rule(r"(ring_)?commits_per_s", "measured", _C_FLOODS, r"\1baseline_pps"),
+        Rule(r"(ring_)?(baseline_pps|flood_sender_cpu_us_per_frame)", "baseline", _C_FLOODS),
+        Rule(r"(ring_)?ratio", "ratio", _C_FLOODS, r"\1baseline_pps"),
+        Rule(r"(ring_)?(sender|receiver)_cpu_us_per_commit", "measured", _C_FLOODS,
+             r"\1flood_sender_cpu_us_per_frame"),
+        Rule(r"tx_ring", "parameter", "a property of the run, not compared"),
         _PARAM,
     ],
     "sweep": [

@@ -87,8 +87,10 @@ def pingpong(
     return _result(out_a, out_b)
 
 
-def flood(a: PacketSocket, b: PacketSocket, seconds: float) -> BaselineResult:
-    """Frames per second that `b` receives while `a` floods it with sendmmsg."""
+def flood(a: PacketSocket, b: PacketSocket, seconds: float, ring: bool = False) -> BaselineResult:
+    """Frames per second that `b` receives while `a` floods it in batches of 64: with
+    sendmmsg, or (ring=True) through a PACKET_TX_RING attached to `a`'s socket, which then
+    sends only through it (use a fresh socket)."""
     out_a = ffi.new("oae_bench_result *")
     out_b = ffi.new("oae_bench_result *")
     lib.oae_sock_set_rcvtimeo(b.fd, 20_000_000)
@@ -96,6 +98,8 @@ def flood(a: PacketSocket, b: PacketSocket, seconds: float) -> BaselineResult:
     run = secrets.randbits(32)
     _pair(
         lambda: lib.oae_flood_recv(b.fd, b.ethertype, run, max_ns + 2_000_000_000, out_b),
-        lambda: lib.oae_flood_send(a.fd, a.mac, b.mac, a.ethertype, run, 1 << 40, max_ns, out_a),
+        lambda: lib.oae_flood_send(
+            a.fd, a.mac, b.mac, a.ethertype, run, 1 << 40, max_ns, int(ring), out_a
+        ),
     )
     return _result(out_b, out_a)

@@ -99,6 +99,10 @@ class LinkOptions:
     bypass: bool = False
     sink: bool = False
     quiet: bool = False
+    # beats of several records go out through a PACKET_TX_RING where the kernel offers one
+    # (csrc/txring.h), else with sendmmsg; off by default: on a veth it moves work to the
+    # receiver rather than saving any (docs/performance.md, "rings")
+    tx_ring: bool = False
 
     def __post_init__(self) -> None:
         if isinstance(self.rto, _AutoRto) and isinstance(self.idle, (int, float)):
@@ -323,7 +327,7 @@ class Link:
             "pump": {name: getattr(ps, name) for name in (
                 "rx_calls", "rx_frames", "tx_calls", "tx_frames", "tx_errors", "wakeups",
                 "persists", "log_records", "queued", "submitted", "app_events", "sunk",
-                "cpu_ns", "tid")},
+                "cpu_ns", "tid", "tx_ring")},
         }  # fmt: skip
 
     def backlog(self) -> int:
@@ -511,7 +515,8 @@ async def open_link(
             cfg = _config(sock, peer_mac, key, opts)
             flags = ((lib.OAE_PUMP_BUSY if opts.busy else 0)
                      | (lib.OAE_PUMP_SINK if opts.sink else 0)
-                     | (lib.OAE_PUMP_QUIET if opts.quiet else 0))  # fmt: skip
+                     | (lib.OAE_PUMP_QUIET if opts.quiet else 0)
+                     | (lib.OAE_PUMP_TX_RING if opts.tx_ring else 0))  # fmt: skip
             pump = lib.oae_pump_new(sock.fd, cfg, restored,
                                     str(sdir).encode() if sdir else ffi.NULL, flags)  # fmt: skip
             if pump == ffi.NULL:
