@@ -1,13 +1,13 @@
 """Where a link's CPU time goes per frame, at each end (root; perf; one-off profiling).
 
-    python scripts/profile_link.py ait [--seconds 3] [--busy] [--plain]
+    python scripts/profile_link.py ait [--seconds 3] [--busy] [--ring]
     python scripts/profile_link.py exchange [--seconds 3] [--busy]
     python scripts/profile_link.py flood [--seconds 3] [--ring]
 
 Runs what `oae bench ait` (window 1024, beat 64, a quiet sender and a sink receiver),
 `oae bench exchange` (the idle-0 token exchange, beat 1) or the bare C flood measure, on
-a fresh veth pair (`--plain`: the pumps send with sendmmsg instead of a TX ring;
-`--ring`: the flood sends through a TX ring), and samples the whole machine with
+a fresh veth pair (`--ring`: the pumps, or the flood, send through a PACKET_TX_RING
+instead of sendmmsg), and samples the whole machine with
 `perf record -e cpu-clock -g` (software sampling: no hardware counters needed) during the
 steady state. Each sample of
 an end's thread is put in one category:
@@ -206,8 +206,7 @@ def main() -> int:
     ap.add_argument("mode", choices=("ait", "exchange", "flood"))
     ap.add_argument("--seconds", type=float, default=3.0)
     ap.add_argument("--busy", action="store_true", help="busy-poll pumps")
-    ap.add_argument("--plain", action="store_true", help="ait: pumps without a TX ring")
-    ap.add_argument("--ring", action="store_true", help="flood: through a TX ring")
+    ap.add_argument("--ring", action="store_true", help="send through a PACKET_TX_RING")
     args = ap.parse_args()
     if os.geteuid() != 0:
         print("profile_link: needs root (namespaces, raw sockets, perf -a)", file=sys.stderr)
@@ -218,9 +217,7 @@ def main() -> int:
         if args.mode == "flood":
             r = profile_flood(pair, args.seconds, args.ring, data)
         else:
-            r = trio.run(
-                profile_links, pair, args.mode, args.seconds, args.busy, not args.plain, data
-            )
+            r = trio.run(profile_links, pair, args.mode, args.seconds, args.busy, args.ring, data)
         shares = perf_shares(data, r["tids"])
     load1 = os.getloadavg()
     unit = {"ait": "commit", "exchange": "round trip", "flood": "frame"}[args.mode]
