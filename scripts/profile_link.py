@@ -124,9 +124,10 @@ async def record(seconds: float, data: Path) -> None:
 async def profile_links(
     pair: VethPair, mode: str, seconds: float, busy: bool, ring: bool, data: Path
 ) -> dict:
+    extra = {"tx_ring": True} if ring else {}  # (also runs against older checkouts)
     if mode == "ait":
-        tx = LinkOptions(window=1024, beat=64, idle=0.0, quiet=True, busy=busy, tx_ring=ring)
-        rx = LinkOptions(window=1024, beat=64, idle=0.0, sink=True, busy=busy, tx_ring=ring)
+        tx = LinkOptions(window=1024, beat=64, idle=0.0, quiet=True, busy=busy, **extra)
+        rx = LinkOptions(window=1024, beat=64, idle=0.0, sink=True, busy=busy, **extra)
     else:
         tx = rx = LinkOptions(idle=0.0, busy=busy)
     async with (
