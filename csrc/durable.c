@@ -92,7 +92,7 @@ static int legacy_valid(const uint8_t *buf, size_t n)
            get32(buf + 4) == oae_crc32c(buf + 8, sizeof(oae_link_durable));
 }
 
-static int fsync_dir_of(const char *path)
+int oae_fsync_dir_of(const char *path)
 {
     char dir[4096];
     size_t n = strlen(path);
@@ -114,32 +114,42 @@ static int fsync_dir_of(const char *path)
     return rc;
 }
 
-/* A new file (record in slot 0, slot 1 empty), put in place atomically: temp, fdatasync,
- * rename, fsync of the directory. Only when the file is missing or not in this layout. */
-static int create_file(const char *path, const oae_link_durable *d, uint64_t seq)
+int oae_file_replace(const char *path, const uint8_t *buf, size_t len)
 {
     char tmp[4096];
-    static const uint8_t zero[FILE_LEN];
-    uint8_t rec[REC_LEN];
     if ((size_t)snprintf(tmp, sizeof tmp, "%s.tmp", path) >= sizeof tmp)
         return -ENAMETOOLONG;
-    encode(rec, seq, d);
     int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
     if (fd < 0)
         return -errno;
     int rc = 0;
-    errno = 0;
-    if (pwrite(fd, zero, FILE_LEN, 0) != (ssize_t)FILE_LEN ||
-        pwrite(fd, rec, REC_LEN, 0) != (ssize_t)REC_LEN || fdatasync(fd) < 0)
-        rc = errno ? -errno : -EIO;
+    size_t done = 0;
+    while (!rc && done < len) {
+        ssize_t w = write(fd, buf + done, len - done);
+        if (w > 0)
+            done += (size_t)w;
+        else if (w == 0 || errno != EINTR)
+            rc = w == 0 ? -EIO : -errno;
+    }
+    if (!rc && fdatasync(fd) < 0)
+        rc = -errno;
     close(fd);
     if (!rc && rename(tmp, path) < 0)
         rc = -errno;
     if (!rc)
-        rc = fsync_dir_of(path);
-    else
-        unlink(tmp);
+        return oae_fsync_dir_of(path);
+    unlink(tmp);
     return rc;
+}
+
+/* A new file (record in slot 0, slot 1 empty), put in place atomically.  Only when the
+ * file is missing or not in this layout. */
+static int create_file(const char *path, const oae_link_durable *d, uint64_t seq)
+{
+    uint8_t img[FILE_LEN];
+    memset(img, 0, sizeof img);
+    encode(img, seq, d);
+    return oae_file_replace(path, img, sizeof img);
 }
 
 int oae_durable_store(const char *path, const oae_link_durable *d)

@@ -17,4 +17,10 @@ int oae_durable_load(const char *path, oae_link_durable *out);
 int oae_durable_store(const char *path, const oae_link_durable *d);
 /* cdef-end */
 
+/* fsync the directory that holds path (after a rename into it).  0 or -errno. */
+int oae_fsync_dir_of(const char *path);
+/* Put len bytes at path atomically: path.tmp written and fdatasync'ed, renamed over path,
+ * the directory fsync'ed.  0 or -errno (path unchanged, path.tmp removed). */
+int oae_file_replace(const char *path, const uint8_t *buf, size_t len);
+
 #endif

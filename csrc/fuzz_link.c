@@ -2,11 +2,12 @@
  *
  * The input is a script: byte 0 picks the configuration, then each op byte picks an action
  * on engine A, which talks to an honest engine B: raw attacker frames, mutated copies of
- * B's real frames, time steps, offers, releases, exchanges (with loss), crash-restarts
- * from the durable registers.  After every step the engines' invariants are checked, and
- * every outcome is checked against the other end (the attacker has no key, so A and B
- * must still agree on every transfer); a violation aborts (a crash for libFuzzer), as do
- * ASan/UBSan findings. */
+ * B's real frames, time steps, offers (plain, CONTROL, gated), releases, exchanges (with
+ * loss), crash-restarts from the durable registers, and with gates the applications'
+ * decisions (hold, refuse, report, commit; right or wrong tids) and resets.  After every
+ * step the engines' invariants are checked, and every outcome is checked against the other
+ * end (the attacker has no key, so A and B must still agree on every transfer, and the gate
+ * rules hold); a violation aborts (a crash for libFuzzer), as do ASan/UBSan findings. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -25,6 +26,10 @@
 #define DELIVERED 1 /* by the receiver */
 #define COMMITTED 2 /* reported to the sender */
 #define ABORTED 4   /* reported to the sender */
+#define CONTROL 8   /* offered as CONTROL */
+#define GATED 16    /* offered gated */
+#define HELD 32     /* the receiver's application held it */
+#define RELEASED 64 /* the sender's application committed it */
 
 typedef struct end {
     oae_link *l;
@@ -35,6 +40,8 @@ typedef struct end {
     uint8_t last_frame[OAE_FRAME_LEN];
     int has_frame;
     uint8_t *fate; /* per tid of this end's outgoing direction */
+    uint32_t reflected; /* the last gated tid of mine the peer held (REFLECTED) */
+    uint32_t reported;  /* the highest peer tid my application reported */
     struct end *peer;
 } end;
 
@@ -56,19 +63,32 @@ static void drain(end *e)
     size_t n;
     while ((n = oae_link_poll_events(e->l, ev, 32)) > 0) {
         for (size_t i = 0; i < n; i++) {
-            CHECK(ev[i].type >= OAE_EV_LINK_UP && ev[i].type <= OAE_EV_PERSIST);
+            CHECK(ev[i].type >= OAE_EV_LINK_UP && ev[i].type <= OAE_EV_REFLECTED);
             CHECK(ev[i].length <= OAE_PAYLOAD_MAX);
             uint32_t t = ev[i].tid;
+            int gates = e->cfg.gates;
             if (ev[i].type == OAE_EV_DELIVERED) {
                 CHECK(t > e->last_delivered); /* exactly once, in order */
                 e->last_delivered = t;
                 if (t < TRACKED) {
-                    CHECK(!(e->peer->fate[t] & ABORTED)); /* never deliver a reversed one */
+                    uint8_t f = e->peer->fate[t];
+                    CHECK(!(f & ABORTED)); /* never deliver a reversed one */
+                    /* gates: held only by hold(), delivered only after commit() */
+                    CHECK(!gates || !(f & CONTROL) || (f & HELD));
+                    CHECK(!(f & GATED) || (f & RELEASED));
                     e->peer->fate[t] |= DELIVERED;
                 }
+            } else if (ev[i].type == OAE_EV_OFFERED) {
+                CHECK(gates && t < TRACKED && (e->peer->fate[t] & CONTROL));
+            } else if (ev[i].type == OAE_EV_REFLECTED) {
+                CHECK(t < TRACKED && (e->fate[t] & GATED) && (e->fate[t] & HELD));
+                e->reflected = t;
             } else if (ev[i].type == OAE_EV_COMMITTED && t < TRACKED) {
                 CHECK(e->fate[t] & DELIVERED); /* only after the peer delivered it */
                 CHECK(!(e->fate[t] & ABORTED));
+                /* gates: reported by the peer's application, or decided by a round */
+                CHECK(!gates || !(e->fate[t] & CONTROL) || (ev[i].flags & OAE_EVF_ROUND) ||
+                      e->peer->reported >= t);
                 e->fate[t] |= COMMITTED;
             } else if (ev[i].type == OAE_EV_ABORTED && t < TRACKED) {
                 CHECK(!(e->fate[t] & (DELIVERED | COMMITTED)));
@@ -92,6 +112,35 @@ static void restart(end *e, uint32_t nonce)
 }
 
 static uint64_t now;
+
+/* The application of end e decides: `what` 0 hold, 1 refuse, 2 report, 3 commit, each on
+ * the tid it is for, or (wrong != 0) on one next to it. */
+static void decide(end *e, int what, int wrong)
+{
+    oae_link_stats s;
+    oae_link_stats_get(e->l, &s);
+    uint32_t t = what < 2 ? s.in_offered : what == 2 ? s.in_delivered : e->reflected;
+    t += wrong ? (uint32_t)(wrong - 2) : 0;
+    int rc;
+    if (what == 0) {
+        rc = oae_link_hold(e->l, t);
+        if (rc == 0 && t < TRACKED)
+            e->peer->fate[t] |= HELD;
+    } else if (what == 1) {
+        rc = oae_link_refuse(e->l, t);
+    } else if (what == 2) {
+        rc = oae_link_report(e->l, t);
+        if (rc == 0 && t > e->reported)
+            e->reported = t;
+    } else {
+        rc = oae_link_commit(e->l, t);
+        if (rc == 0 && t < TRACKED)
+            e->fate[t] |= RELEASED;
+    }
+    CHECK(rc <= 0 && rc >= OAE_GATE_INVALID);
+    CHECK(rc != OAE_GATE_INVALID || !e->cfg.gates || what == 3);
+    drain(e);
+}
 
 /* Move frames from one end to the other; `keep` is a bitmask of which to deliver. */
 static void exchange(end *from, end *to, uint8_t keep)
@@ -129,9 +178,10 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         uint8_t mac[6] = {0x02, 0, 0, 0, 0, (uint8_t)(w ? 0x0b : 0x0a)};
         memcpy(c->mac, mac, 6);
         c->nonce = w ? 200 : 100;
-        c->window = 1u + (mode >> 4);
+        c->window = 1u + 5u * ((mode >> 4) & 3);
         c->beat = beats[mode & 3];
         c->rx_capacity = 1u + ((mode >> 2) & 3);
+        c->gates = (mode >> 6) & 1;
         c->rto_ns = 50;
         c->dead_ns = 1000;
         c->hello_ns = 100;
@@ -149,7 +199,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     while (i < size) {
         uint8_t op = data[i++];
         uint8_t arg = i < size ? data[i] : 0;
-        switch (op % 9) {
+        switch (op % 12) {
         case 0: { /* raw attacker bytes as a frame */
             size_t len = arg % 81;
             i++;
@@ -185,15 +235,22 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             drain(&a);
             drain(&b);
             break;
-        case 4: { /* offers */
+        case 4: { /* offers: A's CONTROL if bit 0 (gated if bit 7), B's if bit 1 (bit 6) */
             uint8_t p[16];
             memset(p, arg, sizeof p);
-            uint32_t tid;
-            oae_link_offer(a.l, p, arg % 17, (arg & 1) ? OAE_F_CONTROL : 0, &tid);
-            oae_link_offer(b.l, p, (arg >> 1) % 17, 0, &tid);
+            for (int w = 0; w < 2; w++) {
+                end *e = w ? &b : &a;
+                uint8_t f = 0;
+                if (arg & (1u << w))
+                    f = OAE_F_CONTROL | ((e->cfg.gates && (arg & (0x80u >> w))) ? OAE_OFFER_GATED
+                                                                              : 0);
+                uint32_t tid;
+                if (oae_link_offer(e->l, p, (arg >> w) % 17, f, &tid) == 0 && tid < TRACKED)
+                    e->fate[tid] = (uint8_t)(((f & OAE_F_CONTROL) ? CONTROL : 0) |
+                                             ((f & OAE_OFFER_GATED) ? GATED : 0));
+                drain(e);
+            }
             i++;
-            drain(&a);
-            drain(&b);
             break;
         }
         case 5:
@@ -211,15 +268,41 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
             exchange(&b, &a, (uint8_t)~arg);
             i++;
             break;
-        case 7: /* crash-restart from the durable registers */
+        case 7: /* crash-restart from the durable registers (the gates start clean) */
             if (arg & 1) {
                 restart(&a, 1000 + ++restarts);
                 a.last_delivered = a.has_dur ? a.dur.in_delivered : 0;
+                a.reflected = 0;
             } else {
                 restart(&b, 2000 + ++restarts);
                 b.last_delivered = b.has_dur ? b.dur.in_delivered : 0;
+                b.reflected = 0;
             }
             i++;
+            break;
+        case 9: /* the applications decide: A on bits 0-1, B on bits 2-3, wrong tids 4-6 */
+            decide(&a, arg & 3, (arg >> 4) & 3);
+            decide(&b, (arg >> 2) & 3, (arg >> 6) & 3);
+            i++;
+            break;
+        case 10: /* a reset of A or B, then a clean exchange */
+            CHECK(oae_link_reset((arg & 1) ? a.l : b.l, now) <= 0);
+            drain(&a);
+            drain(&b);
+            exchange(&a, &b, 0xFF);
+            exchange(&b, &a, 0xFF);
+            i++;
+            break;
+        case 11: /* every decision right at once at both ends, then an exchange */
+            for (int what = 0; what < 4; what++) {
+                if (what == 1)
+                    continue;
+                decide(&a, what, 0);
+                decide(&b, what, 0);
+            }
+            now += 5;
+            exchange(&a, &b, 0xFF);
+            exchange(&b, &a, 0xFF);
             break;
         default: /* several clean exchanges to get deep into LIVE */
             for (int k = 0; k < 4; k++) {

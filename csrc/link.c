@@ -14,12 +14,16 @@
 
 static const uint8_t GROUP[6] = {0x03, 0x0a, 0xe0, 0x00, 0x00, 0x01};
 
+/* gate of an outgoing transfer (gates): none, waiting for oae_link_commit, released */
+enum { GATE_NONE = 0, GATE_CLOSED = 1, GATE_OPEN = 2 };
+
 typedef struct out_slot {
-    uint8_t state, flags, len;
+    uint8_t state, flags, len, gate;
     uint8_t payload[OAE_PAYLOAD_MAX];
 } out_slot;
 
 typedef struct in_slot {
+    uint32_t tid;                 /* the tid held in this slot (0: an offer not held) */
     uint8_t flags, len;
     uint8_t payload[OAE_PAYLOAD_MAX];
 } in_slot;
@@ -47,9 +51,10 @@ struct oae_link {
     uint32_t out_known;           /* slots above this tid hold data from this process */
     /* incoming direction (the peer's transfers) */
     uint32_t in_held, in_delivered, in_commit, in_unreleased, refusing;
-    uint32_t sent_held, sent_delivered;
+    uint32_t in_offered, in_reported; /* gates: pending offer; reported deliveries */
+    uint32_t sent_held, sent_delivered, sent_commit, sent_refusing; /* in my last beat */
     /* the current reconciliation round */
-    uint32_t rec_hi, rec_dfinal;
+    uint32_t rec_hi, rec_commit, rec_dfinal;
     int applied, settled, skip_pending;
     /* persistence */
     uint64_t gen, snap_gen;
@@ -72,11 +77,14 @@ static const oae_link_transition TRANSITIONS[] = {
     {OAE_PHASE_RECONCILE, OAE_PHASE_LIVE,
      "RECONCILE record and both sides applied / settle, LINK_UP"},
     {OAE_PHASE_RECONCILE, OAE_PHASE_DISCOVER, "dead_ns with nothing accepted"},
+    {OAE_PHASE_RECONCILE, OAE_PHASE_DISCOVER, "reset() / HELLO to the group"},
     {OAE_PHASE_LIVE, OAE_PHASE_LIVE, "TOKEN beat / settle registers, answer with one beat"},
     {OAE_PHASE_LIVE, OAE_PHASE_RECONCILE,
      "HELLO of a new peer session or of a peer back in discovery / LINK_DOWN, new round"},
     {OAE_PHASE_LIVE, OAE_PHASE_DISCOVER,
      "dead_ns with nothing accepted / LINK_DOWN, open transfers INDEFINITE"},
+    {OAE_PHASE_LIVE, OAE_PHASE_DISCOVER,
+     "reset() / LINK_DOWN, open transfers INDEFINITE, HELLO to the group"},
 };
 
 size_t oae_link_transitions(const oae_link_transition **table)
@@ -99,6 +107,13 @@ size_t oae_link_size(const oae_link_config *cfg)
     if (!valid_config(cfg))
         return 0;
     return sizeof(oae_link) + cfg->window * (sizeof(out_slot) + sizeof(in_slot));
+}
+
+static void copy_payload(oae_event *e, uint8_t flags, uint8_t len, const uint8_t *payload)
+{
+    e->data_flags = flags;
+    e->length = len;
+    memcpy(e->payload, payload, len);
 }
 
 static oae_event *push(oae_link *l, uint8_t type, uint32_t tid)
@@ -137,6 +152,27 @@ static void durable_changed(oae_link *l)
 static out_slot *oslot(oae_link *l, uint32_t tid) { return &l->out[tid % l->cfg.window]; }
 static in_slot *islot(oae_link *l, uint32_t tid) { return &l->in[tid % l->cfg.window]; }
 
+/* Report every delivered or skipped tid after in_reported, up to the first delivered
+ * CONTROL transfer the application has not reported (gates; without gates everything
+ * delivered is reported).  A tid more than `window` above in_reported was never held (the
+ * receiver holds nothing further), so the scan stops there (docs/protocol.md 7.11). */
+static void advance_report(oae_link *l)
+{
+    if (l->cfg.gates) {
+        uint32_t lim = l->in_delivered - l->in_reported > l->cfg.window
+                           ? l->in_reported + l->cfg.window
+                           : l->in_delivered;
+        for (uint32_t t = l->in_reported + 1; t <= lim; t++) {
+            const in_slot *s = islot(l, t);
+            if (s->tid == t && (s->flags & OAE_F_CONTROL)) {
+                l->in_reported = t - 1;
+                return;
+            }
+        }
+    }
+    l->in_reported = l->in_delivered;
+}
+
 /* Deliver every held tid up to `upto`, in order (the receiver's second-round-trip step);
  * returns whether anything was delivered. */
 static int deliver_held(oae_link *l, uint32_t upto)
@@ -145,14 +181,13 @@ static int deliver_held(oae_link *l, uint32_t upto)
     while (l->in_delivered < upto) {
         uint32_t t = ++l->in_delivered;
         in_slot *s = islot(l, t);
-        oae_event *e = push(l, OAE_EV_DELIVERED, t);
-        e->data_flags = s->flags;
-        e->length = s->len;
-        memcpy(e->payload, s->payload, s->len);
+        copy_payload(push(l, OAE_EV_DELIVERED, t), s->flags, s->len, s->payload);
         l->in_unreleased++;
         l->st.delivered++;
         any = 1;
     }
+    if (any)
+        advance_report(l);
     return any;
 }
 
@@ -175,6 +210,49 @@ static uint32_t reported_delivered(const oae_link *l)
 static uint32_t reported_held(const oae_link *l)
 {
     return l->skip_pending ? l->rec_dfinal : l->in_held;
+}
+
+/* delivered_upto of TOKEN records: not past a delivery the application has not reported */
+static uint32_t token_delivered(const oae_link *l)
+{
+    uint32_t d = reported_delivered(l);
+    return l->in_reported < d ? l->in_reported : d;
+}
+
+/* An outgoing gated transfer the application has not committed (gates): out_commit stops
+ * below it.  Transfers restored after a restart are not known here (their slots are empty);
+ * rec_commit() treats them as closed. */
+static int gate_closed(oae_link *l, uint32_t tid)
+{
+    const out_slot *s = oslot(l, tid);
+    return tid > l->out_known && s->gate == GATE_CLOSED && s->state != OAE_ST_ABORTED;
+}
+
+/* Raise out_commit to what the peer holds, but never past a closed gate. */
+static void advance_commit(oae_link *l)
+{
+    if (!l->cfg.gates) {
+        if (l->out_peer_held > l->out_commit)
+            l->out_commit = l->out_peer_held;
+        return;
+    }
+    while (l->out_commit < l->out_peer_held && !gate_closed(l, l->out_commit + 1))
+        l->out_commit++;
+}
+
+/* The commit_upto of a round's RECONCILE records: rec_hi, but below every undecided gated
+ * transfer, and (gates) below every transfer restored after a restart, which may have been
+ * gated: the receiver delivers only what the sender's application committed. */
+static uint32_t rec_commit(oae_link *l)
+{
+    if (!l->cfg.gates)
+        return l->rec_hi;
+    if (l->out_known > l->out_settled)
+        return l->out_settled;
+    for (uint32_t t = l->out_settled + 1; t <= l->rec_hi && t != 0; t++)
+        if (gate_closed(l, t))
+            return t - 1;
+    return l->rec_hi;
 }
 
 /* ---- life cycle ------------------------------------------------------------------- */
@@ -225,8 +303,10 @@ oae_link *oae_link_new(const oae_link_config *cfg, const oae_link_durable *resto
         l->cfg.epoch = restored->epoch;
         l->quiet = 1;
     }
+    l->in_offered = l->in_reported = l->in_held;
     l->sent_held = l->in_held;
     l->sent_delivered = l->in_delivered;
+    l->sent_commit = l->out_commit;
     return l;
 }
 
@@ -276,6 +356,7 @@ static void new_round(oae_link *l, const oae_frame_hdr *h, const oae_record *r, 
     l->phase = OAE_PHASE_RECONCILE;
     l->applied = l->settled = 0;
     l->rec_hi = l->out_hi;
+    l->rec_commit = rec_commit(l);
     l->owe_hello = r->phase == OAE_PHASE_DISCOVER;
     l->owe_reconcile = 0;
     l->t_hello = l->t_rto = NEVER;
@@ -297,6 +378,8 @@ static void apply(oae_link *l, const oae_record *r)
     }
     l->in_commit = l->in_delivered;
     l->refusing = 0;
+    /* the round settles everything: no pending offer, every delivery reported */
+    l->in_offered = l->in_reported = l->in_held;
     l->applied = 1;
     durable_changed(l);
 }
@@ -304,32 +387,32 @@ static void apply(oae_link *l, const oae_record *r)
 /* Sender half: the peer's final delivered_upto decides every tid of my direction. */
 static void settle(oae_link *l, uint32_t dfinal)
 {
+    /* with gates the application tells such outcomes from the peer's reports */
+    uint8_t round = l->cfg.gates ? OAE_EVF_ROUND : 0;
     for (uint32_t t = l->out_settled + 1; t <= l->rec_hi && t != 0; t++) {
         out_slot *s = oslot(l, t);
         int known = t > l->out_known;
         if (known && s->state == OAE_ST_ABORTED)
             continue;
         if (!known && in_abort(l, t)) {
-            push(l, OAE_EV_ABORTED, t)->flags = OAE_EVF_RESTORED;
+            push(l, OAE_EV_ABORTED, t)->flags = OAE_EVF_RESTORED | round;
             l->st.aborted++;
             continue;
         }
         if (t <= dfinal) {
             oae_event *e = push(l, OAE_EV_COMMITTED, t);
-            if (!known)
-                e->flags = OAE_EVF_RESTORED;
+            e->flags = round | (known ? 0 : OAE_EVF_RESTORED);
             if (known)
                 s->state = OAE_ST_COMMITTED;
             l->st.committed++;
         } else {
             oae_event *e = push(l, OAE_EV_ABORTED, t);
+            e->flags = round;
             if (known) {
-                e->data_flags = s->flags;
-                e->length = s->len;
-                memcpy(e->payload, s->payload, s->len);
+                copy_payload(e, s->flags, s->len, s->payload);
                 s->state = OAE_ST_ABORTED;
             } else {
-                e->flags = OAE_EVF_RESTORED;
+                e->flags |= OAE_EVF_RESTORED;
             }
             l->st.aborted++;
         }
@@ -366,9 +449,10 @@ static void deliver_upto(oae_link *l, uint32_t c)
     int changed = deliver_held(l, l->in_commit < l->in_held ? l->in_commit : l->in_held);
     if (l->in_commit > l->in_held) {
         /* the peer settled tids I never held as aborted (it reversed them): skip them */
-        l->in_held = l->in_delivered = l->in_commit;
+        l->in_held = l->in_delivered = l->in_offered = l->in_commit;
         if (l->refusing && l->refusing <= l->in_commit)
             l->refusing = 0;
+        advance_report(l);
         changed = 1;
     }
     if (changed)
@@ -387,15 +471,26 @@ static void take_offer(oae_link *l, const oae_record *r)
     } else if (r->epoch != l->cfg.epoch && !(r->flags & OAE_F_CONTROL)) {
         l->st.offers_wrong_epoch++;
     } else if ((l->in_held - l->in_delivered) + l->in_unreleased >= l->cfg.rx_capacity ||
-               t - l->in_delivered > l->cfg.window) {
+               t - l->in_reported > l->cfg.window) {
         l->refusing = t;
         l->st.offers_refused++;
+    } else if (t == l->in_offered) {
+        l->st.offers_pending++; /* its application has not decided yet */
     } else {
         in_slot *s = islot(l, t);
         s->flags = r->flags & OAE_F_CONTROL;
         s->len = r->length;
         memcpy(s->payload, r->payload, OAE_PAYLOAD_MAX);
-        l->in_held = t;
+        l->in_offered = t;
+        if (l->cfg.gates && (s->flags & OAE_F_CONTROL)) {
+            s->tid = 0; /* held only by oae_link_hold */
+            oae_event *e = push(l, OAE_EV_OFFERED, t);
+            copy_payload(e, s->flags, s->len, s->payload);
+            e->info = l->in_delivered; /* tids in (info, t) are held, not yet delivered */
+        } else {
+            s->tid = t;
+            l->in_held = t;
+        }
     }
 }
 
@@ -406,21 +501,21 @@ static void sender_side(oae_link *l, const oae_record *r)
             out_slot *s = oslot(l, t);
             if (s->state == OAE_ST_TENTATIVE)
                 s->state = OAE_ST_REFLECTING;
+            if (gate_closed(l, t))
+                copy_payload(push(l, OAE_EV_REFLECTED, t), s->flags, s->len, s->payload);
         }
         l->out_peer_held = r->held_upto;
     }
-    if (l->out_peer_held > l->out_commit)
-        l->out_commit = l->out_peer_held;
+    advance_commit(l);
     uint32_t refused = r->held_upto + 1;
+    /* (out_commit < out_peer_held: a closed gate below the refused tid holds the reversal
+     * back until the application commits it; the peer repeats REFUSE in every record) */
     if ((r->flags & OAE_F_REFUSE) && refused > l->out_commit && refused <= l->out_hi &&
-        l->out_peer_held < refused) {
+        l->out_peer_held < refused && l->out_commit >= l->out_peer_held) {
         /* reversal: every tid the peer has not held goes back to the application */
         for (uint32_t t = refused; t <= l->out_hi; t++) {
             out_slot *s = oslot(l, t);
-            oae_event *e = push(l, OAE_EV_ABORTED, t);
-            e->data_flags = s->flags;
-            e->length = s->len;
-            memcpy(e->payload, s->payload, s->len);
+            copy_payload(push(l, OAE_EV_ABORTED, t), s->flags, s->len, s->payload);
             s->state = OAE_ST_ABORTED;
             l->st.aborted++;
         }
@@ -447,15 +542,34 @@ static void sender_side(oae_link *l, const oae_record *r)
 static int busy(const oae_link *l)
 {
     return l->out_hi > l->out_settled || l->in_held > l->in_delivered ||
-           reported_held(l) != l->sent_held || reported_delivered(l) != l->sent_delivered;
+           reported_held(l) != l->sent_held || token_delivered(l) != l->sent_delivered;
+}
+
+/* Gates: my application has a decision to make (a pending offer, an unreported delivery,
+ * a reflected gated transfer not committed). */
+static int waiting(const oae_link *l)
+{
+    return l->cfg.gates && (l->in_offered > l->in_held || l->in_reported < l->in_delivered ||
+                            l->out_commit < l->out_peer_held);
+}
+
+/* My next beat would tell the peer something my last one did not (a register, a refusal). */
+static int news(const oae_link *l)
+{
+    return reported_held(l) != l->sent_held || token_delivered(l) != l->sent_delivered ||
+           l->out_commit != l->sent_commit || l->refusing != l->sent_refusing;
 }
 
 /* Idle pacing: a LIVE end with nothing to settle delays its answer by idle_ns, but only the
  * leader does; the follower answers at once.  Unequal holds make a second token merge: it
- * reaches the leader while the leader holds the first one (docs/protocol.md 7.4). */
+ * reaches the leader while the leader holds the first one (docs/protocol.md 7.4).  With
+ * gates, an end whose application has a decision to make holds too, leader or follower,
+ * while its answer would carry no news: the exchange waits on that application, not on the
+ * wire, and the decision sends at once (docs/protocol.md 7.11). */
 static int paces(const oae_link *l)
 {
-    return l->phase == OAE_PHASE_LIVE && l->cfg.idle_ns && !busy(l) && is_leader(l);
+    return l->phase == OAE_PHASE_LIVE && l->cfg.idle_ns &&
+           ((!busy(l) && is_leader(l)) || (waiting(l) && !news(l)));
 }
 
 /* A new beat from the peer owes one answer: the token alternates. */
@@ -718,7 +832,7 @@ size_t oae_link_poll_tx(oae_link *l, uint8_t *out, size_t max, uint64_t now)
     if (l->phase == OAE_PHASE_RECONCILE || l->owe_reconcile) {
         base_record(&r, OAE_OP_RECONCILE);
         r.tid = l->rec_hi;
-        r.commit_upto = l->rec_hi;
+        r.commit_upto = l->rec_commit;
         r.held_upto = reported_held(l);
         r.delivered_upto = reported_delivered(l);
         if (l->applied) {
@@ -756,12 +870,14 @@ size_t oae_link_poll_tx(oae_link *l, uint8_t *out, size_t max, uint64_t now)
                 r.flags |= OAE_F_REFUSE;
             r.commit_upto = l->out_commit;
             r.held_upto = reported_held(l);
-            r.delivered_upto = reported_delivered(l);
+            r.delivered_upto = token_delivered(l);
             emit(l, out + n++ * OAE_FRAME_LEN, l->peer_mac, &r);
             sent++;
         } while (sent < beat && n < max && t < l->out_hi);
         l->sent_held = reported_held(l);
-        l->sent_delivered = reported_delivered(l);
+        l->sent_delivered = token_delivered(l);
+        l->sent_commit = l->out_commit;
+        l->sent_refusing = l->refusing;
     }
     l->t_answer = NEVER;
     l->t_rto = now + l->cfg.rto_ns;
@@ -784,18 +900,19 @@ size_t oae_link_poll_events(oae_link *l, oae_event *out, size_t max)
 
 /* ---- application side ------------------------------------------------------------- */
 
-/* New work from the application (an offer, a new epoch) must not wait for idle pacing.  If
- * I hold the token, I answer now.  If the token is away (my beat awaits its answer) and the
- * link was idle, the leader may hold my beat for idle_ns: as the follower, with pacing on,
- * I send a new beat at once, as a re-offer timeout would; the leader sees a new beat, is
- * busy and answers at once.  A token this creates (the leader's held answer may already be
- * on its way) merges at the leader's next idle hold (docs/protocol.md 7.4). */
-static void wake(oae_link *l, int was_busy)
+/* New work from the application (an offer, a new epoch, a gate decision) must not wait
+ * for idle pacing.  If I hold the token, I answer now.  If the token is away (my beat awaits
+ * its answer), the peer may be holding my beat for idle_ns: `beat` then sends a new beat at
+ * once, as a re-offer timeout would; the peer sees a new beat with news and answers at once.
+ * Offers ask for it at the follower of a link that was idle (the leader may be pacing);
+ * gate decisions always (the peer may be waiting on its own application).  A token this
+ * creates (the peer's held answer may already be on its way) merges at the next hold
+ * (docs/protocol.md 7.4, 7.11). */
+static void wake(oae_link *l, int beat)
 {
     if (l->t_answer != NEVER) {
         l->t_answer = 0;
-    } else if (l->phase == OAE_PHASE_LIVE && l->cfg.idle_ns && !was_busy && !is_leader(l) &&
-               l->t_rto != NEVER) {
+    } else if (beat && l->phase == OAE_PHASE_LIVE && l->cfg.idle_ns && l->t_rto != NEVER) {
         l->t_rto = NEVER;
         l->t_answer = 0;
         l->st.wakes++;
@@ -805,25 +922,29 @@ static void wake(oae_link *l, int was_busy)
 int oae_link_offer(oae_link *l, const uint8_t *payload, size_t len, uint8_t flags,
                    uint32_t *tid_out)
 {
-    if (len > OAE_PAYLOAD_MAX || (flags & ~OAE_F_CONTROL) || (len && !payload))
+    int gated = (flags & OAE_OFFER_GATED) != 0;
+    flags &= (uint8_t)~OAE_OFFER_GATED;
+    if (len > OAE_PAYLOAD_MAX || (flags & ~OAE_F_CONTROL) || (len && !payload) ||
+        (gated && (!l->cfg.gates || !(flags & OAE_F_CONTROL))))
         return -3;
     if (l->phase != OAE_PHASE_LIVE)
         return -2;
     if (l->out_hi - l->out_settled >= l->cfg.window || l->out_hi == UINT32_MAX ||
         (l->abort_hi && l->out_settled < l->abort_hi))
         return -1;
-    int was_busy = busy(l);
+    int beat = !busy(l) && !waiting(l) && !is_leader(l);
     uint32_t t = ++l->out_hi;
     out_slot *s = oslot(l, t);
     s->state = OAE_ST_TENTATIVE;
     s->flags = flags;
+    s->gate = gated ? GATE_CLOSED : GATE_NONE;
     s->len = (uint8_t)len;
     memset(s->payload, 0, OAE_PAYLOAD_MAX);
     if (len)
         memcpy(s->payload, payload, len);
     if (tid_out)
         *tid_out = t;
-    wake(l, was_busy);
+    wake(l, beat);
     durable_changed(l);
     return 0;
 }
@@ -848,7 +969,90 @@ int oae_link_idle(const oae_link *l)
 {
     if (l->phase == OAE_PHASE_DISCOVER)
         return 1;
-    return l->phase == OAE_PHASE_LIVE && l->cfg.idle_ns && !busy(l);
+    /* with gates the peer holds its answer while its application decides, which this end
+     * cannot see: a gated link always waits where the application can wake it */
+    return l->phase == OAE_PHASE_LIVE && l->cfg.idle_ns && (!busy(l) || l->cfg.gates);
+}
+
+/* ---- gated CONTROL transfers and reset (docs/protocol.md 7.11) -------------------- */
+
+/* 0 if tid is the offer the application decides on (gates, LIVE), else why not */
+static int check_pending(const oae_link *l, uint32_t tid)
+{
+    if (!l->cfg.gates)
+        return OAE_GATE_INVALID;
+    if (l->phase != OAE_PHASE_LIVE)
+        return OAE_GATE_NOT_LIVE;
+    if (!(l->in_offered > l->in_held && tid == l->in_offered))
+        return OAE_GATE_NOT_NOW;
+    return 0;
+}
+
+int oae_link_hold(oae_link *l, uint32_t tid)
+{
+    int rc = check_pending(l, tid);
+    if (rc)
+        return rc;
+    islot(l, tid)->tid = tid;
+    l->in_held = tid;
+    wake(l, 1);
+    return 0;
+}
+
+int oae_link_refuse(oae_link *l, uint32_t tid)
+{
+    int rc = check_pending(l, tid);
+    if (rc)
+        return rc;
+    l->refusing = tid; /* sticky REFUSE: the sender reverses tid and every later one */
+    l->in_offered = l->in_held;
+    wake(l, 1);
+    return 0;
+}
+
+int oae_link_report(oae_link *l, uint32_t tid)
+{
+    if (!l->cfg.gates)
+        return OAE_GATE_INVALID;
+    if (tid > l->in_delivered)
+        return OAE_GATE_NOT_NOW;
+    if (tid <= l->in_reported)
+        return 0;
+    l->in_reported = tid;
+    advance_report(l);
+    wake(l, 1);
+    return 0;
+}
+
+int oae_link_commit(oae_link *l, uint32_t tid)
+{
+    if (!l->cfg.gates || tid == 0 || tid > l->out_hi)
+        return OAE_GATE_INVALID;
+    if (l->phase != OAE_PHASE_LIVE)
+        return OAE_GATE_NOT_LIVE;
+    if (tid <= l->out_settled)
+        return OAE_GATE_NOT_NOW; /* settled (and maybe forgotten) */
+    out_slot *s = oslot(l, tid);
+    if (tid <= l->out_known || s->gate == GATE_NONE)
+        return OAE_GATE_INVALID;
+    if (!gate_closed(l, tid) || tid > l->out_peer_held)
+        return OAE_GATE_NOT_NOW; /* released, reversed, or not reflected yet */
+    s->gate = GATE_OPEN;
+    advance_commit(l);
+    wake(l, 1);
+    return 0;
+}
+
+int oae_link_reset(oae_link *l, uint64_t now)
+{
+    if (l->phase == OAE_PHASE_DISCOVER)
+        return OAE_GATE_NOT_LIVE;
+    link_down(l, OAE_DOWN_RESET);
+    l->phase = OAE_PHASE_DISCOVER;
+    l->t_hello = now;
+    l->t_rto = l->t_dead = l->t_answer = NEVER;
+    l->owe_hello = l->owe_reconcile = 0;
+    return 0;
 }
 
 void oae_link_stats_get(const oae_link *l, oae_link_stats *o)
@@ -864,6 +1068,8 @@ void oae_link_stats_get(const oae_link *l, oae_link_stats *o)
     o->in_released = l->in_delivered - l->in_unreleased;
     o->in_refusing = l->refusing;
     o->peer_nonce = l->peer_nonce;
+    o->in_offered = l->in_offered;
+    o->in_reported = l->in_reported;
 }
 
 void oae_link_durable_get(const oae_link *l, oae_link_durable *d)

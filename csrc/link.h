@@ -12,6 +12,12 @@
  *   m = oae_link_poll_events(l, ev, max)            -> hand events to the application
  * An OAE_EV_PERSIST event asks the caller to store oae_link_durable() durably and then
  * call oae_link_persisted(); until then poll_tx sends nothing (config.persist != 0).
+ *
+ * Gated CONTROL transfers (config.gates != 0, docs/protocol.md section 7.11): the application
+ * decides when an incoming CONTROL transfer is held (oae_link_hold / oae_link_refuse after
+ * OAE_EV_OFFERED) and reported (oae_link_report after OAE_EV_DELIVERED), and when an
+ * outgoing one offered with OAE_OFFER_GATED is committed (oae_link_commit after
+ * OAE_EV_REFLECTED); oae_link_reset makes both ends reconcile, aborting undecided ones.
  */
 #ifndef OAE_LINK_H
 #define OAE_LINK_H
@@ -32,15 +38,34 @@ enum {
     OAE_EV_DELIVERED = 3, /* receiver: transfer tid committed and delivered (exactly once) */
     OAE_EV_COMMITTED = 4, /* sender: tid delivered by the peer; the copy is freed */
     OAE_EV_ABORTED = 5,   /* sender: tid reversed; payload (if known) is handed back */
-    OAE_EV_PERSIST = 6    /* durable registers changed: store oae_link_durable(), then
+    OAE_EV_PERSIST = 6,   /* durable registers changed: store oae_link_durable(), then
                              call oae_link_persisted() */
+    OAE_EV_OFFERED = 7,   /* gates, receiver: CONTROL transfer tid (payload) waits for
+                             oae_link_hold or oae_link_refuse; info = in_delivered then */
+    OAE_EV_REFLECTED = 8  /* gates, sender: the peer holds gated transfer tid (payload):
+                             it waits for oae_link_commit */
 };
 
 /* LINK_DOWN reasons (event info) */
-enum { OAE_DOWN_DEAD = 1, OAE_DOWN_PEER_RESTART = 2, OAE_DOWN_PEER_LOST = 3 };
+enum { OAE_DOWN_DEAD = 1, OAE_DOWN_PEER_RESTART = 2, OAE_DOWN_PEER_LOST = 3,
+       OAE_DOWN_RESET = 4 /* oae_link_reset */ };
 
 /* event flags */
 #define OAE_EVF_RESTORED 0x01 /* outcome settled after a restart: the payload was lost */
+#define OAE_EVF_ROUND 0x02    /* gates: outcome decided by a reconciliation round, not by
+                                 the peer's delivery report */
+
+/* oae_link_offer flag (never sent): a gated CONTROL transfer, committed only by
+ * oae_link_commit (needs OAE_F_CONTROL and config.gates) */
+#define OAE_OFFER_GATED 0x80
+
+/* results of oae_link_hold/refuse/commit/report/reset (0: done) */
+enum {
+    OAE_GATE_NOT_NOW = -1,   /* the transfer is not in the state the call needs (not the
+                                pending offer, not reflected, already released, settled) */
+    OAE_GATE_NOT_LIVE = -2,  /* the link is not LIVE (reset: not LIVE or RECONCILE) */
+    OAE_GATE_INVALID = -3    /* gates off, or the tid was never a gated transfer of mine */
+};
 
 /* why a received frame was dropped (index into oae_link_stats.drops) */
 enum {
@@ -74,6 +99,8 @@ typedef struct oae_link_config {
     uint64_t idle_ns;       /* answer delay when neither side has anything to settle (0 = none) */
     uint32_t epoch;         /* the link's committed epoch (records carry it) */
     int persist;            /* 1: emit PERSIST and hold frames until oae_link_persisted() */
+    int gates;              /* 1: the application holds, reports and commits CONTROL
+                               transfers (docs/protocol.md section 7.11) */
 } oae_link_config;
 
 /* Registers that must survive a crash for exactly-once across restarts. */
@@ -106,10 +133,13 @@ typedef struct oae_link_stats {
     uint64_t delivered, committed, aborted;
     uint64_t timeouts_rto, links_up, links_down, reconciles;
     uint64_t wakes;         /* beats sent at once for new work while the token was away */
+    uint64_t offers_pending; /* gates: re-offers of the offer the application decides on */
     uint32_t phase;         /* OAE_PHASE_* */
     uint32_t out_hi, out_commit, out_peer_held, out_settled;
     uint32_t in_held, in_delivered, in_released, in_refusing;
     uint32_t peer_nonce;
+    uint32_t in_offered;    /* gates: in_held + 1 while that offer waits for hold/refuse */
+    uint32_t in_reported;   /* gates: delivered_upto of TOKEN records (<= in_delivered) */
 } oae_link_stats;
 
 /* One row of the link-phase transition table (docs/protocol.md section 7.2 is generated
@@ -139,8 +169,9 @@ uint64_t oae_link_next_timeout(const oae_link *l);
 /* Fire every timer that is due at now_ns. */
 void oae_link_on_timeout(oae_link *l, uint64_t now_ns);
 
-/* Queue a transfer (0..16 bytes; flags: OAE_F_CONTROL or 0).  Returns 0 and its tid, or
- * -1 window full / waiting for a reversal to settle, -2 link not LIVE, -3 bad argument. */
+/* Queue a transfer (0..16 bytes; flags: OAE_F_CONTROL or 0, plus OAE_OFFER_GATED with
+ * OAE_F_CONTROL when config.gates).  Returns 0 and its tid, or -1 window full / waiting for
+ * a reversal to settle, -2 link not LIVE, -3 bad argument. */
 int oae_link_offer(oae_link *l, const uint8_t *payload, size_t len, uint8_t flags,
                    uint32_t *tid_out);
 /* The application consumed n delivered transfers: room for the receiver (backpressure). */
@@ -152,6 +183,21 @@ void oae_link_set_epoch(oae_link *l, uint32_t epoch);
  * calls (offers, a new epoch) can wake it; otherwise the next frame is due within a round
  * trip and it may simply block on the socket. */
 int oae_link_idle(const oae_link *l);
+
+/* Gated CONTROL transfers (config.gates; docs/protocol.md section 7.11).  Each returns 0 or
+ * an OAE_GATE_* error, and changes nothing on an error.
+ * Receiver: hold (reflect) or refuse (reverse, as backpressure does) the pending offer tid
+ * of an OAE_EV_OFFERED event; report every delivered tid <= tid to the peer (its
+ * COMMITTED; cumulative, 0 if already reported, in any phase). */
+int oae_link_hold(oae_link *l, uint32_t tid);
+int oae_link_refuse(oae_link *l, uint32_t tid);
+int oae_link_report(oae_link *l, uint32_t tid);
+/* Sender: let the peer deliver gated transfer tid (after its OAE_EV_REFLECTED). */
+int oae_link_commit(oae_link *l, uint32_t tid);
+/* From LIVE or RECONCILE: LINK_DOWN (OAE_DOWN_RESET) if up, back to DISCOVER and a HELLO at
+ * once; both ends reconcile, and the round aborts every undecided gated transfer.  Works
+ * with gates off too. */
+int oae_link_reset(oae_link *l, uint64_t now_ns);
 
 void oae_link_stats_get(const oae_link *l, oae_link_stats *out);
 /* Snapshot of the durable registers (remembers which snapshot was taken). */

@@ -1,5 +1,6 @@
 /* oae link simulator (see linksim.h): two engines, an impaired wire, a virtual clock, and
- * an application per end that checks the AIT contract as it goes. */
+ * an application per end that checks the AIT contract as it goes (and, with gates, makes
+ * the gate decisions after random delays and checks the gate invariants). */
 #include "linksim.h"
 
 #include <stdio.h>
@@ -9,11 +10,22 @@
 #define HEAP_MAX 8192
 #define OUT_BATCH 256
 
+/* heaps hold items that begin with (at, order): earliest first, ties in insertion order */
 typedef struct pkt {
     uint64_t at, order;
     int to;
     uint8_t buf[OAE_FRAME_LEN];
 } pkt;
+
+/* an application decision due at `at` (gates): on OFFERED hold or refuse, on REFLECTED
+ * commit or reset, on a CONTROL DELIVERED report; void if its process died meanwhile */
+enum { D_OFFERED, D_REFLECTED, D_DELIVERED };
+typedef struct decision {
+    uint64_t at, order;
+    int who, kind;
+    uint32_t life, tid;
+} decision;
+
 
 typedef struct side {
     oae_link *l;
@@ -35,14 +47,22 @@ typedef struct side {
     uint64_t next_release;
     uint64_t next_offer;    /* offer_ns: when this end offers its next transfer */
     uint32_t restarts;
+    /* gates: what the application did (kept across restarts, as an oracle) */
+    uint8_t *control, *gated; /* per my tid: offered CONTROL / gated */
+    uint8_t *committed;     /* per my tid: my application committed it */
+    uint8_t *held;          /* per peer tid: my application held it */
+    uint32_t reported;      /* highest peer tid my application reported */
+    uint32_t kind_tid;      /* the tid whose kind (control, gated) was drawn last */
 } side;
 
 typedef struct sim {
     const oae_sim_config *cfg;
     oae_sim_result *res;
     uint64_t rng, now, order;
-    pkt *heap;
-    size_t heap_len;
+    pkt *wire;              /* frames in flight (a heap) */
+    size_t nwire;
+    decision *todo;         /* application decisions (a heap) */
+    size_t ntodo, todo_cap;
     side s[2];
 } sim;
 
@@ -64,46 +84,49 @@ static void violation(sim *m, const char *what, int side, uint32_t tid)
                  (unsigned long long)m->now);
 }
 
-static int earlier(const pkt *a, const pkt *b)
-{
-    return a->at < b->at || (a->at == b->at && a->order < b->order);
-}
+/* A binary min-heap of T by (at, order) in an array: NAME_push (returns -1 if full, the
+ * item is not added) and NAME_pop.  Generated per type so that items move as structs. */
+#define HEAP(T, NAME)                                                                      \
+    static int NAME##_earlier(const T *a, const T *b)                                       \
+    {                                                                                      \
+        return a->at < b->at || (a->at == b->at && a->order < b->order);                   \
+    }                                                                                      \
+    static int NAME##_push(T *h, size_t *len, size_t cap, const T *x)                      \
+    {                                                                                      \
+        if (*len == cap)                                                                   \
+            return -1;                                                                     \
+        size_t i = (*len)++;                                                               \
+        h[i] = *x;                                                                         \
+        while (i > 0 && NAME##_earlier(&h[i], &h[(i - 1) / 2])) {                          \
+            T t = h[i];                                                                    \
+            h[i] = h[(i - 1) / 2];                                                         \
+            h[(i - 1) / 2] = t;                                                            \
+            i = (i - 1) / 2;                                                               \
+        }                                                                                  \
+        return 0;                                                                          \
+    }                                                                                      \
+    static void NAME##_pop(T *h, size_t *len, T *out)                                      \
+    {                                                                                      \
+        *out = h[0];                                                                       \
+        h[0] = h[--*len];                                                                  \
+        size_t i = 0;                                                                      \
+        for (;;) {                                                                         \
+            size_t l = 2 * i + 1, r = l + 1, s = i;                                        \
+            if (l < *len && NAME##_earlier(&h[l], &h[s]))                                  \
+                s = l;                                                                     \
+            if (r < *len && NAME##_earlier(&h[r], &h[s]))                                  \
+                s = r;                                                                     \
+            if (s == i)                                                                    \
+                break;                                                                     \
+            T t = h[i];                                                                    \
+            h[i] = h[s];                                                                   \
+            h[s] = t;                                                                      \
+            i = s;                                                                         \
+        }                                                                                  \
+    }
 
-static void heap_push(sim *m, const pkt *p)
-{
-    if (m->heap_len == HEAP_MAX) {
-        m->res->frames_lost++;
-        return;
-    }
-    size_t i = m->heap_len++;
-    m->heap[i] = *p;
-    while (i > 0 && earlier(&m->heap[i], &m->heap[(i - 1) / 2])) {
-        pkt t = m->heap[i];
-        m->heap[i] = m->heap[(i - 1) / 2];
-        m->heap[(i - 1) / 2] = t;
-        i = (i - 1) / 2;
-    }
-}
-
-static void heap_pop(sim *m, pkt *out)
-{
-    *out = m->heap[0];
-    m->heap[0] = m->heap[--m->heap_len];
-    size_t i = 0;
-    for (;;) {
-        size_t l = 2 * i + 1, r = l + 1, s = i;
-        if (l < m->heap_len && earlier(&m->heap[l], &m->heap[s]))
-            s = l;
-        if (r < m->heap_len && earlier(&m->heap[r], &m->heap[s]))
-            s = r;
-        if (s == i)
-            break;
-        pkt t = m->heap[i];
-        m->heap[i] = m->heap[s];
-        m->heap[s] = t;
-        i = s;
-    }
-}
+HEAP(pkt, wire)
+HEAP(decision, todo)
 
 static int wire_down(sim *m, uint64_t t)
 {
@@ -140,7 +163,8 @@ static void send_frame(sim *m, int from, const uint8_t *buf)
             p.buf[bit / 8] ^= (uint8_t)(1u << (bit % 8));
             m->res->frames_corrupted++;
         }
-        heap_push(m, &p);
+        if (wire_push(m->wire, &m->nwire, HEAP_MAX, &p) < 0)
+            m->res->frames_lost++;
     }
 }
 
@@ -153,6 +177,60 @@ static void payload_of(int from, uint32_t tid, uint8_t *p)
     }
 }
 
+static int is_payload(const oae_event *e, int from)
+{
+    uint8_t want[9];
+    payload_of(from, e->tid, want);
+    return e->length == 9 && memcmp(e->payload, want, 9) == 0;
+}
+
+/* my application's decision on an event, after a random delay */
+static void schedule(sim *m, int who, int kind, uint32_t tid)
+{
+    decision d = {.at = m->now + (m->cfg->decide_ns ? rnd(m) % (m->cfg->decide_ns + 1) : 0),
+                  .order = m->order++, .who = who, .kind = kind,
+                  .life = m->s[who].restarts, .tid = tid};
+    if (todo_push(m->todo, &m->ntodo, m->todo_cap, &d) < 0)
+        violation(m, "decision queue full", who, tid);
+}
+
+static void decide(sim *m, const decision *d)
+{
+    side *s = &m->s[d->who];
+    oae_sim_result *r = m->res;
+    int rc;
+    switch (d->kind) {
+    case D_OFFERED:
+        if (chance(m, m->cfg->refuse_ppm)) {
+            rc = oae_link_refuse(s->l, d->tid);
+            r->refusals += rc == 0;
+        } else if ((rc = oae_link_hold(s->l, d->tid)) == 0) {
+            s->held[d->tid] = 1;
+            r->holds++;
+        }
+        break;
+    case D_REFLECTED:
+        if (chance(m, m->cfg->reset_ppm)) {
+            rc = oae_link_reset(s->l, m->now);
+            r->resets += rc == 0;
+        } else if ((rc = oae_link_commit(s->l, d->tid)) == 0) {
+            s->committed[d->tid] = 1;
+            r->commits++;
+        }
+        break;
+    default:
+        if ((rc = oae_link_report(s->l, d->tid)) == 0) {
+            if (d->tid > s->reported)
+                s->reported = d->tid;
+            r->reports++;
+        }
+        break;
+    }
+    /* too late (the link went down, a round settled it) is normal; invalid is not */
+    if (rc == OAE_GATE_INVALID)
+        violation(m, "a gate call on a transfer it was made for is invalid", d->who, d->tid);
+}
+
 static void settle_out(sim *m, int who, const oae_event *e, uint8_t outcome)
 {
     side *s = &m->s[who];
@@ -160,6 +238,11 @@ static void settle_out(sim *m, int who, const oae_event *e, uint8_t outcome)
         violation(m, "outcome for a tid never offered", who, e->tid);
         return;
     }
+    if (e->flags & OAE_EVF_ROUND)
+        m->res->round_outcomes++;
+    else if (outcome == 1 && m->cfg->gates && s->control[e->tid] &&
+             m->s[!who].reported < e->tid)
+        violation(m, "committed before the receiver's application reported it", who, e->tid);
     uint8_t *o = &s->outcome[e->tid];
     if (*o && *o != outcome) {
         violation(m, "transfer settled both ways", who, e->tid);
@@ -175,10 +258,7 @@ static void settle_out(sim *m, int who, const oae_event *e, uint8_t outcome)
     if (outcome == 1) {
         m->res->committed[who]++;
     } else {
-        uint8_t want[9];
-        payload_of(who, e->tid, want);
-        if (!(e->flags & OAE_EVF_RESTORED) &&
-            (e->length != 9 || memcmp(e->payload, want, 9) != 0))
+        if (!(e->flags & OAE_EVF_RESTORED) && !is_payload(e, who))
             violation(m, "aborted transfer's payload not handed back", who, e->tid);
         m->res->aborted[who]++;
     }
@@ -230,17 +310,38 @@ static void handle_events(sim *m, int who)
                 m->res->links_up++;
                 break;
             case OAE_EV_DELIVERED: {
-                uint8_t want[9];
-                payload_of(!who, e->tid, want);
-                if (e->length != 9 || memcmp(e->payload, want, 9) != 0)
+                side *peer = &m->s[!who];
+                if (!is_payload(e, !who))
                     violation(m, "delivered payload is not the transfer's", who, e->tid);
                 else if (e->tid <= s->last_delivered || s->got[e->tid])
                     violation(m, "delivered twice or out of order", who, e->tid);
                 s->last_delivered = e->tid;
                 s->pend[s->npend++] = e->tid;
                 s->unreleased++;
+                if (m->cfg->gates && (e->data_flags & OAE_F_CONTROL)) {
+                    if (!s->held[e->tid])
+                        violation(m, "delivered a CONTROL transfer its application did not hold",
+                                  who, e->tid);
+                    if (peer->gated[e->tid] && !peer->committed[e->tid])
+                        violation(m, "delivered a gated transfer the sender did not commit",
+                                  who, e->tid);
+                    schedule(m, who, D_DELIVERED, e->tid);
+                }
                 break;
             }
+            case OAE_EV_OFFERED:
+                if (!is_payload(e, !who) || !m->s[!who].control[e->tid])
+                    violation(m, "offered is not the peer's CONTROL transfer", who, e->tid);
+                schedule(m, who, D_OFFERED, e->tid);
+                break;
+            case OAE_EV_REFLECTED:
+                if (!is_payload(e, who) || !s->gated[e->tid])
+                    violation(m, "reflected is not my gated transfer", who, e->tid);
+                else if (!m->s[!who].held[e->tid])
+                    violation(m, "reflected a transfer the receiver's application did not hold",
+                              who, e->tid);
+                schedule(m, who, D_REFLECTED, e->tid);
+                break;
             case OAE_EV_COMMITTED:
                 settle_out(m, who, e, 1);
                 break;
@@ -283,6 +384,7 @@ static void crash(sim *m, int who)
         if (s->outcome[t] == 2)
             m->res->aborted[who]--;
         s->outcome[t] = 0;
+        s->control[t] = s->gated[t] = s->committed[t] = 0;
     }
     if (s->offered > stored) {
         m->res->offered[who] -= s->offered - stored;
@@ -310,10 +412,18 @@ static void app_step(sim *m, int who)
         uint8_t p[9];
         uint32_t tid;
         payload_of(who, s->offered + 1, p);
-        int rc = oae_link_offer(s->l, p, 9, 0, &tid);
+        /* (drawn once per tid, so that an offer the engine cannot take yet keeps its kind) */
+        uint32_t t = s->offered + 1;
+        if (s->kind_tid != t) {
+            s->kind_tid = t;
+            s->control[t] = chance(m, c->control_ppm);
+            s->gated[t] = s->control[t] && c->gates && chance(m, c->gated_ppm);
+        }
+        uint8_t flags = (s->control[t] ? OAE_F_CONTROL : 0) | (s->gated[t] ? OAE_OFFER_GATED : 0);
+        int rc = oae_link_offer(s->l, p, 9, flags, &tid);
         if (rc != 0)
             break;
-        if (tid != s->offered + 1) {
+        if (tid != t) {
             violation(m, "tid not consecutive", who, tid);
             break;
         }
@@ -345,8 +455,10 @@ static int finished(sim *m)
 static uint64_t next_time(sim *m)
 {
     uint64_t t = UINT64_MAX;
-    if (m->heap_len)
-        t = m->heap[0].at;
+    if (m->nwire)
+        t = m->wire[0].at;
+    if (m->ntodo && m->todo[0].at < t)
+        t = m->todo[0].at;
     for (int w = 0; w < 2; w++) {
         side *s = &m->s[w];
         uint64_t u = s->l ? oae_link_next_timeout(s->l) : s->down_until;
@@ -377,7 +489,11 @@ int oae_sim_run(const oae_sim_config *c, oae_sim_result *res)
     m.cfg = c;
     m.res = res;
     m.rng = c->seed * 0x9E3779B97F4A7C15ULL + 1;
-    m.heap = malloc(HEAP_MAX * sizeof *m.heap);
+    /* at most one OFFERED, REFLECTED and DELIVERED per tid and direction */
+    m.todo_cap = c->gates ? 6 * (size_t)c->transfers + 64 : 0;
+    m.wire = malloc(HEAP_MAX * sizeof *m.wire);
+    m.todo = malloc((m.todo_cap ? m.todo_cap : 1) * sizeof *m.todo);
+    int heaps = m.wire && m.todo;
     uint8_t *out = malloc(OUT_BATCH * OAE_FRAME_LEN);
     for (int w = 0; w < 2; w++) {
         side *s = &m.s[w];
@@ -396,12 +512,20 @@ int oae_sim_run(const oae_sim_config *c, oae_sim_result *res)
         for (int i = 0; i < 16; i++)
             k->key[i] = (uint8_t)(0xA0 + i);
         k->persist = 1;
-        s->outcome = calloc((size_t)c->transfers + 2, 1);
-        s->got = calloc((size_t)c->transfers + 2, 1);
-        s->pend = calloc((size_t)c->transfers + 2, sizeof *s->pend);
+        k->gates = c->gates;
+        size_t n = (size_t)c->transfers + 2;
+        s->outcome = calloc(n, 1);
+        s->got = calloc(n, 1);
+        s->pend = calloc(n, sizeof *s->pend);
+        s->control = calloc(n, 1);
+        s->gated = calloc(n, 1);
+        s->committed = calloc(n, 1);
+        s->held = calloc(n, 1);
     }
-    int ok = m.heap && out && m.s[0].outcome && m.s[1].outcome && m.s[0].got && m.s[1].got &&
-             m.s[0].pend && m.s[1].pend;
+    int ok = heaps && out;
+    for (int w = 0; w < 2; w++)
+        ok = ok && m.s[w].outcome && m.s[w].got && m.s[w].pend && m.s[w].control &&
+             m.s[w].gated && m.s[w].committed && m.s[w].held;
     if (ok) {
         start(&m, 0);
         start(&m, 1);
@@ -415,10 +539,16 @@ int oae_sim_run(const oae_sim_config *c, oae_sim_result *res)
             violation(&m, "did not settle every transfer in time", 0, 0);
             break;
         }
-        /* frames due now */
-        while (m.heap_len && m.heap[0].at <= m.now) {
+        /* the applications' decisions due now, then frames */
+        while (m.ntodo && m.todo[0].at <= m.now) {
+            decision d;
+            todo_pop(m.todo, &m.ntodo, &d);
+            if (m.s[d.who].l && d.life == m.s[d.who].restarts)
+                decide(&m, &d);
+        }
+        while (m.nwire && m.wire[0].at <= m.now) {
             pkt p;
-            heap_pop(&m, &p);
+            wire_pop(m.wire, &m.nwire, &p);
             side *s = &m.s[p.to];
             if (!s->l || wire_down(&m, m.now)) {
                 res->frames_lost++;
@@ -478,8 +608,13 @@ int oae_sim_run(const oae_sim_config *c, oae_sim_result *res)
         free(m.s[w].outcome);
         free(m.s[w].got);
         free(m.s[w].pend);
+        free(m.s[w].control);
+        free(m.s[w].gated);
+        free(m.s[w].committed);
+        free(m.s[w].held);
     }
-    free(m.heap);
+    free(m.wire);
+    free(m.todo);
     free(out);
     return res->violations ? -1 : 0;
 }

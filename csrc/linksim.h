@@ -30,6 +30,16 @@ typedef struct oae_sim_config {
     uint64_t offer_ns;         /* 0: offer as fast as the window allows; else one transfer
                                   per end about this often (random phase), so that the link
                                   goes idle between transfers */
+    /* gated CONTROL transfers (docs/protocol.md 7.11): with gates, each application holds
+     * (or refuses) every incoming CONTROL offer, reports every CONTROL delivery and commits
+     * (or resets the link instead) every gated transfer of its own, each after a random
+     * delay; the checks then include the gate invariants of docs/protocol.md 7.10 */
+    int gates;
+    uint32_t control_ppm;      /* transfers offered as CONTROL ... */
+    uint32_t gated_ppm;        /* ... and of those, offered gated (with gates) */
+    uint32_t refuse_ppm;       /* a pending offer is refused instead of held */
+    uint32_t reset_ppm;        /* a reflected gated transfer resets the link instead */
+    uint64_t decide_ns;        /* each decision comes up to this long after its event */
 } oae_sim_config;
 
 typedef struct oae_sim_result {
@@ -37,6 +47,8 @@ typedef struct oae_sim_result {
     uint64_t renotified;       /* settled outcomes repeated after a restart (same outcome) */
     uint64_t frames, frames_lost, frames_duplicated, frames_reordered, frames_corrupted;
     uint64_t flaps, crashes, links_up, virtual_ns;
+    uint64_t holds, refusals, commits, reports, resets; /* application decisions taken */
+    uint64_t round_outcomes;   /* outcomes flagged OAE_EVF_ROUND (decided by a round) */
     uint64_t violations;
     char first_violation[160];
     oae_link_stats stats[2];

@@ -1,6 +1,7 @@
 /* oae pump: AF_PACKET socket setup and the batched receive/engine/send loop. */
 #include "pump.h"
 #include "durable.h"
+#include "evlog.h"
 #include "txring.h"
 
 #include <errno.h>
@@ -107,15 +108,34 @@ int oae_sock_close(int fd)
 #define NEAR_NS 8000000ull      /* timers closer than this are waited for with ppoll */
 #define IDLE_WAIT_MAX_NS 250000000ull /* an idle loop's longest sleep (stop wakes it anyway) */
 #define RING_WAIT_NS 1000000ull /* longest wait for a TX ring slot (a NIC's tx completion) */
-#define LOG_MAGIC 0x4Cu
+#define LOGBUF_RECS 256         /* log records buffered before a write() */
+#define LOG_LIMIT_DEFAULT (8u << 20) /* compact events.log after this many bytes of growth */
+
+/* an outgoing tid open when the process restarted: what the log knows of it */
+typedef struct restored_tid {
+    uint64_t key;
+    uint8_t logged; /* the type of its outcome record already in the log (0: none) */
+    uint8_t len, data_flags;
+    uint8_t payload[OAE_PAYLOAD_MAX];
+} restored_tid;
+
+typedef struct tid_range {
+    uint32_t lo, hi;
+} tid_range;
 
 struct oae_pump {
     int fd, evfd, wakefd, flags;
+    int gates; /* cfg->gates: gated submissions are valid */
     uint32_t beat;
     uint64_t wait_us; /* the receive timeout currently set (0: none yet) */
     int logfd;
     int log_dirty; /* events.log written since its last fdatasync (pump thread only) */
-    char *durable_path;
+    int log_err;   /* a failed log write, reported by the next drain_events */
+    char *durable_path, *log_path;
+    uint64_t log_size;  /* bytes in events.log (pump thread) */
+    uint64_t log_live;  /* its size after the last compaction */
+    uint64_t log_limit; /* compact once it grew by this much (0: never) */
+    int compacting;     /* the pump rewrites events.log (mu released): others must not write */
     oae_link *link;
     pthread_mutex_t mu;
     volatile int stop;
@@ -135,11 +155,26 @@ struct oae_pump {
     uint32_t app_vis;
     /* transfers queued by the application, not yet offered: a growable ring, under mu */
     uint8_t *q_payload, *q_len;
-    uint64_t *q_cookie;
+    uint64_t *q_cookie, *q_key;
     size_t q_cap, q_head, q_count;
     uint8_t *q_flags;
-    /* cookie of each outstanding outgoing tid */
+    /* posted transfers (cookie 0: their outcomes go to the application's stream) offered
+     * and not yet acknowledged; at post_limit nothing more is offered (bounded memory) */
+    uint64_t posted_open, post_limit;
+    /* cookie and application key of each outstanding outgoing tid */
     uint64_t cookies[COOKIE_RING];
+    uint64_t keys[COOKIE_RING];
+    uint64_t key_logged, key_durable; /* highest key offered / in a stored OFFER record */
+    /* the application's acknowledgements and releases, logged by the pump thread (mu) */
+    tid_range *acks;
+    size_t nacks, acks_cap;
+    uint32_t release_to, release_logged; /* incoming tids <= release_to are released */
+    /* after a restart: events handed out again from the log, then the open tids' table */
+    oae_pump_event *replay;
+    size_t replay_n, replay_next;
+    uint32_t replay_unreleased; /* replayed deliveries (the engine does not count them) */
+    restored_tid *rst;
+    uint32_t rst_lo, rst_n; /* rst[i] is tid rst_lo + i */
     oae_pump_stats st;
     /* loop buffers (pump thread only) */
     uint8_t rx_buf[RX_BATCH][128];
@@ -150,44 +185,9 @@ struct oae_pump {
     struct iovec tx_iov[TX_BATCH];
     oae_txring ring; /* in use when st.tx_ring */
     oae_event evs[EV_BATCH];
-    uint8_t logbuf[EV_BATCH * OAE_LOG_REC_LEN];
+    size_t nlog; /* records in logbuf */
+    uint8_t logbuf[LOGBUF_RECS * OAE_LOG_REC_LEN];
 };
-
-static void put32(uint8_t *p, uint32_t v)
-{
-    p[0] = (uint8_t)(v >> 24); p[1] = (uint8_t)(v >> 16); p[2] = (uint8_t)(v >> 8);
-    p[3] = (uint8_t)v;
-}
-
-static uint32_t get32(const uint8_t *p)
-{
-    return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
-}
-
-/* log record (OAE_LOG_REC_LEN = 40 bytes): magic 'L', type, flags, data_flags, length, 3
- * zero bytes, tid, info, payload[16], crc32c of bytes 0..31, 4 zero bytes */
-static void log_encode(uint8_t *r, const oae_event *e)
-{
-    memset(r, 0, OAE_LOG_REC_LEN);
-    r[0] = LOG_MAGIC; r[1] = e->type; r[2] = e->flags; r[3] = e->data_flags;
-    r[4] = e->length;
-    put32(r + 8, e->tid);
-    put32(r + 12, e->info);
-    memcpy(r + 16, e->payload, 16);
-    put32(r + 32, oae_crc32c(r, 32));
-}
-
-int oae_log_decode(const uint8_t *r, oae_event *out)
-{
-    if (r[0] != LOG_MAGIC || get32(r + 32) != oae_crc32c(r, 32) || r[4] > OAE_PAYLOAD_MAX)
-        return 0;
-    memset(out, 0, sizeof *out);
-    out->type = r[1]; out->flags = r[2]; out->data_flags = r[3]; out->length = r[4];
-    out->tid = get32(r + 8);
-    out->info = get32(r + 12);
-    memcpy(out->payload, r + 16, 16);
-    return 1;
-}
 
 /* ---- waking the loop ---- */
 
@@ -205,15 +205,118 @@ static void wake_pump(oae_pump *p)
     }
 }
 
+/* ---- the event log (pump thread, mu held) ---- */
+
+static void log_flush(oae_pump *p)
+{
+    if (!p->nlog)
+        return;
+    size_t len = p->nlog * OAE_LOG_REC_LEN;
+    ssize_t w = write(p->logfd, p->logbuf, len);
+    p->nlog = 0;
+    p->log_dirty = 1;
+    if (w > 0)
+        p->log_size += (uint64_t)w;
+    if (w != (ssize_t)len && !p->log_err)
+        p->log_err = w < 0 ? -errno : -EIO;
+}
+
+static void log_add(oae_pump *p, const oae_log_record *r)
+{
+    if (p->logfd < 0)
+        return;
+    if (p->nlog == LOGBUF_RECS)
+        log_flush(p);
+    oae_log_encode(p->logbuf + p->nlog++ * OAE_LOG_REC_LEN, r);
+    p->st.log_records++;
+}
+
+/* An engine event (DELIVERED, COMMITTED, ABORTED) as a log record. */
+static void log_event(oae_pump *p, const oae_event *e, uint64_t key)
+{
+    oae_log_record r;
+    memset(&r, 0, sizeof r);
+    r.type = e->type;
+    r.flags = e->flags & OAE_EVF_RESTORED;
+    r.data_flags = e->data_flags;
+    r.length = e->length;
+    r.tid = e->tid;
+    r.key = key;
+    memcpy(r.payload, e->payload, OAE_PAYLOAD_MAX);
+    log_add(p, &r);
+}
+
+/* The application's acknowledgements and releases since the last call, as records. */
+static void log_marks(oae_pump *p)
+{
+    oae_log_record r;
+    memset(&r, 0, sizeof r);
+    r.type = OAE_LOG_ACK;
+    for (size_t i = 0; i < p->nacks; i++) {
+        r.tid = p->acks[i].lo;
+        r.aux = p->acks[i].hi;
+        log_add(p, &r);
+    }
+    p->nacks = 0;
+    if (p->release_to > p->release_logged) {
+        memset(&r, 0, sizeof r);
+        r.type = OAE_LOG_RELEASE;
+        r.tid = p->release_to;
+        log_add(p, &r);
+        p->release_logged = p->release_to;
+    }
+}
+
+/* The application's acknowledgements and releases, written at once from its thread (mu
+ * held; the pump's buffer is empty whenever mu is free), so that a crash of the process
+ * right after the call cannot hand them out again.  Not while a compaction rewrites the
+ * file: the pump writes them after it. */
+static void log_marks_now(oae_pump *p)
+{
+    if (p->compacting || p->logfd < 0) /* (logfd is swapped while compacting) */
+        return;
+    log_marks(p);
+    log_flush(p);
+}
+
+static int add_ack(oae_pump *p, uint32_t lo, uint32_t hi)
+{
+    if (!p->durable_path || !lo || hi < lo)
+        return 0;
+    if (p->nacks) { /* consecutive acknowledgements make one record */
+        tid_range *last = &p->acks[p->nacks - 1];
+        if (last->hi != UINT32_MAX && lo == last->hi + 1) {
+            last->hi = hi;
+            return 0;
+        }
+    }
+    if (p->nacks == p->acks_cap) {
+        size_t cap = p->acks_cap ? 2 * p->acks_cap : 64;
+        tid_range *a = realloc(p->acks, cap * sizeof *a);
+        if (!a)
+            return -ENOMEM;
+        p->acks = a;
+        p->acks_cap = cap;
+    }
+    p->acks[p->nacks++] = (tid_range){lo, hi};
+    return 0;
+}
+
+/* The outgoing tid a restarted engine settles again (RESTORED), or NULL. */
+static restored_tid *restored_of(oae_pump *p, uint32_t tid)
+{
+    return tid >= p->rst_lo && tid - p->rst_lo < p->rst_n ? &p->rst[tid - p->rst_lo] : NULL;
+}
+
 /* ---- queue of submitted transfers ---- */
 
 static int q_grow(oae_pump *p)
 {
     size_t cap = p->q_cap ? p->q_cap * 2 : 4096;
     uint8_t *pl = malloc(cap * OAE_PAYLOAD_MAX), *ln = malloc(cap), *fl = malloc(cap);
-    uint64_t *ck = malloc(cap * sizeof *ck);
-    if (!pl || !ln || !fl || !ck) {
-        free(pl); free(ln); free(fl); free(ck);
+    uint64_t *ck = malloc(cap * sizeof *ck), *ky = malloc(cap * sizeof *ky);
+    if (!pl || !ln || !fl || !ck || !ky) {
+        free(pl); free(ln); free(fl); free(ck); free(ky);
         return -ENOMEM;
     }
     for (size_t i = 0; i < p->q_count; i++) {
@@ -222,20 +325,24 @@ static int q_grow(oae_pump *p)
         ln[i] = p->q_len[j];
         fl[i] = p->q_flags[j];
         ck[i] = p->q_cookie[j];
+        ky[i] = p->q_key[j];
     }
-    free(p->q_payload); free(p->q_len); free(p->q_flags); free(p->q_cookie);
-    p->q_payload = pl; p->q_len = ln; p->q_flags = fl; p->q_cookie = ck;
+    free(p->q_payload); free(p->q_len); free(p->q_flags); free(p->q_cookie); free(p->q_key);
+    p->q_payload = pl; p->q_len = ln; p->q_flags = fl; p->q_cookie = ck; p->q_key = ky;
     p->q_cap = cap;
     p->q_head = 0;
     return 0;
 }
 
 int oae_pump_submit(oae_pump *p, const uint8_t *payloads, const uint8_t *lens, size_t n,
-                    uint8_t flags, uint64_t cookie0)
+                    uint8_t flags, uint64_t cookie0, const uint64_t *keys)
 {
     for (size_t i = 0; i < n; i++)
         if (lens[i] > OAE_PAYLOAD_MAX)
             return -3;
+    /* (the engine would refuse such an offer for ever, and the queue would never move) */
+    if ((flags & OAE_OFFER_GATED) && (!p->gates || !(flags & OAE_F_CONTROL)))
+        return -3;
     pthread_mutex_lock(&p->mu);
     for (size_t i = 0; i < n; i++) {
         if (p->q_count == p->q_cap && q_grow(p) < 0) {
@@ -247,7 +354,8 @@ int oae_pump_submit(oae_pump *p, const uint8_t *payloads, const uint8_t *lens, s
         memcpy(p->q_payload + j * OAE_PAYLOAD_MAX, payloads + i * OAE_PAYLOAD_MAX, lens[i]);
         p->q_len[j] = lens[i];
         p->q_flags[j] = flags;
-        p->q_cookie[j] = cookie0 + i;
+        p->q_cookie[j] = cookie0 ? cookie0 + i : 0;
+        p->q_key[j] = keys ? keys[i] : 0;
         p->q_count++;
     }
     p->st.queued += n;
@@ -267,17 +375,42 @@ size_t oae_pump_backlog(oae_pump *p)
 
 /* offer queued transfers while the engine takes them (mu held).  Not while the app ring
  * is full: the engine then keeps undrained COMMITTED events, and offering more could
- * reuse the cookie slot of a tid whose event has not been matched yet. */
+ * reuse the cookie slot of a tid whose event has not been matched yet.  Not a posted
+ * transfer while post_limit posted ones are open (in flight, or settled and not yet
+ * acknowledged): nothing behind it either, the queue is in order.  An offer with a key is
+ * logged (tid, key, payload): the persist that precedes its frame makes the record durable
+ * (a keyless one is not: its persist then syncs no log, as before keys existed). */
 static void offer_queued(oae_pump *p)
 {
+    p->st.offers_paused = 0;
     while (p->q_count && !p->backed_up) {
         size_t j = p->q_head;
         uint32_t tid;
+        if (!p->q_cookie[j] && p->post_limit && p->posted_open >= p->post_limit) {
+            p->st.offers_paused = 1;
+            return;
+        }
         int rc = oae_link_offer(p->link, p->q_payload + j * OAE_PAYLOAD_MAX, p->q_len[j],
                                 p->q_flags[j], &tid);
         if (rc != 0)
             return; /* window full or link not LIVE: try again after the next frame */
+        uint64_t key = p->q_key[j];
+        p->posted_open += !p->q_cookie[j];
         p->cookies[tid % COOKIE_RING] = p->q_cookie[j];
+        p->keys[tid % COOKIE_RING] = key;
+        if (key > p->key_logged)
+            p->key_logged = key;
+        if (p->logfd >= 0 && key) {
+            oae_log_record r;
+            memset(&r, 0, sizeof r);
+            r.type = OAE_LOG_OFFER;
+            r.data_flags = p->q_flags[j];
+            r.length = p->q_len[j];
+            r.tid = tid;
+            r.key = key;
+            memcpy(r.payload, p->q_payload + j * OAE_PAYLOAD_MAX, OAE_PAYLOAD_MAX);
+            log_add(p, &r);
+        }
         p->q_head = (p->q_head + 1) % p->q_cap;
         p->q_count--;
         p->st.submitted++;
@@ -285,6 +418,94 @@ static void offer_queued(oae_pump *p)
 }
 
 /* ---- lifecycle ---- */
+
+/* What the log of a restarted link owes the application (restored: the registers, whose
+ * in_delivered is raised to the highest delivery logged before them): the outcomes not
+ * acknowledged and the deliveries not released are handed out again, first; the open
+ * tids, which the engine settles again, get their keys and payloads back, and those whose
+ * outcome is already logged are not reported twice.  The log is then compacted to its
+ * live records (also on a fresh link: a new log). */
+static int open_log(oae_pump *p, oae_link_durable *restored)
+{
+    oae_log_state st;
+    memset(&st, 0, sizeof st);
+    oae_log_record head = {.type = OAE_LOG_HEAD};
+    int rc = 0;
+    if (restored) {
+        uint8_t *buf;
+        size_t len;
+        rc = oae_log_read_file(p->log_path, &buf, &len);
+        if (!rc) {
+            rc = oae_log_replay(buf, len, restored, &st);
+            free(buf);
+        }
+        if (rc)
+            goto out;
+        if (st.delivered_max > restored->in_delivered)
+            restored->in_delivered = st.delivered_max;
+        p->key_logged = p->key_durable = st.last_key;
+        p->release_to = p->release_logged = st.released;
+        p->rst_lo = restored->out_settled + 1;
+        p->rst_n = restored->out_hi - restored->out_settled;
+        p->rst = calloc(p->rst_n + 1, sizeof *p->rst);
+        p->replay = calloc(st.n + 1, sizeof *p->replay);
+        rc = -ENOMEM;
+        if (!p->rst || !p->replay)
+            goto out;
+        for (size_t i = 0; i < st.n; i++) {
+            const oae_log_record *r = &st.rec[i];
+            int outcome = r->type == OAE_EV_COMMITTED || r->type == OAE_EV_ABORTED;
+            restored_tid *t = outcome || r->type == OAE_LOG_OFFER ? restored_of(p, r->tid) : NULL;
+            if (t && (r->type == OAE_LOG_OFFER || !t->logged)) {
+                t->key = r->key;
+                t->len = r->length;
+                t->data_flags = r->data_flags;
+                memcpy(t->payload, r->payload, OAE_PAYLOAD_MAX);
+                if (r->type != OAE_LOG_OFFER)
+                    t->logged = r->type;
+            }
+            if ((outcome && !(r->flags & OAE_LOGF_ACKED)) || r->type == OAE_EV_DELIVERED) {
+                oae_pump_event *a = &p->replay[p->replay_n++];
+                a->ev.type = r->type;
+                a->ev.flags = (r->flags & OAE_EVF_RESTORED) | OAE_PEVF_REPLAYED;
+                a->ev.data_flags = r->data_flags;
+                a->ev.length = r->length;
+                a->ev.tid = r->tid;
+                memcpy(a->ev.payload, r->payload, OAE_PAYLOAD_MAX);
+                a->key = r->key;
+                p->replay_unreleased += r->type == OAE_EV_DELIVERED;
+            }
+        }
+    } else {
+        st.rec = &head;
+        st.n = 1;
+    }
+    rc = oae_log_store(p->log_path, &st);
+    if (!rc) {
+        p->logfd = open(p->log_path, O_WRONLY | O_APPEND | O_CLOEXEC);
+        rc = p->logfd < 0 ? -errno : 0;
+    }
+    p->log_size = p->log_live = st.n * OAE_LOG_REC_LEN;
+out:
+    if (restored)
+        oae_log_state_free(&st);
+    return rc;
+}
+
+/* Hand out the events replayed from the log, before any of the engine's (mu held). */
+static void feed_replay(oae_pump *p)
+{
+    while (p->replay_next < p->replay_n && p->app_tail - p->app_head < APP_RING) {
+        p->app[p->app_tail % APP_RING] = p->replay[p->replay_next++];
+        p->app_tail++;
+        p->st.app_events++;
+        p->st.replayed++;
+    }
+    if (p->replay && p->replay_next == p->replay_n) {
+        free(p->replay);
+        p->replay = NULL;
+    }
+}
 
 oae_pump *oae_pump_new(int fd, const oae_link_config *cfg, const oae_link_durable *restored,
                        const char *state_dir, int flags)
@@ -296,28 +517,31 @@ oae_pump *oae_pump_new(int fd, const oae_link_config *cfg, const oae_link_durabl
     p->flags = flags;
     p->evfd = p->wakefd = p->logfd = -1;
     p->beat = cfg->beat;
+    p->gates = cfg->gates;
+    p->log_limit = LOG_LIMIT_DEFAULT;
     oae_link_config c = *cfg;
     c.persist = state_dir != NULL;
+    oae_link_durable regs;
+    if (restored)
+        regs = *restored;
     int err = ENOMEM;
-    if (state_dir) {
-        size_t n = strlen(state_dir) + 32;
-        char *log = malloc(n);
-        p->durable_path = malloc(n);
-        if (!log || !p->durable_path) {
-            free(log);
-            goto fail;
-        }
-        snprintf(p->durable_path, n, "%s/durable", state_dir);
-        snprintf(log, n, "%s/events.log", state_dir);
-        p->logfd = open(log, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0600);
-        err = errno;
-        free(log);
-        if (p->logfd < 0)
-            goto fail;
-    }
     p->app = calloc(APP_RING, sizeof *p->app);
     if (!p->app)
         goto fail;
+    if (state_dir) {
+        size_t n = strlen(state_dir) + 32;
+        p->log_path = malloc(n);
+        p->durable_path = malloc(n);
+        if (!p->log_path || !p->durable_path)
+            goto fail;
+        snprintf(p->durable_path, n, "%s/durable", state_dir);
+        snprintf(p->log_path, n, "%s/events.log", state_dir);
+        int rc = open_log(p, restored ? &regs : NULL);
+        if (rc) {
+            err = -rc;
+            goto fail;
+        }
+    }
     p->evfd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     if (p->evfd < 0) {
         err = errno;
@@ -328,7 +552,7 @@ oae_pump *oae_pump_new(int fd, const oae_link_config *cfg, const oae_link_durabl
         err = errno;
         goto fail;
     }
-    p->link = oae_link_new(&c, restored);
+    p->link = oae_link_new(&c, restored ? &regs : NULL);
     if (!p->link) {
         err = EINVAL;
         goto fail;
@@ -350,6 +574,13 @@ oae_pump *oae_pump_new(int fd, const oae_link_config *cfg, const oae_link_durabl
      * single frame per exchange gains nothing from it) */
     if (c.beat > 1 && (flags & OAE_PUMP_TX_RING))
         p->st.tx_ring = oae_txring_open(&p->ring, fd) == 0;
+    feed_replay(p);
+    p->app_vis = p->app_tail; /* durable already */
+    if (p->app_vis != p->app_head) {
+        uint64_t one = 1;
+        if (write(p->evfd, &one, sizeof one) == sizeof one)
+            p->notified = 1;
+    }
     return p;
 fail:
     if (p->evfd >= 0) close(p->evfd);
@@ -357,6 +588,9 @@ fail:
     if (p->logfd >= 0) close(p->logfd);
     free(p->app);
     free(p->durable_path);
+    free(p->log_path);
+    free(p->replay);
+    free(p->rst);
     free(p);
     errno = err;
     return NULL;
@@ -367,15 +601,23 @@ void oae_pump_free(oae_pump *p)
     if (!p)
         return;
     oae_txring_close(&p->ring);
+    if (p->logfd >= 0) { /* acknowledgements and releases deferred by a compaction */
+        log_marks(p);
+        log_flush(p);
+        if (fdatasync(p->logfd) < 0) { /* nothing to do: they are at least written */ }
+        close(p->logfd);
+    }
     oae_link_free(p->link);
     pthread_mutex_destroy(&p->mu);
     close(p->evfd);
     close(p->wakefd);
-    if (p->logfd >= 0)
-        close(p->logfd);
     free(p->app);
     free(p->durable_path);
-    free(p->q_payload); free(p->q_len); free(p->q_flags); free(p->q_cookie);
+    free(p->log_path);
+    free(p->replay);
+    free(p->rst);
+    free(p->acks);
+    free(p->q_payload); free(p->q_len); free(p->q_flags); free(p->q_cookie); free(p->q_key);
     free(p);
 }
 
@@ -411,10 +653,51 @@ size_t oae_pump_events(oae_pump *p, oae_pump_event *out, size_t max)
     return n;
 }
 
-void oae_pump_release(oae_pump *p, uint32_t n)
+void oae_pump_release(oae_pump *p, uint32_t n, uint32_t upto)
 {
     pthread_mutex_lock(&p->mu);
-    oae_link_release(p->link, n);
+    uint32_t replayed = n < p->replay_unreleased ? n : p->replay_unreleased;
+    p->replay_unreleased -= replayed;
+    oae_link_release(p->link, n - replayed);
+    if (upto > p->release_to && p->durable_path) {
+        p->release_to = upto;
+        log_marks_now(p);
+    }
+    pthread_mutex_unlock(&p->mu);
+}
+
+int oae_pump_ack(oae_pump *p, uint32_t lo, uint32_t hi, uint32_t posted)
+{
+    pthread_mutex_lock(&p->mu);
+    int rc = add_ack(p, lo, hi);
+    log_marks_now(p);
+    p->posted_open -= posted < p->posted_open ? posted : p->posted_open;
+    if (posted && p->st.offers_paused)
+        wake_pump(p);
+    pthread_mutex_unlock(&p->mu);
+    return rc;
+}
+
+void oae_pump_set_post_limit(oae_pump *p, uint64_t n)
+{
+    pthread_mutex_lock(&p->mu);
+    p->post_limit = n;
+    wake_pump(p);
+    pthread_mutex_unlock(&p->mu);
+}
+
+uint64_t oae_pump_last_key(oae_pump *p)
+{
+    pthread_mutex_lock(&p->mu);
+    uint64_t k = p->durable_path ? p->key_durable : p->key_logged;
+    pthread_mutex_unlock(&p->mu);
+    return k;
+}
+
+void oae_pump_set_log_limit(oae_pump *p, uint64_t bytes)
+{
+    pthread_mutex_lock(&p->mu);
+    p->log_limit = bytes;
     pthread_mutex_unlock(&p->mu);
 }
 
@@ -449,6 +732,36 @@ int oae_pump_transfer_state(oae_pump *p, int incoming, uint32_t tid)
     return s;
 }
 
+/* ---- gate decisions (docs/protocol.md 7.11) ---- */
+
+/* One of the engine's gate calls under mu; a decision that took is new work. */
+static int gate_call(oae_pump *p, int (*call)(oae_link *, uint32_t), uint32_t tid)
+{
+    pthread_mutex_lock(&p->mu);
+    int rc = call(p->link, tid);
+    if (rc == 0)
+        wake_pump(p);
+    pthread_mutex_unlock(&p->mu);
+    return rc;
+}
+
+int oae_pump_hold(oae_pump *p, uint32_t tid) { return gate_call(p, oae_link_hold, tid); }
+int oae_pump_refuse(oae_pump *p, uint32_t tid) { return gate_call(p, oae_link_refuse, tid); }
+int oae_pump_report(oae_pump *p, uint32_t tid) { return gate_call(p, oae_link_report, tid); }
+int oae_pump_commit(oae_pump *p, uint32_t tid) { return gate_call(p, oae_link_commit, tid); }
+
+/* (It may run while persist() has released mu: its LINK_DOWN needs no store and is drained
+ * after the write, and it moves no durable register.) */
+int oae_pump_reset(oae_pump *p)
+{
+    pthread_mutex_lock(&p->mu);
+    int rc = oae_link_reset(p->link, oae_now_ns());
+    if (rc == 0)
+        wake_pump(p); /* a HELLO to send, a LINK_DOWN to hand over */
+    pthread_mutex_unlock(&p->mu);
+    return rc;
+}
+
 /* ---- the loop ---- */
 
 /* Let the application take the events before `upto` (mu held). */
@@ -462,22 +775,18 @@ static void publish(oae_pump *p, uint32_t upto)
     }
 }
 
-static int log_write(oae_pump *p, size_t nrec)
-{
-    size_t len = nrec * OAE_LOG_REC_LEN;
-    ssize_t w = write(p->logfd, p->logbuf, len);
-    p->log_dirty = 1;
-    return w == (ssize_t)len ? 0 : (w < 0 ? -errno : -EIO);
-}
-
 /* Move engine events to the log (written, not yet synced), the app ring or the sink;
  * returns -errno if the log could not be written (mu held).  The registers are stored by
- * persist(), outside mu. */
+ * persist(), outside mu.  Events replayed from the log after a restart go first; an
+ * outcome the engine settles again after a restart (RESTORED) gets the key and payload its
+ * OFFER record kept, and is dropped if the log already holds it (it was handed out before
+ * the crash, and is handed out again only if it was not acknowledged). */
 static int drain_events(oae_pump *p)
 {
     int rc = 0;
-    size_t nlog = 0;
-    for (;;) {
+    feed_replay(p);
+    p->backed_up = p->replay != NULL;
+    while (!p->backed_up) {
         uint32_t room = APP_RING - (p->app_tail - p->app_head);
         size_t max = room < EV_BATCH ? room : EV_BATCH;
         p->backed_up = !max;
@@ -488,45 +797,72 @@ static int drain_events(oae_pump *p)
             break;
         for (size_t i = 0; i < n; i++) {
             oae_event *e = &p->evs[i];
-            uint64_t cookie = 0;
+            uint64_t cookie = 0, key = 0;
             switch (e->type) {
             case OAE_EV_PERSIST:
                 p->persist_pending = 1;
                 continue;
+            case OAE_EV_REFLECTED: /* not logged: a gate event changes nothing durable */
+                cookie = p->cookies[e->tid % COOKIE_RING];
+                break;
             case OAE_EV_COMMITTED:
             case OAE_EV_ABORTED:
-                if (!(e->flags & OAE_EVF_RESTORED))
+                if (e->flags & OAE_EVF_RESTORED) {
+                    restored_tid *t = restored_of(p, e->tid);
+                    if (t && t->logged) {
+                        p->st.restored_dups++;
+                        p->st.restore_conflicts += t->logged != e->type;
+                        continue;
+                    }
+                    if (t) {
+                        key = t->key;
+                        e->data_flags = t->data_flags;
+                        if (e->type == OAE_EV_ABORTED) {
+                            e->length = t->len;
+                            memcpy(e->payload, t->payload, OAE_PAYLOAD_MAX);
+                        }
+                        t->logged = e->type;
+                    }
+                } else {
                     cookie = p->cookies[e->tid % COOKIE_RING];
+                    key = p->keys[e->tid % COOKIE_RING];
+                }
                 /* fallthrough */
             case OAE_EV_DELIVERED:
-                if (p->logfd >= 0) {
-                    if (nlog == EV_BATCH) {
-                        rc = rc ? rc : log_write(p, nlog);
-                        nlog = 0;
-                    }
-                    log_encode(p->logbuf + nlog++ * OAE_LOG_REC_LEN, e);
-                    p->st.log_records++;
-                }
+                if (p->logfd >= 0)
+                    log_event(p, e, key);
                 break;
             default:
                 break;
             }
-            if ((e->type == OAE_EV_DELIVERED && (p->flags & OAE_PUMP_SINK)) ||
-                (e->type == OAE_EV_COMMITTED && (p->flags & OAE_PUMP_QUIET))) {
-                if (e->type == OAE_EV_DELIVERED)
-                    oae_link_release(p->link, 1);
+            if (e->type == OAE_EV_DELIVERED && (p->flags & OAE_PUMP_SINK)) {
+                oae_link_release(p->link, 1);
+                if (p->logfd >= 0)
+                    p->release_to = e->tid;
+                p->st.sunk++;
+                continue;
+            }
+            if (e->type == OAE_EV_COMMITTED && (p->flags & OAE_PUMP_QUIET)) {
+                rc = rc ? rc : add_ack(p, e->tid, e->tid);
+                if (!cookie && !(e->flags & OAE_EVF_RESTORED) && p->posted_open)
+                    p->posted_open--;
                 p->st.sunk++;
                 continue;
             }
             oae_pump_event *a = &p->app[p->app_tail % APP_RING];
             a->ev = *e;
             a->cookie = cookie;
+            a->key = key;
             p->app_tail++;
             p->st.app_events++;
         }
     }
-    if (nlog)
-        rc = rc ? rc : log_write(p, nlog);
+    if (p->logfd >= 0) {
+        log_marks(p);
+        log_flush(p);
+        rc = rc ? rc : p->log_err;
+        p->log_err = 0;
+    }
     /* a delivery the application may act on must be durable first: while a store is
      * pending, new events wait for persist() (as before the store left mu); a full ring
      * publishes at once, since the store itself waits for the application to drain it */
@@ -535,17 +871,52 @@ static int drain_events(oae_pump *p)
     return rc;
 }
 
+/* Rewrite events.log as its live records once it has grown by log_limit bytes since the
+ * last compaction (pump thread, mu released: nobody else touches the log file).  d is the
+ * snapshot just stored, which counts every record the log holds.  A failed rewrite leaves
+ * the old log in place and is tried again after another log_limit; only a log that can
+ * no longer be opened for appending is an error (-errno). */
+static int compact(oae_pump *p, const oae_link_durable *d)
+{
+    uint8_t *buf;
+    size_t len;
+    oae_log_state st;
+    memset(&st, 0, sizeof st);
+    int rc = oae_log_read_file(p->log_path, &buf, &len);
+    if (!rc) {
+        rc = oae_log_replay(buf, len, d, &st);
+        free(buf);
+    }
+    if (!rc)
+        rc = oae_log_store(p->log_path, &st);
+    uint64_t live = st.n * OAE_LOG_REC_LEN;
+    oae_log_state_free(&st);
+    if (rc) {
+        p->log_live = p->log_size;
+        return 0;
+    }
+    int fd = open(p->log_path, O_WRONLY | O_APPEND | O_CLOEXEC);
+    if (fd < 0)
+        return -errno;
+    close(p->logfd);
+    p->logfd = fd;
+    p->log_size = p->log_live = live;
+    p->st.compactions++;
+    return 0;
+}
+
 /* Store the engine's durable registers if it asked (mu held on entry and on return, but
  * released during the file I/O, so that application calls do not wait for a whole
  * fdatasync).  The log must be stable before the registers that count what it holds, and
  * it must hold every event the engine has produced: the snapshot is taken under mu right
- * after drain_events() wrote every event to the log, and while the app ring is full
- * (events still in the engine) the registers wait, and so does the engine's sending.
- * Only the pump thread feeds frames and timers, so nothing but PERSIST can be produced
- * while mu is released; an application call that changes a register meanwhile (a new
- * epoch) moves the engine's generation, and oae_link_persisted() then asks again rather
- * than marking the newer state stored.  Returns -errno if the state files failed, else
- * how many times the registers were stored. */
+ * after drain_events() wrote every event (and every OFFER record) to the log, and while
+ * the app ring is full (events still in the engine) the registers wait, and so does the
+ * engine's sending.  Only the pump thread feeds frames and timers, so nothing but PERSIST
+ * can be produced while mu is released; an application call that changes a register
+ * meanwhile (a new epoch) moves the engine's generation, and oae_link_persisted() then
+ * asks again rather than marking the newer state stored.  After a store the log may be
+ * compacted (it holds nothing the snapshot does not count).  Returns -errno if the state
+ * files failed, else how many times the registers were stored. */
 static int persist(oae_pump *p)
 {
     int stored = 0;
@@ -554,9 +925,12 @@ static int persist(oae_pump *p)
             break;
         oae_link_durable d;
         oae_link_durable_get(p->link, &d);
-        /* a persist that logged nothing (an offer, a hold) costs the register store only */
+        /* a persist that logged nothing (a keyless offer, a hold) costs the register store */
         uint32_t covered = p->app_tail; /* the events this snapshot makes durable */
+        uint64_t key = p->key_logged;   /* and the keys of the offers it counts */
         int sync_log = p->logfd >= 0 && p->log_dirty;
+        int compacting = p->log_limit && p->log_size >= p->log_limit + p->log_live;
+        p->compacting = compacting;
         p->log_dirty = 0;
         pthread_mutex_unlock(&p->mu);
         int rc = 0;
@@ -564,12 +938,16 @@ static int persist(oae_pump *p)
             rc = -errno;
         if (!rc)
             rc = oae_durable_store(p->durable_path, &d);
+        if (!rc && compacting)
+            rc = compact(p, &d);
         pthread_mutex_lock(&p->mu);
+        p->compacting = 0;
         if (rc) {
             p->log_dirty |= sync_log;
             return rc;
         }
         p->persist_pending = 0;
+        p->key_durable = key;
         p->st.persists++;
         publish(p, covered);
         oae_link_persisted(p->link); /* queues PERSIST again if the registers moved */

@@ -82,12 +82,17 @@ int oae_flood_recv(int fd, uint16_t ethertype, uint32_t run, uint64_t max_ns, oa
 enum {
     OAE_PEV_ERROR = 64 /* the pump stopped on a socket error; info = errno */
 };
+/* Event flag the pump adds to the engine's OAE_EVF_*: handed out again after a restart
+ * (logged before the crash, not yet acknowledged or released by the application). */
+#define OAE_PEVF_REPLAYED 0x80
 
 /* An engine event as handed to the application, with the cookie the application gave the
- * transfer when it submitted it (0 for incoming transfers and outcomes after a restart). */
+ * transfer when it submitted it (0 for incoming transfers, posted ones and outcomes after
+ * a restart) and its key (0: none; kept in the log, so also after a restart). */
 typedef struct oae_pump_event {
     oae_event ev;
     uint64_t cookie;
+    uint64_t key;
 } oae_pump_event;
 
 typedef struct oae_pump_stats {
@@ -96,6 +101,11 @@ typedef struct oae_pump_stats {
     uint64_t queued, submitted; /* transfers queued by the app / offered to the engine */
     uint64_t app_events, sunk;  /* events handed to the app / consumed by the pump (sink) */
     uint64_t cpu_ns;            /* CPU time used by the pump thread so far */
+    uint64_t replayed;          /* events handed out again from the log after a restart */
+    uint64_t restored_dups;     /* outcomes settled again after a restart, already logged */
+    uint64_t restore_conflicts; /* ... that disagreed with the log (never, by the protocol) */
+    uint64_t compactions;       /* times events.log was rewritten as its live records */
+    uint64_t offers_paused;     /* 1 while post_limit posted transfers are open */
     int tid;                    /* kernel thread id of the running loop (0: not running),
                                    named "oae-pump" (for top -H, perf --tid) */
     int tx_ring;                /* 1: frames go out through a PACKET_TX_RING */
@@ -112,12 +122,16 @@ typedef struct oae_pump oae_pump;
 
 /* A pump on socket fd (kept open; the caller closes it after oae_pump_free) running a new
  * engine for cfg, restored from `restored` (may be NULL).  state_dir (may be NULL): where
- * the durable registers (`durable`) and the settled-transfer log (`events.log`) are
- * written; it sets cfg->persist.  With OAE_PUMP_TX_RING and beats of more than one
- * record, the pump attaches a PACKET_TX_RING to fd and sends every frame through it, a
- * burst with one send() (csrc/txring.h); where the kernel refuses one it sends with
+ * the durable registers (`durable`) and the event log (`events.log`, csrc/evlog.h) are
+ * written; it sets cfg->persist.  With restored registers the log is replayed first: what
+ * the application had not acknowledged or released is handed out again (OAE_PEVF_REPLAYED)
+ * before anything else, and outcomes it already holds are not reported twice; the log is
+ * then rewritten as its live records.  With OAE_PUMP_TX_RING and beats of more than
+ * one record, the pump attaches a PACKET_TX_RING to fd and sends every frame through it,
+ * a burst with one send() (csrc/txring.h); where the kernel refuses one it sends with
  * send/sendmmsg as without the flag.  A socket with a ring sends only through it: do not
- * send on fd otherwise.  NULL on invalid config or error (errno set). */
+ * send on fd otherwise.  NULL on invalid config or error (errno set; EBADMSG: events.log
+ * is damaged, not just torn at its end). */
 oae_pump *oae_pump_new(int fd, const oae_link_config *cfg, const oae_link_durable *restored,
                        const char *state_dir, int flags);
 /* Free a pump whose thread has returned.  Does not close fd. */
@@ -132,24 +146,48 @@ int oae_pump_event_fd(const oae_pump *p);
 /* Take up to max waiting events (and reset the event fd when all are taken). */
 size_t oae_pump_events(oae_pump *p, oae_pump_event *out, size_t max);
 /* Queue n transfers for the pump to offer in order as the window allows: payload i is
- * lens[i] bytes at payloads + i*16; cookies cookie0, cookie0+1, ... ; flags OAE_F_CONTROL
- * or 0.  Returns n, or -3 if a length is > 16. */
+ * lens[i] bytes at payloads + i*16; cookies cookie0, cookie0+1, ... (cookie0 = 0: all 0);
+ * keys[i] the application's key of each (keys may be NULL: none), logged with the offer
+ * and handed back with the outcome; flags OAE_F_CONTROL or 0, plus OAE_OFFER_GATED with
+ * OAE_F_CONTROL when cfg->gates.  Returns n, -3 if a length is > 16 or the flags are
+ * invalid, -ENOMEM. */
 int oae_pump_submit(oae_pump *p, const uint8_t *payloads, const uint8_t *lens, size_t n,
-                    uint8_t flags, uint64_t cookie0);
+                    uint8_t flags, uint64_t cookie0, const uint64_t *keys);
 /* Transfers queued and not yet offered to the engine. */
 size_t oae_pump_backlog(oae_pump *p);
-/* The application consumed n delivered transfers. */
-void oae_pump_release(oae_pump *p, uint32_t n);
+/* The application consumed n delivered transfers, the last of them tid `upto`: room for
+ * the receiver, and (with a state dir) every incoming tid <= upto is released for good:
+ * the RELEASE record is written before the call returns (no sync: it survives a crash of
+ * the process; the next register store syncs it), so it is never handed out again. */
+void oae_pump_release(oae_pump *p, uint32_t n, uint32_t upto);
+/* The application consumed the outcomes of outgoing tids lo..hi (`posted` of them of
+ * transfers it submitted with cookie 0 in this process): the ACK record is written before
+ * the call returns, as for a release; dropped from the log by its next compaction.
+ * 0 or -ENOMEM. */
+int oae_pump_ack(oae_pump *p, uint32_t lo, uint32_t hi, uint32_t posted);
+/* At most n posted transfers (cookie 0) open at a time: offered and not yet acknowledged.
+ * At the limit the pump offers nothing more (the queue is in order) until the application
+ * acknowledges outcomes: bounded memory instead of dropped outcomes.  0: no limit. */
+void oae_pump_set_post_limit(oae_pump *p, uint64_t n);
+/* The highest key of an offer the durable registers count (without a state dir: of any
+ * offer): every key above it was never offered. */
+uint64_t oae_pump_last_key(oae_pump *p);
+/* Compact events.log whenever it has grown by `bytes` since the last compaction (0: never;
+ * default 8 MiB). */
+void oae_pump_set_log_limit(oae_pump *p, uint64_t bytes);
 void oae_pump_set_epoch(oae_pump *p, uint32_t epoch);
 void oae_pump_stats_get(oae_pump *p, oae_link_stats *ls, oae_pump_stats *ps);
 int oae_pump_transfer_state(oae_pump *p, int incoming, uint32_t tid);
+/* Gated CONTROL transfers (cfg->gates; docs/protocol.md 7.11): the engine's
+ * oae_link_hold/refuse/report/commit/reset under the pump's lock, waking the loop.  The
+ * pump hands OAE_EV_OFFERED and OAE_EV_REFLECTED events (REFLECTED with the transfer's
+ * cookie) to the application like the others; they are not logged (nothing durable). */
+int oae_pump_hold(oae_pump *p, uint32_t tid);
+int oae_pump_refuse(oae_pump *p, uint32_t tid);
+int oae_pump_report(oae_pump *p, uint32_t tid);
+int oae_pump_commit(oae_pump *p, uint32_t tid);
+int oae_pump_reset(oae_pump *p);
 
-/* The settled-transfer log: fixed 40-byte records, appended and fdatasync'ed before the
- * registers that depend on them are stored, each with its own CRC32C (a torn tail is
- * detected and ignored on reading). */
-#define OAE_LOG_REC_LEN 40
-/* Decode one log record (OAE_LOG_REC_LEN bytes); 1 if valid, 0 if torn or damaged. */
-int oae_log_decode(const uint8_t *buf, oae_event *out);
 /* cdef-end */
 
 #endif

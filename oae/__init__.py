@@ -3,11 +3,13 @@
 Public API (kept small on purpose):
 
 - wire format v1: `Record`, `Frame`, `DecodeError`, `encode_frame`, `decode_frame`
-- Trio runtime: `open_link` (-> `Link`: `send`, `received`, `stats`), `Outcome`,
-  `Message`, `LinkOptions`, `LinkError`; `open_node`, `Node`, `LinkSpec`
+- Trio runtime: `open_link` (-> `Link`: `send`, `post`, `outcomes`, `received`, `stats`;
+  exactly-once for applications: docs/applications.md), `Outcome`, `Message`,
+  `LinkOptions`, `LinkError`; `open_node`, `Node`, `LinkSpec`
 - epoch layer: `EpochMachine` (sans-I/O), `Wave`, `open_epoch_node` (-> `EpochNode`)
 - link engine (sans-I/O, C): `LinkEngine`, `LinkConfig`, `Durable`, events `LinkUp`,
-  `LinkDown`, `Delivered`, `Committed`, `Aborted`, `Persist`; `Drop` reasons
+  `LinkDown`, `Delivered`, `Committed`, `Aborted`, `Persist`, and with gates `Offered`,
+  `Reflected` (also what `Link.gate_events()` yields); `Drop` reasons
 """
 
 from __future__ import annotations
@@ -24,7 +26,9 @@ from oae.engine import (
     LinkDown,
     LinkEngine,
     LinkUp,
+    Offered,
     Persist,
+    Reflected,
 )
 from oae.epoch.machine import EpochMachine
 from oae.epoch.messages import Wave
@@ -86,5 +90,7 @@ __all__ = [
     "Committed",
     "Aborted",
     "Persist",
+    "Offered",
+    "Reflected",
     "Drop",
 ]

@@ -64,8 +64,8 @@ os.chdir(ROOT)
 wire_ffi = _builder("oae._wire", ["wire.h"], ["wire.c"])
 pump_ffi = _builder(
     "oae._pump",
-    ["wire.h", "link.h", "durable.h", "pump.h"],
-    ["wire.c", "link.c", "durable.c", "pump.c", "pingpong.c", "txring.c"],
+    ["wire.h", "link.h", "durable.h", "evlog.h", "pump.h"],
+    ["wire.c", "link.c", "durable.c", "evlog.c", "pump.c", "pingpong.c", "txring.c"],
 )
 link_ffi = _builder(
     "oae._link", ["wire.h", "link.h", "linksim.h"], ["wire.c", "link.c", "linksim.c"]

@@ -19,6 +19,7 @@ SUBCOMMANDS: list[str] = [
     "oae.demo",
     "oae.bench.cli",
     "oae.runtime.cli",
+    "oae.epoch.cli",
     "oae.testbed.cli",
     "oae.capture",
     "oae.decode",
@@ -28,7 +29,13 @@ SUBCOMMANDS: list[str] = [
 ]
 
 
-def build_parser() -> argparse.ArgumentParser:
+# Commands that start a long-running process, and the module that defines each: they
+# start without importing every other command's module (a testbed starts dozens of
+# `oae node` processes at once; the other modules would double their start-up time).
+DAEMONS: dict[str, str] = {"node": "oae.runtime.cli"}
+
+
+def build_parser(modules: list[str] | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="oae",
         description=(
@@ -39,13 +46,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"oae {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in SUBCOMMANDS:
+    for name in SUBCOMMANDS if modules is None else modules:
         importlib.import_module(name).register(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    words = sys.argv[1:] if argv is None else argv
+    daemon = DAEMONS.get(words[0]) if words else None
+    parser = build_parser([daemon] if daemon else None)
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()

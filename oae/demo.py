@@ -1,22 +1,26 @@
 """`oae demo`: what oae is for, on real frames, in about a minute (needs root).
 
 1. A ring testbed comes up (namespaces, veths) with loss and reordering on every link,
-   done by the project's impairing bridge.
-2. AIT traffic over every link, both ways, through the runtime (C pump, real frames):
-   the senders count transfers attempted, committed and aborted; the receivers count
-   what they were handed. duplicated = delivered more than once; lost = committed at the
-   sender and never delivered; disagreed = delivered although the sender saw it aborted.
-   On the way, the first link is cut in the bridge for longer than its dead timer: it
-   fails, the transfers caught in flight end committed or aborted (reversed, the payload
-   handed back to the sender, never delivered) on both ends, and the link goes on.
-3. N epoch transitions with the bilateral protocol, then N with the clock-based `snap-t`
-   checkpoint, on the same links (oae.epoch.testbed_run: one node per testbed node, the
+   done by the project's impairing bridge, and one `oae node --epochs` process per node
+   (its sockets in the node's namespace, oae.epoch.fleet), driven through its control
+   socket from here on.
+2. AIT traffic over every link, both ways, sent and received through the node
+   processes' control sockets (`send`, `recv`; C pump, real frames): the senders count
+   transfers attempted, committed and aborted; the receivers count what they were
+   handed. duplicated = delivered more than once; lost = committed at the sender and
+   never delivered; disagreed = delivered although the sender saw it aborted. On the
+   way, the first link is cut in the bridge for longer than its dead timer: it fails,
+   the transfers caught in flight end committed or aborted (reversed, the payload handed
+   back to the sender, never delivered) on both ends, and the link goes on.
+3. N epoch transitions with the bilateral protocol on the same node processes, then N
+   with the clock-based `snap-t` checkpoint on node processes of its own, on the same
+   links (a crash is kill -9 of a node process and a restart from its state dir; the
    same seed, so the same crash draws (--crash-rate: node, instant, downtime) and probe
    instants; a crash due while its node is still down, or after the run, does nothing,
-   so the counts can differ),
-   with application traffic on every link, each frame tagged with its sender's epoch: a
-   frame delivered into another epoch is a mixed-epoch frame, measured on real frames;
-   the nodes' durable epochs are probed during and after each transition.
+   so the counts can differ), with application traffic on every link, each frame tagged
+   with its sender's epoch: a frame delivered into another epoch is a mixed-epoch frame,
+   measured on real frames; the nodes' durable epochs are probed during and after each
+   transition; convergence is timed inside the initiator's process.
 4. The testbed goes down. The same number of transitions of both on the simulated
    network (oae.epoch.sim), with the loss and the median CONTROL transfer latency of step
    3 as link round trip: they add what the testbed does not probe, whether each state
@@ -24,8 +28,9 @@
 
 Progress goes to stderr; the tables to stdout (or, with --json, the report); the report
 (every figure, per link direction, the bridge's counters) to --report; PNG plots when
-matplotlib is installed. Everything created in the kernel carries the run prefix and is
-removed on exit, on Ctrl-C and on errors (oae.testbed.manager.running).
+matplotlib is installed. Every node process is stopped, and everything created in the
+kernel (carrying the run prefix) removed, on exit, on Ctrl-C and on errors
+(oae.epoch.fleet.open_fleet, oae.testbed.manager.running).
 """
 
 from __future__ import annotations
@@ -37,7 +42,6 @@ import struct
 import sys
 import time
 from collections.abc import Callable
-from contextlib import AsyncExitStack
 from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
@@ -46,17 +50,17 @@ from typing import Any
 import trio
 
 from oae.epoch.converge import run as simulate
+from oae.epoch.fleet import Fleet, NodeProcess, open_fleet, run_fleet, run_transitions
 from oae.epoch.sim import NetParams, make_topology
-from oae.epoch.testbed_run import run_on_testbed
 from oae.errors import OaeError, UsageError
-from oae.runtime.link import Link, LinkOptions, open_link
 from oae.testbed import kernel, manager, topology
 from oae.testbed.impair import parse_fraction
 from oae.testbed.manager import Testbed
 
-# Traffic links: discover quickly, declare a link failed after 1 s of silence.
-LINK = LinkOptions(hello=0.02, dead=1.0)
+DEAD = 0.3  # the node processes' dead timer (oae.epoch.fleet: --dead 0.3)
 UP_TIMEOUT = 20.0
+SEND_CHUNK = 2000  # transfers per `send` request (its line stays far below 64 KiB)
+RECV_MAX = 5000  # messages per `recv` answer
 SETTLE_TIMEOUT = 5.0  # after the last outcome, how long receivers may lag behind
 PAYLOAD = struct.Struct(">HBI")  # link index, direction (0: a->b, 1: b->a), sequence
 PROBES = 4  # recovered-state probes per simulated transition
@@ -93,9 +97,9 @@ class DemoConfig:
             raise UsageError("--loss: at most 50% (the demo wants links that stay up)")
         if not 0 <= self.crash_rate <= 1:
             raise UsageError(f"--crash-rate {self.crash_rate:g}: a probability, 0..1")
-        if not (self.partition == 0 or LINK.dead < self.partition <= 30):
+        if not (self.partition == 0 or DEAD < self.partition <= 30):
             raise UsageError(
-                f"--partition {self.partition:g}: 0 (none) or more than the {LINK.dead:g} s "
+                f"--partition {self.partition:g}: 0 (none) or more than the {DEAD:g} s "
                 "dead timer, at most 30 s"
             )
 
@@ -148,43 +152,62 @@ class _Direction:
         }
 
 
-async def _send(link: Link, d: _Direction, index: int, direction: int, timeout: float) -> None:
-    payloads = [PAYLOAD.pack(index, direction, i) for i in range(len(d.outcome))]
-    batch = link.submit(payloads)
-    assert batch is not None
+class _End:
+    """One end of a link: the node process that runs it and its interface."""
+
+    def __init__(self, node: NodeProcess, iface: str) -> None:
+        self.node, self.iface = node, iface
+
+    async def stats(self) -> dict[str, Any]:
+        status = (await self.node.request({"op": "status"}))["status"]
+        return next(ln for ln in status["links"] if ln["iface"] == self.iface)
+
+
+async def _send(end: _End, d: _Direction, index: int, direction: int, timeout: float) -> None:
+    """`len(d.outcome)` transfers through the node's control socket (`send` with items,
+    SEND_CHUNK per request, each answered with the outcomes in order)."""
+    n = len(d.outcome)
     with trio.move_on_after(timeout):
-        while batch.remaining:
-            await batch.done.wait()
-    for i, r in enumerate(batch.results):
-        if r is not None:
-            d.outcome[i] = 1 if r.committed else 2
+        for start in range(0, n, SEND_CHUNK):
+            items = [PAYLOAD.pack(index, direction, i).hex()
+                     for i in range(start, min(n, start + SEND_CHUNK))]  # fmt: skip
+            req = {"op": "send", "items": items, "link": end.iface}
+            ans = await end.node.request(req, timeout)
+            for i, (_, status) in enumerate(ans["outcomes"]):
+                d.outcome[start + i] = 1 if status == "committed" else 2
 
 
-async def _receive(link: Link, dirs: dict[tuple[int, int], _Direction], mine: _Direction) -> None:
-    """Count deliveries; `mine` is the direction this end receives (foreign ones go there)."""
-    async for msg in link.received():
-        try:
-            index, direction, seq = PAYLOAD.unpack(msg.payload)
-            d = dirs[(index, direction)]
-        except (struct.error, KeyError):
-            mine.foreign += 1
-            continue
-        if d is not mine:
-            mine.foreign += 1
-            continue
-        d.deliver(seq)
+async def _receive(end: _End, dirs: dict[tuple[int, int], _Direction], mine: _Direction) -> None:
+    """Count what the node delivered on this end (`recv`, each message handed out once);
+    `mine` is the direction this end receives (foreign ones go there)."""
+    while True:
+        req = {"op": "recv", "link": end.iface, "max": RECV_MAX, "timeout": 0.2}
+        for m in (await end.node.request(req, 0.2))["messages"]:
+            try:
+                index, direction, seq = PAYLOAD.unpack(bytes.fromhex(m["hex"]))
+                d = dirs[(index, direction)]
+            except (struct.error, KeyError):
+                mine.foreign += 1
+                continue
+            if d is not mine:
+                mine.foreign += 1
+                continue
+            d.deliver(seq)
 
 
 async def _partition(
-    tb: Testbed, link: Link, d: _Direction, seconds: float, progress: Callable[[str], None]
+    tb: Testbed, end: _End, d: _Direction, seconds: float, progress: Callable[[str], None]
 ) -> dict[str, Any]:
     """Once a quarter of `d`'s transfers have settled (so a window is in flight), cut the
     link in the bridge for `seconds`, longer than the dead timer: the link fails and
     reconciles when the partition ends."""
     name = d.link
-    while link.counters["committed"] + link.counters["aborted"] < len(d.outcome) // 4:
+    while True:
+        st = await end.stats()
+        if st["committed"] + st["aborted"] >= len(d.outcome) // 4:
+            break
         await trio.sleep(0.005)
-    progress(f"[demo] partitioning link {name} for {seconds:g} s (dead timer {LINK.dead:g} s)")
+    progress(f"[demo] partitioning link {name} for {seconds:g} s (dead timer {DEAD:g} s)")
     await trio.to_thread.run_sync(manager.impair, tb.name, name, ["partition=on"])
     try:
         await trio.sleep(seconds)
@@ -196,10 +219,12 @@ async def _partition(
 
 
 async def run_traffic(
-    tb: Testbed, transfers: int, partition: float, progress: Callable[[str], None]
+    fleet: Fleet, transfers: int, partition: float, progress: Callable[[str], None]
 ) -> dict[str, Any]:
-    """`transfers` AITs each way over every link of `tb`, at the same time, with the first
+    """`transfers` AITs each way over every link of the fleet's testbed, at the same
+    time, sent and received through the node processes' control sockets, with the first
     link partitioned for `partition` seconds on the way (0: never); the counts."""
+    tb = fleet.tb
     links = tb.state["links"]
     dirs: dict[tuple[int, int], _Direction] = {}
     for i, lk in enumerate(links):
@@ -208,52 +233,48 @@ async def run_traffic(
     # Generous for a shared machine: every transfer's three signals at 1 ms per frame,
     # plus the cut.
     timeout = 30.0 + partition + transfers * 3e-3
-    async with AsyncExitStack() as stack:
-        ends: dict[tuple[int, str], Link] = {}
-        for i, lk in enumerate(links):
-            for end in ("a", "b"):
-                ends[(i, end)] = await stack.enter_async_context(
-                    open_link(lk[f"if_{end}"], tb.ns(lk[end]), options=LINK)
-                )
-        t_up = time.perf_counter()
-        with trio.fail_after(UP_TIMEOUT):
-            for link in ends.values():
-                await link.wait_up()
-        progress(f"[demo] {len(ends)} link ends LIVE in {time.perf_counter() - t_up:.2f} s")
-        total = 2 * transfers * len(links)
-        async with trio.open_nursery() as nursery:
+    node = {n.name: n for n in fleet.nodes}
+    ends = {(i, e): _End(node[lk[e]], lk[f"if_{e}"]) for i, lk in enumerate(links) for e in "ab"}
+    t_up = time.perf_counter()
+    await fleet.all_ready(UP_TIMEOUT)
+    progress(f"[demo] {len(ends)} link ends LIVE in {time.perf_counter() - t_up:.2f} s "
+             f"({len(fleet.nodes)} `oae node --epochs` processes)")  # fmt: skip
+    total = 2 * transfers * len(links)
+    async with trio.open_nursery() as nursery:
+        for i in range(len(links)):
+            nursery.start_soon(_receive, ends[(i, "a")], dirs, dirs[(i, 1)])
+            nursery.start_soon(_receive, ends[(i, "b")], dirs, dirs[(i, 0)])
+
+        async def report() -> None:
+            while True:
+                await trio.sleep(1.0)
+                done = 0
+                for e in ends.values():
+                    st = await e.stats()
+                    done += st["committed"] + st["aborted"]
+                progress(f"[demo] traffic: {done:,}/{total:,} transfers settled")
+
+        nursery.start_soon(report)
+        t0 = time.perf_counter()
+        cut: dict[str, Any] = {}
+
+        async def partition_first() -> None:
+            cut.update(await _partition(tb, ends[(0, "a")], dirs[(0, 0)], partition, progress))
+
+        async with trio.open_nursery() as senders:
             for i in range(len(links)):
-                nursery.start_soon(_receive, ends[(i, "a")], dirs, dirs[(i, 1)])
-                nursery.start_soon(_receive, ends[(i, "b")], dirs, dirs[(i, 0)])
-
-            async def report() -> None:
-                while True:
-                    await trio.sleep(1.0)
-                    done = sum(e.counters["committed"] + e.counters["aborted"]
-                               for e in ends.values())  # fmt: skip
-                    progress(f"[demo] traffic: {done:,}/{total:,} transfers settled")
-
-            nursery.start_soon(report)
-            t0 = time.perf_counter()
-            cut: dict[str, Any] = {}
-
-            async def partition_first() -> None:
-                cut.update(await _partition(tb, ends[(0, "a")], dirs[(0, 0)], partition, progress))
-
-            async with trio.open_nursery() as senders:
-                for i in range(len(links)):
-                    senders.start_soon(_send, ends[(i, "a")], dirs[(i, 0)], i, 0, timeout)
-                    senders.start_soon(_send, ends[(i, "b")], dirs[(i, 1)], i, 1, timeout)
-                if partition > 0:
-                    senders.start_soon(partition_first)
-            elapsed = time.perf_counter() - t0
-            # A committed transfer was delivered before the sender learned it; the event
-            # may still be on its way to Python. Wait (bounded) for the receivers.
-            with trio.move_on_after(SETTLE_TIMEOUT):
-                while any(d.missing() for d in dirs.values()):
-                    await trio.sleep(0.02)
-            nursery.cancel_scope.cancel()
-        stats = {f"{links[i]['name']}/{end}": e.stats() for (i, end), e in ends.items()}
+                senders.start_soon(_send, ends[(i, "a")], dirs[(i, 0)], i, 0, timeout)
+                senders.start_soon(_send, ends[(i, "b")], dirs[(i, 1)], i, 1, timeout)
+            if partition > 0:
+                senders.start_soon(partition_first)
+        elapsed = time.perf_counter() - t0
+        # A committed transfer was delivered before the sender learned it; it may still
+        # be on its way to the node's inbox. Wait (bounded) for the receivers.
+        with trio.move_on_after(SETTLE_TIMEOUT):
+            while any(d.missing() for d in dirs.values()):
+                await trio.sleep(0.02)
+        nursery.cancel_scope.cancel()
+    stats = {f"{links[i]['name']}/{end}": await e.stats() for (i, end), e in ends.items()}
     per_dir = [d.summary() for d in dirs.values()]
     keys = ("attempted", "committed", "aborted", "unsettled", "delivered", "duplicated",
             "lost", "disagreed", "foreign")  # fmt: skip
@@ -270,6 +291,33 @@ async def run_traffic(
         "partition": cut or None,
         "per_direction": per_dir,
     }
+
+
+async def run_on_nodes(tb: Testbed, cfg: DemoConfig, progress: Callable[[str], None]
+                       ) -> tuple[dict[str, Any], dict[str, int], dict[str, Any]]:  # fmt: skip
+    """Steps 2 and 3 on node processes: the AIT traffic, then the bilateral transitions on
+    the same `oae node --epochs` processes, then snap-t on processes of its own; returns
+    (traffic, the bridge's counters after the traffic, convergence per algorithm)."""
+    def say_run(algo: str) -> None:
+        progress(f"[demo] {algo}: {cfg.epochs} epoch transitions on the testbed's links by "
+                 f"{cfg.nodes} `oae node --epochs` processes, app traffic every "
+                 f"~{APP_PERIOD * 1e3:g} ms per link direction")  # fmt: skip
+
+    runs: dict[str, Any] = {}
+    async with open_fleet(tb, "bilateral", cfg.seed, progress) as fleet:
+        progress(f"[demo] AIT traffic: {cfg.transfers} transfers each way on "
+                 f"{len(tb.state['links'])} links, through the node processes")  # fmt: skip
+        traffic = await run_traffic(fleet, cfg.transfers, cfg.partition, progress)
+        bridge = await trio.to_thread.run_sync(bridge_totals, tb)
+        say_run("bilateral")
+        runs["bilateral"] = await run_transitions(
+            fleet, cfg.epochs, cfg.seed, None, progress, cfg.crash_rate, app_period=APP_PERIOD
+        )
+    for algo in ALGORITHMS[1:]:  # each on node processes of its own, on the same links
+        say_run(algo)
+        runs[algo] = await run_fleet(tb, cfg.epochs, cfg.seed, None, progress, cfg.crash_rate,
+                                     algorithm=algo, app_period=APP_PERIOD)  # fmt: skip
+    return traffic, bridge, runs
 
 
 def bridge_totals(tb: Testbed) -> dict[str, int]:
@@ -332,18 +380,7 @@ def run_demo(cfg: DemoConfig, progress: Callable[[str], None]) -> dict[str, Any]
         namespaces = tb.namespaces()
         progress(f"[demo] testbed {name} up in {time.perf_counter() - t0:.1f} s "
                  f"(prefix {tb.prefix}, {len(namespaces)} namespaces)")  # fmt: skip
-        progress(f"[demo] AIT traffic: {cfg.transfers} transfers each way on "
-                 f"{len(tb.state['links'])} links")  # fmt: skip
-        traffic = _run(run_traffic, tb, cfg.transfers, cfg.partition, progress)
-        bridge_traffic = bridge_totals(tb)
-        testbed_runs = {}
-        for algo in ALGORITHMS:
-            progress(f"[demo] {algo}: {cfg.epochs} epoch transitions on the testbed's links, "
-                     f"app traffic every ~{APP_PERIOD * 1e3:g} ms per link direction")  # fmt: skip
-            testbed_runs[algo] = _run(
-                run_on_testbed, tb, cfg.epochs, cfg.seed, None, progress, cfg.crash_rate,
-                algorithm=algo, app_period=APP_PERIOD,
-            )  # fmt: skip
+        traffic, bridge_traffic, testbed_runs = _run(run_on_nodes, tb, cfg, progress)
         bridge_all = bridge_totals(tb)
         testbed_info = {"name": tb.name, "prefix": tb.prefix, "namespaces": namespaces}
     progress(f"[demo] testbed {name} down")
@@ -422,7 +459,7 @@ def format_table(report: dict[str, Any]) -> str:
         ("transitions committed", lambda r: r["committed"]),
         ("aborted", lambda r: r["aborted"]),
         ("stuck", lambda r: r["stuck"]),
-        ("node crash-restarts", lambda r: r["crashes"]),
+        ("node kill -9 + restarts", lambda r: r["crashes"]),
         ("convergence median µs", lambda r: r["median_convergence_us"]),
         ("convergence p99 µs", lambda r: r["p99_convergence_us"]),
         ("link exchange µs", lambda r: r["median_link_rtt_us"]),
@@ -430,6 +467,7 @@ def format_table(report: dict[str, Any]) -> str:
         ("mixed-epoch frames", _testbed_only("mixed_epoch_frames")),
         ("mixed-epoch states", lambda r: f"{r['mixed_epoch_states']}/{r['probes']}"),
         ("inconsistent states", _inconsistent_states),
+        ("node CPU ms/transition", _testbed_only("cpu_ms_per_transition")),
     ]
     width = max(len(n) for n in names) + 2
     lines += ["", f"Epoch transitions ({cfg['epochs']} per algorithm):",
@@ -438,8 +476,10 @@ def format_table(report: dict[str, Any]) -> str:
         lines.append(f"  {label:<24}" + "".join(f"{_fmt(get(conv[n])):>{width}}" for n in names))
     lines += [
         "",
-        "  testbed: real frames through the impairing bridge, same seed, faults and crash",
-        "  draws for both (one due while its node is down does nothing). simulated: as many",
+        "  testbed: one `oae node --epochs` process per node, real frames through the",
+        "  impairing bridge, same seed, faults and crash draws for both (a crash is kill -9",
+        "  of a node process, restarted from its state dir; one due while its node is down",
+        "  does nothing); convergence timed inside the initiator's process. simulated: as many",
         "  transitions on oae.epoch.sim, crashes at the same rate, the testbed's loss and",
         "  bilateral link exchange as round trip.",
         "  mixed-epoch frames: application frames delivered into another epoch than the one",
@@ -498,7 +538,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=1.5,
         metavar="SECONDS",
         help="cut the first link for this long during the traffic, longer than the link's "
-        f"{LINK.dead:g} s dead timer: it fails, transfers caught in flight settle by "
+        f"{DEAD:g} s dead timer: it fails, transfers caught in flight settle by "
         "reconciliation (committed or reversed), and it goes on (default 1.5; 0: no cut)",
     )
     p.add_argument(
@@ -506,8 +546,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         type=float,
         default=0.2,
         metavar="P",
-        help="probability that a node crashes (links, epoch layer and traffic torn down, "
-        "restarted from disk 0.6-1 s later) during each transition on the testbed, the same "
+        help="probability that a node process is killed (SIGKILL: links, epoch layer and "
+        "traffic gone at once; restarted from its state dir 0.6-1 s later) during each "
+        "transition on the testbed, the same "
         "crashes for bilateral and snap-t; the simulated runs get as many per transition "
         "on average (default 0.2; 0: none)",
     )

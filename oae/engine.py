@@ -55,12 +55,15 @@ class DownReason(IntEnum):
     DEAD = 1
     PEER_RESTART = 2
     PEER_LOST = 3
+    RESET = 4  # this end's reset()
 
 
 @dataclass(frozen=True)
 class LinkConfig:
     """One end of a link. Times are nanoseconds of whatever clock the caller passes as
-    `now`; `nonce` must be random per process in production and fixed in tests."""
+    `now`; `nonce` must be random per process in production and fixed in tests.
+    `gates`: the application holds, reports and commits CONTROL transfers
+    (docs/protocol.md 7.11)."""
 
     mac: bytes
     nonce: int
@@ -76,6 +79,7 @@ class LinkConfig:
     idle_ns: int = 0
     epoch: int = 0
     persist: bool = False
+    gates: bool = False
 
     def __post_init__(self) -> None:
         if len(self.mac) != 6 or (self.peer_mac is not None and len(self.peer_mac) != 6):
@@ -128,20 +132,43 @@ class Delivered:
 
 @dataclass(frozen=True)
 class Committed:
-    """My transfer `tid` was delivered by the peer; `restored`: reported after a restart."""
+    """My transfer `tid` was delivered by the peer; `restored`: reported after a restart;
+    `round` (gates): decided by a reconciliation round, not reported by the peer."""
 
     tid: int
     restored: bool = False
+    round: bool = False
 
 
 @dataclass(frozen=True)
 class Aborted:
-    """My transfer `tid` was reversed; its payload is mine again (empty if `restored`)."""
+    """My transfer `tid` was reversed; its payload is mine again (empty if `restored`);
+    `round` (gates): decided by a reconciliation round."""
 
     tid: int
     payload: bytes = b""
     control: bool = False
     restored: bool = False
+    round: bool = False
+
+
+@dataclass(frozen=True)
+class Offered:
+    """Gates: the peer's CONTROL transfer `tid` waits for `hold(tid)` or `refuse(tid)`.
+    `delivered`: this end's in_delivered when it was offered; the tids between it and
+    `tid` are held and will be delivered (or discarded by a round) before `tid` is."""
+
+    tid: int
+    payload: bytes
+    delivered: int = 0
+
+
+@dataclass(frozen=True)
+class Reflected:
+    """Gates: the peer holds my gated transfer `tid`; it waits for `commit(tid)`."""
+
+    tid: int
+    payload: bytes
 
 
 @dataclass(frozen=True)
@@ -149,14 +176,24 @@ class Persist:
     """Store `durable()` on stable storage, then call `persisted()`."""
 
 
-Event = LinkUp | LinkDown | Delivered | Committed | Aborted | Persist
+Event = LinkUp | LinkDown | Delivered | Committed | Aborted | Persist | Offered | Reflected
 
 STATS_FIELDS = (
     "frames_in frames_accepted frames_out offers_dup offers_gap offers_refused "
     "offers_wrong_epoch delivered committed aborted timeouts_rto links_up links_down "
-    "reconciles wakes phase out_hi out_commit out_peer_held out_settled in_held in_delivered "
-    "in_released in_refusing peer_nonce"
+    "reconciles wakes offers_pending phase out_hi out_commit out_peer_held out_settled "
+    "in_held in_delivered in_released in_refusing peer_nonce in_offered in_reported"
 ).split()
+
+GATED = 0x80  # oae_link_offer flag OAE_OFFER_GATED (never sent)
+
+
+def gate_result(rc: int) -> bool:
+    """A gate call's C result: True if done, False if not now (the transfer is not in that
+    state, or the link not LIVE); ValueError if the call is invalid (gates off, not gated)."""
+    if rc == -3:
+        raise ValueError("gates are off, or the tid is not a gated transfer of this end")
+    return rc == 0
 
 
 class LinkEngine:
@@ -178,6 +215,7 @@ class LinkEngine:
         c.idle_ns = config.idle_ns
         c.epoch = config.epoch
         c.persist = config.persist
+        c.gates = config.gates
         d = ffi.NULL
         if restored is not None:
             d = ffi.new("oae_link_durable *")
@@ -225,13 +263,37 @@ class LinkEngine:
     def on_timeout(self, now: int) -> None:
         lib.oae_link_on_timeout(self._l, now)
 
-    def offer(self, payload: bytes, control: bool = False) -> int:
+    def offer(self, payload: bytes, control: bool = False, gated: bool = False) -> int:
         """Queue a transfer of up to 16 bytes; its tid, or 0 if the engine cannot take it
-        now (window full, a reversal settling, or the link not LIVE)."""
+        now (window full, a reversal settling, or the link not LIVE). `gated` (a CONTROL
+        transfer, `gates` on): the peer delivers it only after `commit(tid)`."""
         if len(payload) > PAYLOAD_MAX:
             raise ValueError(f"payload is at most {PAYLOAD_MAX} bytes")
-        rc = lib.oae_link_offer(self._l, payload, len(payload), 0x04 if control else 0, self._tid)
+        flags = (0x04 if control else 0) | (GATED if gated else 0)
+        rc = lib.oae_link_offer(self._l, payload, len(payload), flags, self._tid)
+        if rc == -3:
+            raise ValueError("a gated transfer must be CONTROL, on a link with gates on")
         return self._tid[0] if rc == 0 else 0
+
+    def hold(self, tid: int) -> bool:
+        """Gates: hold (reflect) the pending offer `tid` of an `Offered` event."""
+        return gate_result(lib.oae_link_hold(self._l, tid))
+
+    def refuse(self, tid: int) -> bool:
+        """Gates: refuse the pending offer `tid`; the peer reverses it (and later tids)."""
+        return gate_result(lib.oae_link_refuse(self._l, tid))
+
+    def report(self, tid: int) -> bool:
+        """Gates: report every delivered transfer <= `tid` to the peer (its Committed)."""
+        return gate_result(lib.oae_link_report(self._l, tid))
+
+    def commit(self, tid: int) -> bool:
+        """Gates: let the peer deliver my gated transfer `tid` (after its `Reflected`)."""
+        return gate_result(lib.oae_link_commit(self._l, tid))
+
+    def reset(self, now: int) -> bool:
+        """Drop the link (LIVE or RECONCILE) and reconcile again; False if discovering."""
+        return gate_result(lib.oae_link_reset(self._l, now))
 
     def release(self, n: int) -> None:
         """The application consumed `n` delivered transfers (room for backpressure)."""
@@ -279,12 +341,17 @@ def _event(e: object) -> Event:
     payload = bytes(e.payload[0 : e.length])  # type: ignore[attr-defined]
     control = bool(e.data_flags & 0x04)  # type: ignore[attr-defined]
     restored = bool(e.flags & lib.OAE_EVF_RESTORED)  # type: ignore[attr-defined]
+    by_round = bool(e.flags & lib.OAE_EVF_ROUND)  # type: ignore[attr-defined]
     if t == lib.OAE_EV_DELIVERED:
         return Delivered(e.tid, payload, control)  # type: ignore[attr-defined]
     if t == lib.OAE_EV_COMMITTED:
-        return Committed(e.tid, restored)  # type: ignore[attr-defined]
+        return Committed(e.tid, restored, by_round)  # type: ignore[attr-defined]
     if t == lib.OAE_EV_ABORTED:
-        return Aborted(e.tid, payload, control, restored)  # type: ignore[attr-defined]
+        return Aborted(e.tid, payload, control, restored, by_round)  # type: ignore[attr-defined]
+    if t == lib.OAE_EV_OFFERED:
+        return Offered(e.tid, payload, e.info)  # type: ignore[attr-defined]
+    if t == lib.OAE_EV_REFLECTED:
+        return Reflected(e.tid, payload)  # type: ignore[attr-defined]
     if t == lib.OAE_EV_PERSIST:
         return Persist()
     if t == lib.OAE_EV_LINK_UP:
@@ -315,6 +382,13 @@ class SimResult:
     drops: tuple[dict[Drop, int], dict[Drop, int]]
     wakes: tuple[int, int] = (0, 0)  # per end: beats sent at once for new work (idle pacing)
     timeouts_rto: tuple[int, int] = (0, 0)
+    # gates: the applications' decisions taken, and outcomes decided by a round
+    holds: int = 0
+    refusals: int = 0
+    commits: int = 0
+    reports: int = 0
+    resets: int = 0
+    round_outcomes: int = 0
 
 
 def simulate(
@@ -342,11 +416,21 @@ def simulate(
     max_virtual_ns: int = 10**12,
     idle_ns: int = 0,
     offer_ns: int = 0,
+    gates: bool = False,
+    control: float = 0.0,
+    gated: float = 0.0,
+    refuse: float = 0.0,
+    reset: float = 0.0,
+    decide_ns: int = 0,
 ) -> SimResult:
     """Run two C engines over a seeded impaired in-memory wire on a virtual clock
     (csrc/linksim.c), `transfers` each way, checking the AIT contract as it goes.
     `offer_ns` > 0 spaces the offers (one per end about that often) so that the link idles
-    between them, paced by `idle_ns`."""
+    between them, paced by `idle_ns`. A fraction `control` of the transfers is CONTROL;
+    with `gates`, a fraction `gated` of those is gated, and the applications hold (or with
+    probability `refuse` refuse) each CONTROL offer, report each CONTROL delivery, and
+    commit (or with probability `reset` reset the link instead) each gated transfer, every
+    decision up to `decide_ns` after its event; the gate invariants are checked too."""
     c = ffi.new("oae_sim_config *")
     c.seed, c.transfers = seed, transfers
     c.loss_ppm, c.dup_ppm = round(loss * 1e6), round(dup * 1e6)
@@ -358,6 +442,9 @@ def simulate(
     c.rto_ns, c.dead_ns, c.hello_ns = rto_ns, dead_ns, hello_ns
     c.has_key, c.max_virtual_ns = keyed, max_virtual_ns
     c.idle_ns, c.offer_ns = idle_ns, offer_ns
+    c.gates, c.decide_ns = gates, decide_ns
+    c.control_ppm, c.gated_ppm = round(control * 1e6), round(gated * 1e6)
+    c.refuse_ppm, c.reset_ppm = round(refuse * 1e6), round(reset * 1e6)
     r = ffi.new("oae_sim_result *")
     rc = lib.oae_sim_run(c, r)
 
@@ -386,6 +473,12 @@ def simulate(
         ),
         wakes=(r.stats[0].wakes, r.stats[1].wakes),
         timeouts_rto=(r.stats[0].timeouts_rto, r.stats[1].timeouts_rto),
+        holds=r.holds,
+        refusals=r.refusals,
+        commits=r.commits,
+        reports=r.reports,
+        resets=r.resets,
+        round_outcomes=r.round_outcomes,
     )
 
 

@@ -122,12 +122,12 @@ def test_testbed_probe_applies_bilateral_recovery() -> None:
     """The testbed's random-instant probe for bilateral: a node behind the highest commit
     is fine if it is prepared for that wave (recovery commits it), mixed otherwise."""
     from oae.epoch.durable import DurableRecord
+    from oae.epoch.fleet import bilateral_restore_mixed
     from oae.epoch.messages import Wave
-    from oae.epoch.testbed_run import _bilateral_restore_mixed
 
     w1, other = Wave(1, 1, 0), Wave(1, 2, 3)
     steady = DurableRecord()
-    assert not _bilateral_restore_mixed([steady, steady])
-    assert not _bilateral_restore_mixed([DurableRecord(committed=w1), DurableRecord(prepared=w1)])
-    assert _bilateral_restore_mixed([DurableRecord(committed=w1), steady])
-    assert _bilateral_restore_mixed([DurableRecord(committed=w1), DurableRecord(prepared=other)])
+    assert not bilateral_restore_mixed([steady, steady])
+    assert not bilateral_restore_mixed([DurableRecord(committed=w1), DurableRecord(prepared=w1)])
+    assert bilateral_restore_mixed([DurableRecord(committed=w1), steady])
+    assert bilateral_restore_mixed([DurableRecord(committed=w1), DurableRecord(prepared=other)])

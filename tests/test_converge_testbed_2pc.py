@@ -1,9 +1,11 @@
 """2pc on namespace testbeds, real frames: the simulated baseline's processes driven over
-runtime links (oae.epoch.twopc_testbed). Fault-free on a ring of 8 every transition
-commits, application traffic flows and is held across the switch (no mixed-epoch frame
-or state); with crash-restarts every transition is still decided and no probe finds the
-durable epochs disagreeing under 2pc's restore rule; and `oae bench convergence_testbed
---quick` reports bilateral and 2pc side by side, every figure with a unit and a baseline."""
+runtime links (oae.epoch.twopc_testbed), one in each `oae node --epochs --algorithm 2pc`
+process, the coordinator learning everything over the links. Fault-free on a ring of 8
+every transition commits, application traffic flows and is held across the switch (no
+mixed-epoch frame or state); with crash-restarts every transition is still decided and
+no probe finds the durable epochs disagreeing under 2pc's restore rule; and `oae bench
+convergence_testbed --quick` reports bilateral and 2pc side by side, every figure with a
+unit and a baseline."""
 
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ import trio
 
 from oae.bench import suite
 from oae.epoch.baselines import SimpleStore
-from oae.epoch.testbed_run import run_on_testbed
+from oae.epoch.fleet import run_fleet
 from oae.epoch.twopc_testbed import load_store, save_store
 
 root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: namespaces, raw sockets")
@@ -25,7 +27,7 @@ root = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: namespaces, raw
 def _run(tb: object, epochs: int, seed: int, initiator: int | None, crash_rate: float) -> dict:
     return trio.run(
         partial(
-            run_on_testbed, tb, epochs, seed, initiator, None, crash_rate,
+            run_fleet, tb, epochs, seed, initiator, None, crash_rate,
             algorithm="2pc", app_period=0.02,
         )
     )  # fmt: skip

@@ -135,7 +135,7 @@ def test_demo_argument_errors(capsys: pytest.CaptureFixture[str]) -> None:
         (["--loss", "lots"], "--loss"),
         (["--nodes", "2"], "--nodes 2"),
         (["--epochs", "0"], "--epochs 0"),
-        (["--partition", "0.5"], "--partition 0.5"),
+        (["--partition", "0.25"], "--partition 0.25"),
         (["--crash-rate", "1.5"], "--crash-rate 1.5"),
     ):
         assert main(["demo", *argv]) == 2

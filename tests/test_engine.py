@@ -72,7 +72,7 @@ def test_offer_arguments(cls: type) -> None:
 
 def test_public_names() -> None:
     for name in ("LinkEngine", "LinkConfig", "Durable", "LinkUp", "LinkDown", "Delivered",
-                 "Committed", "Aborted", "Persist", "Drop"):  # fmt: skip
+                 "Committed", "Aborted", "Persist", "Offered", "Reflected", "Drop"):  # fmt: skip
         assert name in oae.__all__ and hasattr(oae, name)
 
 

@@ -50,8 +50,8 @@ async def test_two_nodes_converge_and_recover_over_veth(veth_pair, tmp_path) -> 
                 assert a.machine.send_epoch(1) == 1
                 out = await a.send(1, b"after-switch")
                 assert out.committed
-                n, payload = await b.received().receive()
-                assert (n, payload) == (0, b"after-switch")
+                n, msg = await b.received().receive()
+                assert (n, msg.payload, msg.control) == (0, b"after-switch", False)
             assert FileStore(da / "epoch.json").load().epoch == 1
             assert FileStore(db / "epoch.json").load().epoch == 1
             # Node b restarts (a fresh EpochNode from its state dir), then leads epoch 2.
@@ -70,8 +70,9 @@ async def test_two_nodes_converge_and_recover_over_veth(veth_pair, tmp_path) -> 
 
 @needs_root
 async def test_tagged_application_frames_count_mixed_epochs(veth_pair, tmp_path) -> None:
-    """With tag_epochs, payloads carry the sender's epoch; a delivery whose tag is not the
-    receiver's committed epoch is counted (here forged past the EpochNode on the link)."""
+    """With tag_epochs, payloads carry the sender's epoch, removed at delivery; a delivery
+    whose tag is not the receiver's committed epoch is counted and refused (here forged
+    past the EpochNode on the link)."""
     async with (
         open_link(veth_pair.if_a, veth_pair.ns_a, state_dir=tmp_path / "la") as la,
         open_link(veth_pair.if_b, veth_pair.ns_b, state_dir=tmp_path / "lb") as lb,
@@ -84,12 +85,16 @@ async def test_tagged_application_frames_count_mixed_epochs(veth_pair, tmp_path)
                 await a.wait_ready()
                 await b.wait_ready()
                 assert (await a.send(1, b"ok")).committed
-                assert await b.received().receive() == (0, (0).to_bytes(4, "big") + b"ok")
+                n, msg = await b.received().receive()
+                assert (n, msg.payload) == (0, b"ok")
                 assert (b.app_received, b.mixed_app_frames) == (1, 0)
                 # Tagged 7 in the payload, sent at the link's own record epoch (0).
                 assert (await la.send((7).to_bytes(4, "big") + b"forged")).committed
-                await b.received().receive()
-                assert (b.app_received, b.mixed_app_frames) == (2, 1)
+                assert (await a.send(1, b"next")).committed
+                n, msg = await b.received().receive()
+                assert msg.payload == b"next"  # the forged frame was not handed over
+                assert (b.app_received, b.mixed_app_frames) == (3, 1)
+                assert b.counters()["mixed_app_frames"] == 1
 
 
 class FakeLink:

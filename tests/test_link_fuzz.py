@@ -1,6 +1,7 @@
 """The link engine under AddressSanitizer and UBSan: a short, bounded libFuzzer run of
-csrc/fuzz_link.c (arbitrary bytes as frames plus a byte-driven script of API calls, with
-the engine's invariants checked after every step). Long runs: docs/fuzzing.md."""
+csrc/fuzz_link.c (arbitrary bytes as frames plus a byte-driven script of API calls, gate
+decisions and resets included, with the engine's invariants checked after every step).
+Long runs: docs/fuzzing.md."""
 
 from __future__ import annotations
 
@@ -25,6 +26,12 @@ def _seeds(corpus: Path) -> None:
     (corpus / "live").write_bytes(live + bytes([4, 5, 8, 8, 6, 0x0F, 8]))
     (corpus / "replay").write_bytes(live + bytes([4, 7, 8, 2, 2, 1, 30, 1, 8]))
     (corpus / "crash").write_bytes(live + bytes([4, 9, 8, 7, 1, 3, 200, 8, 8, 7, 0, 8, 8]))
+    # gates on (config bit 6): a gated CONTROL transfer each way, every decision taken
+    # (op 11), then a reset (op 10) or a crash-restart (op 7)
+    gated = bytes([0x71]) + bytes([8]) * 3 + bytes([4, 0xC3, 8])
+    (corpus / "gated").write_bytes(gated + bytes([11, 8, 11, 8, 11, 8]))
+    (corpus / "gated_reset").write_bytes(gated + bytes([9, 0, 8, 10, 1, 8, 8, 8]))
+    (corpus / "gated_crash").write_bytes(gated + bytes([11, 8, 7, 1, 3, 200, 8, 8, 11, 8]))
 
 
 def test_fuzz_target_short_run(fuzzer: Path, tmp_path: Path) -> None:
@@ -33,14 +40,25 @@ def test_fuzz_target_short_run(fuzzer: Path, tmp_path: Path) -> None:
     short_run(fuzzer, corpus, tmp_path, "-max_total_time=15", "-seed=1", "-max_len=512")
 
 
-def test_fuzz_target_catches_a_broken_invariant(fuzzer: Path, tmp_path: Path) -> None:
-    """The target's checks are real: running a seed through a build whose engine breaks
-    an invariant (delivered beyond held) aborts."""
+@pytest.mark.parametrize(
+    "marker, replacement",
+    [
+        # delivered beyond held
+        ("    o->in_delivered = l->in_delivered;\n", "    o->in_delivered = l->in_held + 1;\n"),
+        # gates: a CONTROL delivery reported before the application's report()
+        ("    return l->in_reported < d ? l->in_reported : d;\n", "    return d;\n"),
+    ],
+    ids=["registers", "report-gate"],
+)
+def test_fuzz_target_catches_a_broken_invariant(
+    fuzzer: Path, tmp_path: Path, marker: str, replacement: str
+) -> None:
+    """The target's checks are real: running the seeds through a build whose engine breaks
+    an invariant aborts."""
     broken = tmp_path / "link_broken.c"
     src = (ROOT / "csrc" / "link.c").read_text()
-    marker = "    o->in_delivered = l->in_delivered;\n"
     assert marker in src
-    broken.write_text(src.replace(marker, "    o->in_delivered = l->in_held + 1;\n"))
+    broken.write_text(src.replace(marker, replacement))
     binary = tmp_path / "fuzz_link_broken.bin"
     build = subprocess.run(
         ["clang", "-g", "-O1", "-fsanitize=fuzzer,address,undefined", f"-I{ROOT / 'csrc'}",

@@ -2,7 +2,9 @@
 an idle link is paced by the leader alone; new work (an offer) goes out at once whichever
 end holds the token, without waiting for the pacing; and a second token that a wake-up
 can create (the leader's held answer already on its way) merges again, so that an idle
-link settles back to one token. Against the C engine and the Python model alike."""
+link settles back to one token. With gates (7.11), a link whose transfer waits on an
+application's decision is paced too, and the decision goes out at once. Against the C
+engine and the Python model alike."""
 
 from __future__ import annotations
 
@@ -10,7 +12,16 @@ import heapq
 
 import pytest
 
-from oae.engine import NEVER, Committed, Delivered, LinkConfig, LinkEngine, Persist
+from oae.engine import (
+    NEVER,
+    Committed,
+    Delivered,
+    LinkConfig,
+    LinkEngine,
+    Offered,
+    Persist,
+    Reflected,
+)
 from oae.model.link import LinkModel
 from oae.wire import Phase
 
@@ -24,9 +35,9 @@ RTO = 3_000_000
 class Wire:
     """Two engines joined by a wire with a fixed one-way delay, run event by event."""
 
-    def __init__(self, cls: type, idle: int = IDLE, persist_ns: int = 0) -> None:
+    def __init__(self, cls: type, idle: int = IDLE, persist_ns: int = 0, gates: bool = False):
         common = dict(window=8, beat=4, rx_capacity=16, rto_ns=RTO, dead_ns=50_000_000,
-                      hello_ns=200_000, idle_ns=idle, persist=True)  # fmt: skip
+                      hello_ns=200_000, idle_ns=idle, persist=True, gates=gates)  # fmt: skip
         self.ends = [cls(LinkConfig(mac=A_MAC, nonce=11, **common)),  # type: ignore[arg-type]
                      cls(LinkConfig(mac=B_MAC, nonce=22, **common))]  # type: ignore[arg-type]
         self.now = 0
@@ -34,6 +45,7 @@ class Wire:
         self.flight: list[tuple[int, int, int, bytes]] = []  # (at, order, to, frame)
         self.sent: list[tuple[int, int]] = []  # (time, from)
         self.committed: list[list[tuple[int, int]]] = [[], []]  # (tid, time)
+        self.events: list[list[tuple[int, object]]] = [[], []]  # (time, event)
         self.persist_ns = persist_ns
         self.persist_at = [NEVER, NEVER]
 
@@ -42,6 +54,7 @@ class Wire:
         if e.next_timeout() <= self.now:
             e.on_timeout(self.now)
         for ev in e.poll_events():
+            self.events[w].append((self.now, ev))
             if isinstance(ev, Persist):
                 self.persist_at[w] = min(self.persist_at[w], self.now + self.persist_ns)
             elif isinstance(ev, Committed):
@@ -81,6 +94,11 @@ class Wire:
 
     def frames_between(self, t0: int, t1: int) -> int:
         return sum(1 for t, _ in self.sent if t0 <= t < t1)
+
+    def when(self, w: int, kind: type, tid: int, since: int = 0) -> int:
+        """When end w saw its event of `kind` for `tid` (NEVER if not yet)."""
+        at = [t for t, e in self.events[w] if isinstance(e, kind) and e.tid == tid and t >= since]
+        return at[0] if at else NEVER  # type: ignore[attr-defined]
 
 
 @pytest.fixture(params=[LinkEngine, LinkModel], ids=["c", "model"])
@@ -189,3 +207,67 @@ def test_symmetric_holds_would_keep_two_tokens() -> None:
     w.run_until(t1 + 50 * IDLE)
     one_token = 2 * 50 * IDLE / (2 * IDLE + 2 * LAT)
     assert w.frames_between(t1, w.now) >= 1.8 * one_token
+
+
+def _paced(w: Wire, periods: int, tokens: int = 1) -> None:
+    """Nothing is decided for `periods` idle periods: the link carries at most `tokens`
+    paced tokens (each two frames per idle period and round trip), no re-offer fires."""
+    t0 = w.now
+    w.run_until(t0 + periods * IDLE)
+    cycles = periods * IDLE / (IDLE + 2 * LAT)
+    assert w.frames_between(t0, w.now) <= 2 * tokens * cycles * 1.05 + 4
+    assert [e.stats()["timeouts_rto"] for e in w.ends] == [0, 0]
+
+
+def _decide(w: Wire, call: object, end: int, kind: type, tid: int) -> int:
+    """Make a decision and return how long its effect (event `kind` at `end`) took."""
+    t0 = w.now
+    assert call(tid)  # type: ignore[operator]
+    w.run_until(t0 + IDLE // 2)
+    assert w.when(end, kind, tid, t0) != NEVER
+    return w.when(end, kind, tid, t0) - t0
+
+
+@pytest.mark.parametrize("sender", [0, 1], ids=["follower-sends", "leader-sends"])
+def test_a_gated_transfer_waiting_on_either_application_is_paced(cls: type, sender: int) -> None:
+    """Each of the three waits (the receiver's hold, the sender's commit, the receiver's
+    report) paces the link whichever end waits, and each decision takes effect within two
+    round trips rather than an idle period."""
+    w = Wire(cls, gates=True)
+    w.up()
+    w.run_until(w.now + 3 * IDLE + IDLE // 3)
+    s, r = w.ends[sender], w.ends[1 - sender]
+    tid = s.offer(b"wave", control=True, gated=True)
+    w.run_until(w.now + IDLE // 2)
+    assert w.when(1 - sender, Offered, tid) != NEVER
+    _paced(w, 30)
+    assert _decide(w, r.hold, sender, Reflected, tid) <= 4 * LAT
+    _paced(w, 30)
+    assert _decide(w, s.commit, 1 - sender, Delivered, tid) <= 4 * LAT
+    _paced(w, 30)
+    assert _decide(w, r.report, sender, Committed, tid) <= 4 * LAT
+    _paced(w, 30)  # and idle again: one paced token
+    assert w.ends[0].idle() and w.ends[1].idle()
+
+
+def test_crossing_transfers_waiting_on_both_applications_are_paced(cls: type) -> None:
+    """Both ends wait on their own applications at once (a gated transfer each way): both
+    hold their answers, so the link may carry two paced tokens until one decides, never a
+    full-speed exchange; afterwards it is back to one token."""
+    w = Wire(cls, gates=True)
+    w.up()
+    w.run_until(w.now + 3 * IDLE)
+    ta = w.ends[0].offer(b"a", control=True, gated=True)
+    tb = w.ends[1].offer(b"b", control=True, gated=True)
+    w.run_until(w.now + IDLE // 2)
+    _paced(w, 30, tokens=2)
+    assert _decide(w, w.ends[1].hold, 0, Reflected, ta) <= 4 * LAT
+    assert _decide(w, w.ends[0].hold, 1, Reflected, tb) <= 4 * LAT
+    _paced(w, 30, tokens=2)
+    assert _decide(w, w.ends[0].commit, 1, Delivered, ta) <= 4 * LAT
+    assert _decide(w, w.ends[1].commit, 0, Delivered, tb) <= 4 * LAT
+    _paced(w, 30, tokens=2)
+    assert _decide(w, w.ends[1].report, 0, Committed, ta) <= 4 * LAT
+    assert _decide(w, w.ends[0].report, 1, Committed, tb) <= 4 * LAT
+    w.run_until(w.now + 10 * IDLE)  # extra tokens merge
+    _paced(w, 50)

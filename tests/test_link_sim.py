@@ -139,3 +139,59 @@ def test_idle_wake_ups_on_a_clean_wire() -> None:
     assert r.committed == (n, n)
     assert r.wakes[0] > 0.9 * n and r.wakes[1] == 0
     assert r.timeouts_rto == (0, 0)
+
+
+# gated CONTROL transfers (docs/protocol.md 7.11): half the transfers are CONTROL and half
+# of those gated; the applications hold (1% refuse), commit (0.5% reset the link instead)
+# and report, each up to 30 us after the event (three round trips)
+GATED = dict(gates=True, control=0.5, gated=0.5, refuse=0.01, reset=0.005, decide_ns=30_000)
+
+
+def _gated(r: object, n: int) -> None:
+    assert r.ok, r.violation  # type: ignore[attr-defined]
+    assert r.offered == (n, n)  # type: ignore[attr-defined]
+    for w in (0, 1):
+        assert r.committed[w] + r.aborted[w] == n  # type: ignore[attr-defined]
+        assert r.delivered[w] == r.committed[w]  # type: ignore[attr-defined]
+    # every kind of decision was taken, and rounds decided some outcomes
+    assert min(r.holds, r.refusals, r.commits, r.reports, r.resets) > 0  # type: ignore[attr-defined]
+    assert r.round_outcomes > 0  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("seed", [31, 32])
+def test_gated_transfers_under_impairment(seed: int) -> None:
+    r = simulate(30_000, seed=seed, **GATED, **IMPAIRED)
+    _gated(r, 30_000)
+    assert sum(r.committed) > 10_000
+
+
+def test_gated_transfers_with_flaps_crashes_and_slow_storage() -> None:
+    r = simulate(30_000, seed=33, flap_every_ns=4_000_000, flap_ns=1_500_000,
+                 crash_every_ns=2_500_000, persist_ns=10_000, **GATED, **IMPAIRED)  # fmt: skip
+    _gated(r, 30_000)
+    assert r.flaps >= 20 and r.crashes >= 20
+
+
+def test_gated_transfers_with_backpressure_and_long_delays() -> None:
+    """A slow receiver refuses behind undecided gated transfers; frames of a crashed
+    end's previous life are still in flight when it restarts."""
+    r = simulate(20_000, seed=34, release_ns=2_000, rx_capacity=8, crash_every_ns=3_000_000,
+                 reorder_ns=900_000, **GATED, **IMPAIRED)  # fmt: skip
+    _gated(r, 20_000)
+
+
+def test_gated_transfers_keep_an_idle_link_paced() -> None:
+    """Spaced offers, every decision up to 2 ms late (ten idle periods): the exchange waits
+    on the applications at idle pace, not at the wire's speed (a full-speed exchange would
+    send hundreds of frames per decision), also under impairment, flaps and crashes."""
+    n = 1_000
+    paced = dict(idle_ns=200_000, offer_ns=5_000_000, rto_ns=400_000, dead_ns=4_000_000,
+                 hello_ns=400_000)  # fmt: skip
+    plain = simulate(n, seed=35, **paced)
+    r = simulate(n, seed=35, **{**GATED, "decide_ns": 2_000_000}, **paced)
+    assert r.ok, r.violation
+    assert r.frames <= 1.2 * plain.frames and r.committed[0] + r.aborted[0] == n
+    assert r.timeouts_rto == (0, 0)
+    faults = dict(flap_every_ns=90_000_000, flap_ns=6_000_000, crash_every_ns=70_000_000)
+    r = simulate(n, seed=36, **{**GATED, "decide_ns": 2_000_000}, **paced, **IMPAIRED, **faults)
+    _gated(r, n)

@@ -1,5 +1,6 @@
 """The link-phase transition table is the code's own, docs/protocol.md embeds the diagram
-generated from it, and the engine never changes phase along an edge outside it."""
+generated from it, and the engine never changes phase along an edge outside it (timers,
+frames and the application's reset())."""
 
 from __future__ import annotations
 
@@ -35,7 +36,7 @@ class Tracked:
 
     def __getattr__(self, name: str) -> object:
         fn = getattr(self.engine, name)
-        if name not in ("on_frame", "on_timeout", "poll_tx"):
+        if name not in ("on_frame", "on_timeout", "poll_tx", "reset"):
             return fn
 
         def tracked(*args: object) -> object:
@@ -85,3 +86,28 @@ def test_engine_moves_only_along_the_table(cls: type) -> None:
     assert seen <= table, seen - table
     # and the scenario exercised every edge of the table
     assert seen == table, table - seen
+
+
+@pytest.mark.parametrize("cls", [LinkEngine, LinkModel], ids=["c", "model"])
+def test_reset_moves_only_along_its_edges(cls: type) -> None:
+    """reset() leaves LIVE and RECONCILE for DISCOVER (the table's reset rows), and the
+    link comes back through discovery and a round."""
+    seen: set[tuple[Phase, Phase]] = set()
+    p = Pair(cls, gates=True)
+    p.ends = [Tracked(e, seen) for e in p.ends]  # type: ignore[misc]
+    p.up()
+    seen.clear()
+    p.ends[0].reset(p.now)  # LIVE -> DISCOVER
+    assert (Phase.LIVE, Phase.DISCOVER) in seen
+    while p.ends[0].stats()["phase"] != Phase.RECONCILE:
+        p.step()
+        p.now += 10
+    p.ends[0].reset(p.now)  # RECONCILE -> DISCOVER
+    assert (Phase.RECONCILE, Phase.DISCOVER) in seen
+    p.ends[0].reset(p.now)  # DISCOVER: refused, no move
+    p.run(100)
+    assert [e.stats()["phase"] for e in p.ends] == [Phase.LIVE, Phase.LIVE]
+    resets = {(a, b) for a, b, trigger in transitions() if trigger.startswith("reset()")}
+    assert resets == {(Phase.LIVE, Phase.DISCOVER), (Phase.RECONCILE, Phase.DISCOVER)}
+    table = {(a, b) for a, b, _ in transitions()}
+    assert seen <= table, seen - table

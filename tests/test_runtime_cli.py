@@ -1,5 +1,5 @@
-"""Command-line errors of `oae node/status/send/recv`: one line naming the problem, exit 2,
-nothing left behind."""
+"""Command-line errors of `oae node/status/send/recv/outcomes`: one line naming the problem,
+exit 2, nothing left behind."""
 
 from __future__ import annotations
 
@@ -32,7 +32,7 @@ def one_line_error(cp: subprocess.CompletedProcess[str], needle: str) -> None:
 
 def test_client_without_a_node_gets_one_line(tmp_path) -> None:
     sock = tmp_path / "none.sock"
-    for cmd in (("status",), ("send", "hi"), ("recv",)):
+    for cmd in (("status",), ("send", "hi"), ("recv",), ("outcomes",), ("send", "--no-wait", "x")):
         one_line_error(oae(*cmd, "--control", str(sock)), f"no node listens on {sock}")
 
 
@@ -43,6 +43,9 @@ def test_bad_key_file_and_bad_options(tmp_path) -> None:
     one_line_error(oae("node", "--iface", "lo", "--key-file", str(tmp_path / "missing")),
                    "No such file")  # fmt: skip
     one_line_error(oae("recv", "--control", str(tmp_path / "x"), "--count", "0"), "--count")
+    one_line_error(oae("outcomes", "--control", str(tmp_path / "x"), "--timeout", "-1"),
+                   "--timeout")  # fmt: skip
+    one_line_error(oae("send", "--control", str(tmp_path / "x"), "--key", "3", "x"), "--no-wait")
     bad = oae("node", "--iface", "lo", "--beat", "3")
     assert bad.returncode == 2 and "invalid choice" in bad.stderr
 

@@ -309,3 +309,162 @@ async def test_busy_poll_and_qdisc_bypass_links_work(veth_pair, mode: str) -> No
                 break
         assert got == [b"%d" % i for i in range(1000)]
         assert (a.stats()["pump"]["wakeups"] == 0) == (mode == "busy")  # busy never sleeps
+
+
+# ---- exactly-once for applications (docs/applications.md) ----------------------------
+async def _up(*links) -> None:
+    with trio.fail_after(10):
+        for link in links:
+            await link.wait_up()
+
+
+async def _take(stream, n: int, seconds: float = 30) -> list:
+    got = []
+    with trio.fail_after(seconds):
+        async for item in stream:
+            got.append(item)
+            if len(got) == n:
+                break
+    return got
+
+
+async def test_keys_come_back_with_every_outcome_and_must_grow(veth_pair) -> None:
+    async with (
+        open_link(veth_pair.if_a, veth_pair.ns_a) as a,
+        open_link(veth_pair.if_b, veth_pair.ns_b),
+    ):
+        await _up(a)
+        outs = await a.send_many([b"x", b"y"], keys=[5, 9])
+        assert [(o.key, o.committed, o.restored) for o in outs] == [(5, True, False),
+                                                                   (9, True, False)]  # fmt: skip
+        assert (await a.send(b"no key")).key is None and a.last_key == 9
+        for bad in ([9], [10, 10], [0], [2**64], ["11"]):
+            with pytest.raises(UsageError, match="grow strictly"):
+                a.post([b"z"] * len(bad), keys=bad)
+        with pytest.raises(UsageError, match="one key per payload"):
+            a.post([b"z"], keys=[11, 12])
+        a.post([b"p%d" % i for i in range(100)], keys=list(range(10, 110)))
+        got = await _take(a.outcomes(), 100)
+        assert [o.key for o in got] == list(range(10, 110)) and all(o.committed for o in got)
+
+
+async def test_a_full_outcome_stream_pauses_offers_and_drops_nothing(veth_pair) -> None:
+    opts = LinkOptions(window=8, outcome_buffer=16)
+    async with (
+        open_link(veth_pair.if_a, veth_pair.ns_a, options=opts) as a,
+        open_link(veth_pair.if_b, veth_pair.ns_b, options=opts),
+    ):
+        await _up(a)
+        n = 300
+        a.post([b"%d" % i for i in range(n)], keys=list(range(1, n + 1)))
+        with trio.fail_after(10):
+            while not a.stats()["offers_paused"]:
+                await trio.sleep(0.01)
+        await trio.sleep(0.3)
+        st = a.stats()
+        # nobody consumes: what settled is bounded by the buffer plus a window in flight
+        assert 16 <= st["committed"] <= 16 + 8 and st["backlog"] >= n - 24
+        got = await _take(a.outcomes(), n)
+        assert sorted(o.key for o in got) == list(range(1, n + 1))
+        assert not a.stats()["offers_paused"]
+
+
+async def test_cancelled_sends_settle_into_the_outcome_stream(veth_pair) -> None:
+    async with (
+        open_link(veth_pair.if_a, veth_pair.ns_a) as a,
+        open_link(veth_pair.if_b, veth_pair.ns_b),
+    ):
+        await _up(a)
+        with trio.move_on_after(0.001):
+            await a.send_many([b"%d" % i for i in range(500)], keys=list(range(1, 501)))
+        got = await _take(a.outcomes(), 500)
+        assert sorted(o.key for o in got) == list(range(1, 501))
+
+
+async def test_restart_hands_out_again_only_what_was_not_consumed(veth_pair, tmp_path) -> None:
+    """Both ends close (as a crash would, for what matters here) with outcomes not yet
+    acknowledged and messages not yet released: reopened on the same state dirs they get
+    exactly those again (restored / redelivered), then nothing more."""
+    sa, sb = tmp_path / "a", tmp_path / "b"
+    n = 200
+    async with (
+        open_link(veth_pair.if_a, veth_pair.ns_a, state_dir=sa) as a,
+        open_link(veth_pair.if_b, veth_pair.ns_b, state_dir=sb) as b,
+    ):
+        await _up(a, b)
+        a.post([b"%d" % i for i in range(n)], keys=list(range(1, n + 1)))
+        first = await _take(a.outcomes(), 51)  # 50 acknowledged; the 51st's body never ends
+        first_msgs = await _take(b.received(), 81)  # 80 released; the 81st's body never ends
+        with trio.fail_after(10):
+            while a.stats()["outcomes_waiting"] < n - 51:
+                await trio.sleep(0.01)
+    async with (
+        open_link(veth_pair.if_a, veth_pair.ns_a, state_dir=sa) as a,
+        open_link(veth_pair.if_b, veth_pair.ns_b, state_dir=sb) as b,
+    ):
+        assert a.last_key == n
+        again = await _take(a.outcomes(), n - 50, 10)
+        assert [o.key for o in again] == list(range(51, n + 1))
+        assert all(o.restored and o.committed for o in again)
+        msgs = await _take(b.received(), n - 80, 10)
+        assert [m.tid for m in msgs] == list(range(81, n + 1)) and all(m.redelivered for m in msgs)
+        assert [m.payload for m in first_msgs[:80] + msgs] == [b"%d" % i for i in range(n)]
+        assert {o.key for o in first[:50]}.isdisjoint(o.key for o in again)
+        await _up(a, b)
+        assert (await a.send(b"more", key=n + 1)).committed  # the round has settled
+        # the last commits were logged after the registers' last store, so the engine
+        # settled them again; the pump knew them from its log and reported none twice
+        assert a.stats()["outcomes_waiting"] == 0
+        pump = a.stats()["pump"]
+        assert pump["restored_dups"] > 0 and pump["restore_conflicts"] == 0
+
+
+async def test_event_log_is_compacted_while_the_link_runs(veth_pair, tmp_path) -> None:
+    from oae.runtime.link import read_log
+
+    sa, sb = tmp_path / "a", tmp_path / "b"
+    opts = LinkOptions(window=256, beat=16, log_limit=16384)
+    n = 5000
+    async with (
+        open_link(veth_pair.if_a, veth_pair.ns_a, state_dir=sa, options=opts) as a,
+        open_link(veth_pair.if_b, veth_pair.ns_b, state_dir=sb, options=opts) as b,
+    ):
+        await _up(a, b)
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(_take, b.received(), n, 60)
+            a.post([b"%d" % i for i in range(n)], keys=list(range(1, n + 1)))
+            outs = await _take(a.outcomes(), n, 60)
+        assert all(o.committed for o in outs)
+        assert a.stats()["pump"]["compactions"] > 0 and b.stats()["pump"]["compactions"] > 0
+        for s in (sa, sb):  # kept whole, ~10,000 records of 48 bytes: 480 kB
+            assert (s / "events.log").stat().st_size < 16384 + 256 * 48 * 4
+        await a.send(b"last", key=n + 1)
+    async with (  # reopened: each log compacted to what is still owed
+        open_link(veth_pair.if_a, veth_pair.ns_a, state_dir=sa) as a,
+        open_link(veth_pair.if_b, veth_pair.ns_b, state_dir=sb),
+    ):
+        assert a.last_key == n + 1  # kept through the compactions
+    # released all but the one whose loop body ended with `break` and the one never taken
+    assert [(r.kind, r.tid) for r in read_log(sb)] == [("delivered", n), ("delivered", n + 1)]
+    # the sender's: the outcome taken last (not acknowledged: its loop ended with `break`),
+    # and the one send() returned, acknowledged, until the registers count it as settled
+    # (were it forgotten, a restart would report it again)
+    assert [(r.kind, r.key, r.acked) for r in read_log(sa)] in (
+        [("committed", n, False), ("committed", n + 1, True)], [("committed", n, False)])
+
+
+async def test_damaged_event_log_is_refused_with_a_clear_error(veth_pair, tmp_path) -> None:
+    async with (
+        open_link(veth_pair.if_a, veth_pair.ns_a, state_dir=tmp_path) as a,
+        open_link(veth_pair.if_b, veth_pair.ns_b),
+    ):
+        await _up(a)
+        await a.send_many([b"x"] * 3)
+    log = tmp_path / "events.log"
+    data = bytearray(log.read_bytes())
+    assert len(data) >= 3 * 48
+    data[48 + 10] ^= 1  # the second record: valid ones follow
+    log.write_bytes(bytes(data))
+    with pytest.raises(UsageError, match="events.log is damaged"):
+        async with open_link(veth_pair.if_a, veth_pair.ns_a, state_dir=tmp_path):
+            pass

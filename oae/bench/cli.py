@@ -40,6 +40,10 @@ PARTS: dict[str, tuple[str, str]] = {
         "oae.bench.latency",
         "one transfer's send-to-outcome time, with and without durable state, vs C RTT",
     ),
+    "outcomes": (
+        "oae.bench.outcomes",
+        "exactly-once outcome stream (post + outcomes()) vs send_many, transfers/s, same run",
+    ),
     "testbed": ("oae.testbed.bench", "64-node ring up/down time; bridge frames/s vs direct veth"),
 }
 QUICK_SECONDS, QUICK_REPEATS = 0.2, 1

@@ -72,7 +72,20 @@ _C_BOUND = (
     " testbed, same run"
 )
 _X_BOUND = "critical-path link exchanges x median CONTROL transfer latency, same run"
+_FLOOR = (
+    "physical floor of a wave with one durable record per hop: wave legs on the critical"
+    " path (4 x eccentricity) x (C one-way frame latency + median fdatasync of the state"
+    " dirs' file system), same testbed, same run"
+)
+_CPU = (
+    "what the node processes spend; compared with nothing measured side by side (their"
+    " idle CPU per second, same run, is reported next to it)"
+)
 _DIRECT = "direct veth between the same two namespaces, same Python sender, same run"
+_SEND_MANY = (
+    "Link.send_many of the same payloads, 16,384 at a time, two calls in flight, on the same"
+    " links (with or without state dirs, as the figure), same run"
+)
 _PARAM = Rule(r"(.*\.)?(repeats|window|beat|rtt_us)", "parameter", "a setting, not compared")
 
 RULES: dict[str, list[Rule]] = {
@@ -120,7 +133,15 @@ RULES: dict[str, list[Rule]] = {
         _PARAM,
     ],
     "convergence_testbed": [
-        Rule(r"(\w+?\d+)_bilateral_us", "measured", _C_BOUND, r"\1_c_bound_us"),
+        Rule(r"(\w+?\d+)_bilateral_us", "measured", _FLOOR, r"\1_floor_us"),
+        Rule(r"(\w+?\d+)_floor_us", "baseline", _FLOOR),
+        Rule(r"(\w+?\d+)_(2pc_)?ratio_vs_floor", "ratio", _FLOOR, r"\1_floor_us"),
+        Rule(r"(\w+?\d+)_c_one_way_us", "baseline", _C_PINGPONG),
+        Rule(r"(\w+?\d+)_fsync_us", "baseline",
+             "64-byte in-place write + fdatasync in the state dirs' file system, same run"),
+        Rule(r"(\w+?\d+)_wave_legs", "parameter", "a property of the topology, not compared"),
+        Rule(r"(\w+?\d+)_(2pc_)?cpu_ms_per_transition|(\w+?\d+)_idle_cpu_ms_per_s",
+             "diagnostic", _CPU),
         Rule(r"(\w+?\d+)_c_bound_us", "baseline", _C_BOUND),
         Rule(r"(\w+?\d+)_c_rtt_us", "baseline", _C_PINGPONG),
         Rule(r"(\w+?\d+)_link_exchange_us", "measured", _C_PINGPONG, r"\1_c_rtt_us"),
@@ -136,7 +157,7 @@ RULES: dict[str, list[Rule]] = {
              "a count or a property of the topology, not compared"),
         # 2pc on the same testbed, same run: its critical path is counted as bilateral's
         # (2 x eccentricity of node 0), so the C bound is the same figure.
-        Rule(r"(\w+?\d+)_2pc_us", "measured", _C_BOUND, r"\1_c_bound_us"),
+        Rule(r"(\w+?\d+)_2pc_us", "measured", _FLOOR, r"\1_floor_us"),
         Rule(r"(\w+?\d+)_2pc_link_exchange_us", "measured", _C_PINGPONG, r"\1_c_rtt_us"),
         Rule(r"(\w+?\d+)_2pc_ratio_vs_c", "ratio", _C_BOUND, r"\1_c_bound_us"),
         Rule(r"(\w+?\d+)_2pc_ratio_vs_exchange", "ratio", _X_BOUND,
@@ -150,6 +171,15 @@ RULES: dict[str, list[Rule]] = {
         Rule(r"c_rtt_us", "baseline", _C_PINGPONG),
         Rule(r"(durable_)?transfer_us", "measured", _C_PINGPONG, "c_rtt_us"),
         Rule(r"(durable|transfer)_over_c_rtt", "ratio", _C_PINGPONG, "c_rtt_us"),
+        _PARAM,
+    ],
+    "outcomes": [
+        Rule(r"(\w+)\.stream_per_s", "measured", _SEND_MANY, r"\1.send_many_per_s"),
+        Rule(r"(\w+)\.send_many_per_s", "baseline", _SEND_MANY),
+        Rule(r"(\w+)\.ratio", "ratio", _SEND_MANY, r"\1.send_many_per_s"),
+        Rule(r"(\w+)\.stream_cpu_us", "measured", _SEND_MANY, r"\1.send_many_cpu_us"),
+        Rule(r"(\w+)\.send_many_cpu_us", "baseline", _SEND_MANY),
+        Rule(r"(\w+)\.cpu_ratio", "ratio", _SEND_MANY, r"\1.send_many_cpu_us"),
         _PARAM,
     ],
     "testbed": [

@@ -1,25 +1,34 @@
-"""`oae bench convergence_testbed`: bilateral convergence on real frames, against the
-physical ceiling of the same links, and against 2pc on the same testbed in the same run.
+"""`oae bench convergence_testbed`: bilateral convergence on real frames, run by `oae node
+--epochs` processes (one per testbed node), against the physical floor of the same links
+and disk, and against 2pc on the same testbed, the same kind of node processes, in the
+same run.
 
 For each configuration a namespace testbed comes up (direct veths, no impairment). First
-the bare C ping-pong runs on one of its links (the round trip the hardware path allows);
-then `epochs` transitions of the bilateral protocol run on all its links, one EpochNode
-per node, initiated by node 0 (oae.epoch.testbed_run). The figures: median convergence
-time; the median CONTROL transfer latency (send to outcome, durable link state: the
-protocol's real link exchange); and two bounds — critical-path link exchanges (2 x the
-initiator's eccentricity) times the C round trip, and times the CONTROL latency.
-Convergence / C bound says how far the whole stack is from the wire; convergence /
-exchange bound says how far the wave is from its own critical path (issue 6's ratio).
-The wave's 2 x path one-way hops each ride a CONTROL transfer and go on at its delivery,
-which AIT allows only after the offer, the peer's hold and the commit (3 of the
-transfer's 4 legs, and all of its durable stores); so the run also reports the median
-one-way delivery and the floor it sets under that ratio, 2 x delivery / CONTROL latency.
-Then, on the same testbed, `epochs` transitions of `2pc` (the simulated baseline's
-algorithm on the same links, oae.epoch.twopc_testbed), coordinated by node 0: its
-convergence (proposal to the coordinator holding every node's commit ACK), its critical
-path (PREPARE/YES and COMMIT/ACK relayed to and from the farthest node: 2 x eccentricity,
-counted as bilateral's) and the median CONTROL transfer latency of its own run, keys
-`{config}_2pc_*`; `{config}_2pc_over_bilateral` compares the two medians.
+the floor is measured: the bare C ping-pong on one of its links (half its round trip is
+the C one-way frame latency) and the median fdatasync of a small in-place write in the
+file system of the node processes' state dirs. Then `epochs` transitions of the bilateral
+protocol run on all its links, initiated by node 0 (oae.epoch.fleet), convergence timed
+inside node 0's process, from its proposal to its Conv(P, e+1). The figures:
+
+- `{cfg}_floor_us`: the physical floor of a wave with one durable record per hop: the
+  wave legs on the critical path (4 x the initiator's eccentricity: PROPOSE out, ACCEPT
+  back, COMMIT out, DONE back) x (C one-way frame latency + median fdatasync), and
+  `{cfg}_ratio_vs_floor`, median convergence / floor (issue 13's target: <= 2);
+- diagnostics of the current stack: the median CONTROL transfer latency (submit to
+  outcome, durable link state) and issue 6's ratio against critical-path exchanges (2 x
+  eccentricity) x that latency; the median one-way CONTROL delivery and the floor it sets
+  under that ratio (2 x delivery / CONTROL latency); critical path x C round trip;
+- `{cfg}_cpu_ms_per_transition`: the node processes' user + system CPU over the
+  transitions per transition, next to their CPU while idle (`{cfg}_idle_cpu_ms_per_s`,
+  measured for `--seconds` before the transitions).
+
+Then, on the same testbed, `epochs` transitions of `2pc` in node processes (the simulated
+baseline's algorithm on the same links, its coordinator learning everything over them,
+oae.epoch.twopc_testbed), coordinated by node 0: its convergence (proposal to the
+coordinator holding every node's commit ACK), its critical path (PREPARE/YES and
+COMMIT/ACK relayed to and from the farthest node: counted as bilateral's), its ratio to
+the same floor, the median CONTROL transfer latency of its own run and its CPU, keys
+`{cfg}_2pc_*`; `{cfg}_2pc_over_bilateral` compares the two medians.
 `oae bench convergence_testbed --nodes 64` measures a ring and a tree of 64 nodes instead
 of the default configurations.
 """
@@ -27,14 +36,15 @@ of the default configurations.
 from __future__ import annotations
 
 import os
+import statistics
 import sys
+import tempfile
+import time
 from collections.abc import Callable
 from functools import partial
 
-import trio
-
 from oae.bench.cli import BenchOptions
-from oae.epoch.testbed_run import run_on_testbed
+from oae.epoch.fleet import run_fleet, run_trio, testbed_topology
 from oae.runtime import baseline
 from oae.runtime.sock import open_socket
 from oae.testbed import manager
@@ -58,6 +68,23 @@ def _c_round_trip_us(tb: Testbed, seconds: float) -> float:
         b.close()
 
 
+def fdatasync_us(writes: int = 200, where: str | None = None) -> float:
+    """Median time of one 64-byte in-place write + fdatasync (what an epoch record or a
+    link register store costs) in the file system of `where` (default: the temporary
+    directory, where the node processes' state dirs live), in µs."""
+    with tempfile.NamedTemporaryFile(dir=where or tempfile.gettempdir()) as f:
+        fd = f.fileno()
+        os.pwrite(fd, bytes(4096), 0)
+        os.fdatasync(fd)
+        times = []
+        for i in range(writes):
+            t0 = time.perf_counter()
+            os.pwrite(fd, i.to_bytes(8, "big") * 8, 0)
+            os.fdatasync(fd)
+            times.append(time.perf_counter() - t0)
+    return statistics.median(times) * 1e6
+
+
 def _progress(enabled: bool, key: str) -> Callable[[str], None]:
     def say(msg: str) -> None:
         if enabled:
@@ -79,48 +106,73 @@ def run(opts: BenchOptions) -> dict:
         key = f"{shape}{n}"
         name = f"bconv{os.getpid()}"
         text = f'[topology]\nname = "{name}"\nshape = "{shape}"\nnodes = {n}\n'
+        say = _progress(opts.progress, key)
         with manager.running(loads(text, f"<bench {key}>")) as tb:
+            # the floor first, on the same links and disk, before any node process runs
             c_rtt = _c_round_trip_us(tb, opts.seconds)
-            say = _progress(opts.progress, key)
-            r = trio.run(run_on_testbed, tb, epochs, 1, 0, say)
-            t = trio.run(partial(run_on_testbed, tb, epochs, 1, 0, say, algorithm="2pc"))
+            fsync = fdatasync_us()
+            legs = 4 * testbed_topology(tb)[1].eccentricity(0)
+            r = run_trio(partial(run_fleet, tb, epochs, 1, 0, say, idle_s=opts.seconds))
+            t = run_trio(partial(run_fleet, tb, epochs, 1, 0, say, algorithm="2pc"))
         for x in (r, t):
             say(
                 f"{x['algorithm']}: committed {x['committed']}, aborted {x['aborted']}, "
                 f"stuck {x['stuck']}; link-end downs {x['link_downs']}, lost CONTROL "
                 f"messages {x['lost_control_messages']}"
             )
+        floor = legs * (c_rtt / 2 + fsync)
         median = r["median_convergence_us"]
         path = r["critical_path_exchanges"]
-        exchange = r["median_link_rtt_us"]
-        out[f"{key}_bilateral_us"] = median
-        out[f"{key}_committed"] = r["committed"]
-        out[f"{key}_critical_path_exchanges"] = path
-        out[f"{key}_c_rtt_us"] = c_rtt
-        out[f"{key}_c_bound_us"] = path * c_rtt if path else None  # type: ignore[operator]
-        out[f"{key}_link_exchange_us"] = exchange
-        out[f"{key}_ratio_vs_c"] = (
-            median / (path * c_rtt) if median and path else None  # type: ignore[operator]
-        )
-        out[f"{key}_ratio_vs_exchange"] = r["convergence_ratio"]
-        out[f"{key}_control_delivery_us"] = r["median_control_delivery_us"]
-        out[f"{key}_ratio_floor"] = r["delivery_floor_ratio"]
         median2 = t["median_convergence_us"]
-        out[f"{key}_2pc_us"] = median2
-        out[f"{key}_2pc_committed"] = t["committed"]
-        out[f"{key}_2pc_critical_path_exchanges"] = t["critical_path_exchanges"]
-        out[f"{key}_2pc_link_exchange_us"] = t["median_link_rtt_us"]
-        out[f"{key}_2pc_ratio_vs_exchange"] = t["convergence_ratio"]
-        out[f"{key}_2pc_ratio_vs_c"] = (
-            median2 / (path * c_rtt) if median2 and path else None  # type: ignore[operator]
-        )
-        out[f"{key}_2pc_over_bilateral"] = (
-            median2 / median if median2 and median else None  # type: ignore[operator]
-        )
+
+        def ratio(a: object, b: float | None) -> float | None:
+            return a / b if isinstance(a, float) and b else None
+
+        out.update({
+            f"{key}_bilateral_us": median,
+            f"{key}_committed": r["committed"],
+            f"{key}_wave_legs": legs,
+            f"{key}_c_one_way_us": c_rtt / 2,
+            f"{key}_fsync_us": fsync,
+            f"{key}_floor_us": floor,
+            f"{key}_ratio_vs_floor": ratio(median, floor),
+            f"{key}_cpu_ms_per_transition": r["cpu_ms_per_transition"],
+            f"{key}_idle_cpu_ms_per_s": r["idle_cpu_ms_per_s"],
+            f"{key}_critical_path_exchanges": path,
+            f"{key}_c_rtt_us": c_rtt,
+            f"{key}_c_bound_us": path * c_rtt if path else None,  # type: ignore[operator]
+            f"{key}_link_exchange_us": r["median_link_rtt_us"],
+            f"{key}_ratio_vs_c": ratio(median, path * c_rtt if path else None),  # type: ignore[operator]
+            f"{key}_ratio_vs_exchange": r["convergence_ratio"],
+            f"{key}_control_delivery_us": r["median_control_delivery_us"],
+            f"{key}_ratio_floor": r["delivery_floor_ratio"],
+            f"{key}_2pc_us": median2,
+            f"{key}_2pc_committed": t["committed"],
+            f"{key}_2pc_critical_path_exchanges": t["critical_path_exchanges"],
+            f"{key}_2pc_link_exchange_us": t["median_link_rtt_us"],
+            f"{key}_2pc_ratio_vs_exchange": t["convergence_ratio"],
+            f"{key}_2pc_ratio_vs_c": ratio(median2, path * c_rtt if path else None),  # type: ignore[operator]
+            f"{key}_2pc_ratio_vs_floor": ratio(median2, floor),
+            f"{key}_2pc_cpu_ms_per_transition": t["cpu_ms_per_transition"],
+            f"{key}_2pc_over_bilateral": ratio(median2, median),  # type: ignore[arg-type]
+        })  # fmt: skip
         units.update(
             {
-                f"{key}_bilateral_us": "µs median convergence (proposal to Conv(P, e+1))",
+                f"{key}_bilateral_us": "µs median convergence (proposal to Conv(P, e+1), "
+                "timed in the initiator's process)",
                 f"{key}_committed": "transitions committed",
+                f"{key}_wave_legs": "one-way legs on the critical path (4 x eccentricity "
+                "of node 0: PROPOSE out, ACCEPT back, COMMIT out, DONE back)",
+                f"{key}_c_one_way_us": "µs, half the bare C ping-pong round trip (blocking), "
+                "same link",
+                f"{key}_fsync_us": "µs median 64-byte in-place write + fdatasync, state "
+                "dirs' file system",
+                f"{key}_floor_us": "µs: wave legs x (C one-way frame + median fdatasync)",
+                f"{key}_ratio_vs_floor": "x (convergence / physical floor)",
+                f"{key}_cpu_ms_per_transition": "ms of CPU (user + system, all node "
+                "processes) per transition",
+                f"{key}_idle_cpu_ms_per_s": "ms of CPU per second of the same node "
+                "processes, idle (links kept alive)",
                 f"{key}_critical_path_exchanges": "link exchanges (2 x eccentricity of node 0)",
                 f"{key}_c_rtt_us": "µs per round trip, bare C ping-pong (blocking), same link",
                 f"{key}_c_bound_us": "µs: critical-path exchanges x C round trip",
@@ -132,7 +184,7 @@ def run(opts: BenchOptions) -> dict:
                 f"{key}_ratio_floor": "x (2 x delivery / CONTROL latency: ratio_vs_exchange "
                 "if every wave hop cost only the link's delivery)",
                 f"{key}_2pc_us": "µs median 2pc convergence (proposal to every commit ACK "
-                "at the coordinator)",
+                "at the coordinator, timed in its process)",
                 f"{key}_2pc_committed": "transitions committed",
                 f"{key}_2pc_critical_path_exchanges": "link exchanges (2 x eccentricity of "
                 "node 0: PREPARE/YES and COMMIT/ACK relayed to the farthest node)",
@@ -141,6 +193,9 @@ def run(opts: BenchOptions) -> dict:
                 f"{key}_2pc_ratio_vs_exchange": "x (2pc convergence / critical path x its "
                 "CONTROL latency)",
                 f"{key}_2pc_ratio_vs_c": "x (2pc convergence / C bound)",
+                f"{key}_2pc_ratio_vs_floor": "x (2pc convergence / bilateral's physical floor)",
+                f"{key}_2pc_cpu_ms_per_transition": "ms of CPU (user + system, all node "
+                "processes) per 2pc transition",
                 f"{key}_2pc_over_bilateral": "x (2pc median convergence / bilateral's)",
             }
         )

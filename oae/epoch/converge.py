@@ -200,8 +200,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         + "\nBy default the network is simulated (virtual clock, modelled AIT links; see\n"
         'docs/convergence.md) and results say "network": "simulated". With --testbed,\n'
         "TOPOLOGY names a running testbed (or a topology file: one is brought up for the\n"
-        "run) and bilateral, snap-t, rolling and 2pc run on its real links, with application\n"
-        'traffic ("network": "testbed").\n\nAlgorithms: ' + names + ".",
+        "run) and bilateral, snap-t, rolling and 2pc run on its real links in `oae node`\n"
+        'processes, with application traffic ("network": "testbed").\n\nAlgorithms: '
+        + names
+        + ".",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument(
@@ -268,10 +270,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="TOPOLOGY names a running testbed (`oae testbed up`), or is a topology file to "
         "bring one up for the run and down after: run bilateral, snap-t, rolling or 2pc on its "
-        "real links, one node per testbed node, with application traffic; --crash-rate, "
-        "--persist-us (snap-t writes), --skew-us and --app-period-us apply (a crash closes "
-        "a node's links and epoch layer, restarted from disk 0.6-1 s later), the testbed's "
-        "own links set loss and delay, the other simulation flags do not apply",
+        "real links, one `oae node --epochs` process per testbed node driven through its "
+        "control socket, with application traffic; --crash-rate, --persist-us (snap-t "
+        "writes), --skew-us and --app-period-us apply (a crash is SIGKILL of a node "
+        "process, restarted from its state dir 0.6-1 s later), the testbed's own links set "
+        "loss and delay, the other simulation flags do not apply",
     )
     p.add_argument("--json", action="store_true", help="print one JSON document")
     p.set_defaults(func=_cli)
@@ -332,7 +335,7 @@ def _cli(args: argparse.Namespace) -> int:
 
 
 def _cli_testbed(args: argparse.Namespace, names: list[str]) -> int:
-    from oae.epoch.testbed_run import ALGORITHMS, run_sync
+    from oae.epoch.fleet import ALGORITHMS, run_sync
     from oae.testbed import manager
 
     if args.algorithm == "all":
@@ -400,6 +403,7 @@ def _print(
         "inconsistent_states",
         "probes",
         "crashes",
+        "cpu_ms_per_transition",
     ]
     print(header)
     print(f"{'':<26}" + "".join(f"{n:>15}" for n in names))

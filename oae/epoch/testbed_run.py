@@ -1,9 +1,14 @@
-"""`oae converge --testbed NAME`: epoch transitions on a namespace testbed, on real
+"""The in-process testbed runner: epoch transitions on a namespace testbed, on real
 frames, with `bilateral`, the clock-driven baselines `snap-t` and `rolling`, or `2pc`
-(the simulated baseline's processes over these links: oae.epoch.twopc_testbed). One Trio
-process opens every link end of the testbed (each in its node's namespace, with its own
-state dir) and runs one node per testbed node over them; loss, delay and reordering are
-whatever the testbed's links impose (its impairing bridge).
+(the simulated baseline's processes over these links: oae.epoch.twopc_testbed), all in
+one Trio process that opens every link end of the testbed (each in its node's namespace,
+with its own state dir) and runs one node per testbed node over them; loss, delay and
+reordering are whatever the testbed's links impose (its impairing bridge).
+
+`oae converge --testbed`, `oae bench convergence_testbed` and `oae demo` run one `oae
+node` process per testbed node instead (oae.epoch.fleet: the same rules and metrics);
+this runner stays for profiling the epoch layer in one process
+(scripts/profile_epoch_hops.py monkeypatches it) and for comparison with those.
 
 Application traffic (`app_period` > 0): every node sends application transfers on every
 link, each payload starting with the sender's epoch at submission (bilateral: the tag its
@@ -28,14 +33,11 @@ algorithm's own restore rule, and one after it.
 
 from __future__ import annotations
 
-import json
 import math
-import os
 import random
 import struct
-import sys
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from contextlib import AsyncExitStack
 from functools import partial
 from pathlib import Path
@@ -45,60 +47,24 @@ import trio
 
 from oae.epoch.baselines import TwoPC, restore_2pc
 from oae.epoch.converge import quantile
-from oae.epoch.durable import DurableRecord, FileStore
+from oae.epoch.durable import FileStore
+from oae.epoch.fleet import (
+    ALGORITHMS,
+    LEAD,
+    SKEW_US,
+    bilateral_restore_mixed,
+    testbed_topology,
+)
+from oae.epoch.layers import read_clock_epoch, transition_timeout, write_clock_epoch
 from oae.epoch.messages import Wave
 from oae.epoch.node import EpochNode, open_epoch_node
-from oae.epoch.sim import NetParams, Topology
+from oae.epoch.sim import NetParams
 from oae.epoch.twopc_testbed import TwoPCNet, TwoPCNode, default_timers, load_store
-from oae.errors import OaeError, UsageError
+from oae.errors import UsageError
 from oae.runtime.link import LinkError, LinkOptions, open_link
 from oae.testbed.manager import Testbed
 
-TRANSITION_TIMEOUT = 30.0  # per wait of a transition; 2 s per hop of diameter if longer
-
-
-def transition_timeout(topo: Topology) -> float:
-    """How long a transition may wait for each of its steps (links ready, start, outcome,
-    2pc's release) before it is `stuck`: 30 s, or 2 s per hop of the diameter on larger
-    graphs (a ring of 64: 64 s; 2pc's O(nodes x diameter) relayed messages take ~20 s
-    there when others load this machine's 2 cores)."""
-    diameter = max(topo.eccentricity(v) for v in range(topo.n))
-    return max(TRANSITION_TIMEOUT, 2.0 * diameter)
-
-
-ALGORITHMS = ("bilateral", "snap-t", "rolling", "2pc")
-# Clock baselines: the transition starts, each node acts at start + LEAD + its skew (the
-# simulated baselines' 50 us skew, 200 us log-normal write; LEAD is within the window in
-# which crashes are injected, so a crash can make a node miss its instant). Their
-# schedule is fixed in advance: a transition does not wait for restarted nodes.
-LEAD = 0.05
-SKEW_US = 50.0
 _APP = struct.Struct(">II")  # after the epoch tag: sender node id, sequence number
-
-
-def testbed_topology(tb: Testbed) -> tuple[list[str], Topology]:
-    """Node names (id = index) and the graph of a running testbed."""
-    names = sorted(tb.state["nodes"])
-    index = {n: i for i, n in enumerate(names)}
-    edges = tuple((index[lk["a"]], index[lk["b"]]) for lk in tb.state["links"])
-    return names, Topology(tb.name, len(names), edges)
-
-
-def _write_epoch(path: Path, epoch: int) -> None:
-    """A clock baseline's durable epoch: temp file, fsync, rename (never torn)."""
-    tmp = path.with_suffix(".tmp")
-    with open(tmp, "w") as f:
-        json.dump({"epoch": epoch}, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def _read_epoch(path: Path) -> int:
-    try:
-        return int(json.loads(path.read_text())["epoch"])
-    except FileNotFoundError:
-        return 0
 
 
 class _Host:
@@ -171,7 +137,7 @@ class _Host:
                         await nursery.start(self.tpc.run)
                     else:
                         self.work.mkdir(parents=True, exist_ok=True)
-                        self.current = _read_epoch(self.epoch_file)
+                        self.current = read_clock_epoch(self.epoch_file)
                         for link in links.values():
                             if self.algorithm == "rolling":
                                 link.set_epoch(self.current)
@@ -226,15 +192,15 @@ class _Host:
                 link.set_epoch(epoch)
         else:
             await trio.sleep(persist_s)
-        if epoch > _read_epoch(self.epoch_file):
-            _write_epoch(self.epoch_file, epoch)
+        if epoch > read_clock_epoch(self.epoch_file):
+            write_clock_epoch(self.epoch_file, epoch)
 
     def durable_epoch(self) -> int:
         if self.algorithm == "bilateral":
             return FileStore(self.work / "epoch.json").load().epoch
         if self.algorithm == "2pc":
             return load_store(self.work / "2pc.json").epoch
-        return _read_epoch(self.epoch_file)
+        return read_clock_epoch(self.epoch_file)
 
     def harvest(self) -> None:
         """Keep what the current incarnation learned and counted."""
@@ -284,14 +250,6 @@ class _Host:
         if wave in self.aborted or (node is not None and node.decided.get(wave) is False):
             return False
         return None
-
-
-def _bilateral_restore_mixed(records: list[DurableRecord]) -> bool:
-    """Would restarting every node from these records leave a mix of epochs? Recovery
-    (docs/convergence.md §5) brings the nodes prepared for the highest committed wave to
-    its epoch; any other node below it stays behind."""
-    top = max(records, key=lambda r: r.epoch).committed
-    return any(r.committed != top and r.prepared != top for r in records)
 
 
 LINK = LinkOptions(dead=0.3, hello=0.02)
@@ -427,7 +385,7 @@ async def run_on_testbed(
                 own rule: disagreeing epochs are a mixed-epoch state."""
                 if algorithm == "bilateral":
                     recs = [FileStore(h.work / "epoch.json").load() for h in hosts]
-                    return _bilateral_restore_mixed(recs)
+                    return bilateral_restore_mixed(recs)
                 if algorithm == "2pc":
                     stores = [load_store(h.work / "2pc.json") for h in hosts]
                     return len({e for e, _ in restore_2pc(stores).values()}) != 1
@@ -602,49 +560,3 @@ async def run_on_testbed(
             sum(h.lost_control for h in hosts) if algorithm == "2pc" else None
         ),
     }
-
-
-def run_sync(
-    tb: Testbed,
-    epochs: int,
-    seed: int,
-    initiator: int | None,
-    crash_rate: float,
-    algorithm: str = "bilateral",
-    app_period: float = 0.0,
-    persist_us: float = NetParams.persist_us,
-    skew_us: float = SKEW_US,
-) -> dict[str, object]:
-    def progress(msg: str) -> None:
-        print(msg, file=sys.stderr, flush=True)
-
-    try:
-        return trio.run(
-            partial(
-                run_on_testbed,
-                tb,
-                epochs,
-                seed,
-                initiator,
-                progress,
-                crash_rate,
-                algorithm=algorithm,
-                app_period=app_period,
-                persist_us=persist_us,
-                skew_us=skew_us,
-            )
-        )
-    except BaseExceptionGroup as group:
-        # One error from inside the nursery: let the CLI print it as one line.
-        leaves = list(_leaves(group))
-        if len(leaves) == 1 and isinstance(leaves[0], OaeError):
-            raise leaves[0] from None
-        raise
-
-
-def _leaves(group: BaseException) -> Iterator[BaseException]:
-    if isinstance(group, BaseExceptionGroup):
-        for exc in group.exceptions:
-            yield from _leaves(exc)
-    else:
-        yield group

@@ -33,7 +33,7 @@ import trio
 from oae.epoch.baselines import SimpleStore, TwoPC, _TwoPCProcess
 from oae.epoch.durable import SlotFile
 from oae.epoch.sim import Topology
-from oae.runtime.link import LinkError
+from oae.runtime.link import LinkError, Outcome
 
 T = TypeVar("T")
 _WHAT = "2pc store"  # names the file in errors
@@ -110,11 +110,15 @@ class TwoPCNode:
         self.transfer_s: list[float] = []  # CONTROL transfer latencies (send -> outcome)
         self.app_received = self.mixed_frames = self.bad_messages = 0
         self.lost = 0  # CONTROL messages whose transfer aborted or whose link stopped
+        self.released_at: dict[int, float] = {}  # epoch -> when this node was released
 
     # ------------------------------------------------------------ driving the process
     def call(self, fn: Callable[[], T]) -> T:
         """One event into the process; then its store made durable, then its sends."""
+        released = self.store.released
         result = fn()
+        if self.store.released > released:
+            self.released_at[self.store.released] = trio.current_time()
         data = _encode(self.store)
         if data != self._saved:  # written only when the event changed it
             SlotFile(self.path, _WHAT).write(data)
@@ -167,11 +171,11 @@ class TwoPCNode:
         await self._changed.wait()
 
     # ------------------------------------------------------------ application frames
-    async def send_app(self, peer: int, body: bytes) -> None:
+    async def send_app(self, peer: int, body: bytes) -> Outcome:
         """An application transfer tagged with this node's epoch; held while 2pc holds."""
         while (tag := self.proc.send_epoch(peer)) is None:
             await self.wait_change()
-        await self.links[peer].send(tag.to_bytes(4, "big") + body)
+        return await self.links[peer].send(tag.to_bytes(4, "big") + body)
 
     # ------------------------------------------------------------ tasks
     async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:

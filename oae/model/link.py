@@ -22,7 +22,9 @@ from oae.engine import (
     LinkConfig,
     LinkDown,
     LinkUp,
+    Offered,
     Persist,
+    Reflected,
 )
 from oae.model.wire import decode_frame, encode_frame
 from oae.wire import (
@@ -40,6 +42,9 @@ from oae.wire import (
 
 M32 = 0xFFFFFFFF
 APPLIED = Transition.REFLECT  # RECONCILE record: "I applied your registers"
+GATE_NONE, GATE_CLOSED, GATE_OPEN = 0, 1, 2  # an outgoing transfer's gate (link.c)
+GATED = 0x80
+NOT_NOW, NOT_LIVE, INVALID = -1, -2, -3  # gate call results (OAE_GATE_*)
 
 
 @dataclass
@@ -47,10 +52,12 @@ class _Out:
     state: int = State.IDLE
     flags: int = 0
     payload: bytes = b""
+    gate: int = GATE_NONE
 
 
 @dataclass
 class _In:
+    tid: int = 0  # the tid held in this slot (0: an offer not held)
     flags: int = 0
     payload: bytes = b""
 
@@ -99,7 +106,8 @@ class LinkModel:
         self.out_known = 0
         self.in_held = self.in_delivered = self.in_commit = 0
         self.in_unreleased = self.refusing = 0
-        self.rec_hi = self.rec_dfinal = 0
+        self.in_offered = self.in_reported = 0
+        self.rec_hi = self.rec_commit = self.rec_dfinal = 0
         self.applied = self.settled = self.skip_pending = False
         self.gen = 0
         self.snap_gen = -1
@@ -120,8 +128,11 @@ class LinkModel:
             self.in_held = self.in_delivered = self.in_commit = restored.in_delivered
             self.cfg_epoch = restored.epoch
             self.quiet = True
+        self.in_offered = self.in_reported = self.in_held
         self.sent_held = self.in_held
         self.sent_delivered = self.in_delivered
+        self.sent_commit = self.out_commit
+        self.sent_refusing = 0
 
     # ---- helpers -----------------------------------------------------------------------
 
@@ -153,6 +164,46 @@ class LinkModel:
     def _reported_held(self) -> int:
         return self.rec_dfinal if self.skip_pending else self.in_held
 
+    def _token_delivered(self) -> int:
+        return min(self._reported_delivered(), self.in_reported)
+
+    def _advance_report(self) -> None:
+        """Report up to the first unreported delivered CONTROL tid (link.c advance_report)."""
+        if self.config.gates:
+            w = self.config.window
+            lim = (
+                self.in_reported + w
+                if self.in_delivered - self.in_reported > w
+                else self.in_delivered
+            )
+            for t in range(self.in_reported + 1, lim + 1):
+                s = self._islot(t)
+                if s.tid == t and s.flags & Flag.CONTROL:
+                    self.in_reported = t - 1
+                    return
+        self.in_reported = self.in_delivered
+
+    def _gate_closed(self, tid: int) -> bool:
+        s = self._oslot(tid)
+        return tid > self.out_known and s.gate == GATE_CLOSED and s.state != State.ABORTED
+
+    def _advance_commit(self) -> None:
+        if not self.config.gates:
+            self.out_commit = max(self.out_commit, self.out_peer_held)
+            return
+        while self.out_commit < self.out_peer_held and not self._gate_closed(self.out_commit + 1):
+            self.out_commit += 1
+
+    def _rec_commit(self) -> int:
+        if not self.config.gates:
+            return self.rec_hi
+        if self.out_known > self.out_settled:
+            return self.out_settled
+        for t in range(self.out_settled + 1, self.rec_hi + 1):
+            if self._gate_closed(t):
+                return t - 1
+        return self.rec_hi
+
     # ---- the round ---------------------------------------------------------------------
 
     def _link_down(self, reason: DownReason) -> None:
@@ -180,23 +231,29 @@ class LinkModel:
         self.phase = Phase.RECONCILE
         self.applied = self.settled = False
         self.rec_hi = self.out_hi
+        self.rec_commit = self._rec_commit()
         self.owe_hello = r.phase == Phase.DISCOVER
         self.owe_reconcile = False
         self.t_hello = self.t_rto = NEVER
         self.t_answer = now
         self._count("reconciles")
 
-    def _deliver(self, t: int) -> None:
-        s = self._islot(t)
-        self.events.append(Delivered(t, s.payload, bool(s.flags & Flag.CONTROL)))
-        self.in_unreleased += 1
-        self._count("delivered")
-
-    def _apply(self, r: Record) -> None:
-        upto = min(r.commit_upto, self.in_held)
+    def _deliver_held(self, upto: int) -> bool:
+        any_ = False
         while self.in_delivered < upto:
             self.in_delivered += 1
-            self._deliver(self.in_delivered)
+            t = self.in_delivered
+            s = self._islot(t)
+            self.events.append(Delivered(t, s.payload, bool(s.flags & Flag.CONTROL)))
+            self.in_unreleased += 1
+            self._count("delivered")
+            any_ = True
+        if any_:
+            self._advance_report()
+        return any_
+
+    def _apply(self, r: Record) -> None:
+        self._deliver_held(min(r.commit_upto, self.in_held))
         if not self.skip_pending:
             self.rec_dfinal = self.in_delivered
         self.in_held = self.in_delivered
@@ -205,10 +262,12 @@ class LinkModel:
             self.skip_pending = True
         self.in_commit = self.in_delivered
         self.refusing = 0
+        self.in_offered = self.in_reported = self.in_held
         self.applied = True
         self._durable_changed()
 
     def _settle(self, dfinal: int) -> None:
+        by_round = self.config.gates
         t = self.out_settled + 1
         while t <= self.rec_hi:
             s = self._oslot(t)
@@ -216,19 +275,20 @@ class LinkModel:
             if known and s.state == State.ABORTED:
                 pass
             elif not known and self._in_abort(t):
-                self.events.append(Aborted(t, restored=True))
+                self.events.append(Aborted(t, restored=True, round=by_round))
                 self._count("aborted")
             elif t <= dfinal:
-                self.events.append(Committed(t, restored=not known))
+                self.events.append(Committed(t, restored=not known, round=by_round))
                 if known:
                     s.state = State.COMMITTED
                 self._count("committed")
             else:
                 if known:
-                    self.events.append(Aborted(t, s.payload, bool(s.flags & Flag.CONTROL)))
+                    control = bool(s.flags & Flag.CONTROL)
+                    self.events.append(Aborted(t, s.payload, control, round=by_round))
                     s.state = State.ABORTED
                 else:
-                    self.events.append(Aborted(t, restored=True))
+                    self.events.append(Aborted(t, restored=True, round=by_round))
                 self._count("aborted")
             t += 1
         self.out_settled = self.out_commit = self.out_peer_held = self.rec_hi
@@ -254,16 +314,12 @@ class LinkModel:
     def _deliver_upto(self, c: int) -> None:
         if c > self.in_commit:
             self.in_commit = c
-        upto = min(self.in_commit, self.in_held)
-        changed = False
-        while self.in_delivered < upto:
-            self.in_delivered += 1
-            self._deliver(self.in_delivered)
-            changed = True
+        changed = self._deliver_held(min(self.in_commit, self.in_held))
         if self.in_commit > self.in_held:
-            self.in_held = self.in_delivered = self.in_commit
+            self.in_held = self.in_delivered = self.in_offered = self.in_commit
             if self.refusing and self.refusing <= self.in_commit:
                 self.refusing = 0
+            self._advance_report()
             changed = True
         if changed:
             self._durable_changed()
@@ -280,15 +336,23 @@ class LinkModel:
             self._count("offers_wrong_epoch")
         elif (
             (self.in_held - self.in_delivered) + self.in_unreleased >= self.config.rx_capacity
-            or t - self.in_delivered > self.config.window
+            or t - self.in_reported > self.config.window
         ):
             self.refusing = t
             self._count("offers_refused")
+        elif t == self.in_offered:
+            self._count("offers_pending")
         else:
             s = self._islot(t)
             s.flags = r.flags & Flag.CONTROL
             s.payload = r.payload
-            self.in_held = t
+            self.in_offered = t
+            if self.config.gates and s.flags & Flag.CONTROL:
+                s.tid = 0
+                self.events.append(Offered(t, s.payload, self.in_delivered))
+            else:
+                s.tid = t
+                self.in_held = t
 
     def _sender_side(self, r: Record) -> None:
         if r.held_upto > self.out_peer_held:
@@ -296,14 +360,16 @@ class LinkModel:
                 s = self._oslot(t)
                 if s.state == State.TENTATIVE:
                     s.state = State.REFLECTING
+                if self._gate_closed(t):
+                    self.events.append(Reflected(t, s.payload))
             self.out_peer_held = r.held_upto
-        if self.out_peer_held > self.out_commit:
-            self.out_commit = self.out_peer_held
+        self._advance_commit()
         refused = (r.held_upto + 1) & M32
         if (
             r.flags & Flag.REFUSE
             and self.out_commit < refused <= self.out_hi
             and self.out_peer_held < refused
+            and self.out_commit >= self.out_peer_held  # no closed gate below the refused tid
         ):
             for t in range(refused, self.out_hi + 1):
                 s = self._oslot(t)
@@ -331,16 +397,36 @@ class LinkModel:
             self.out_hi > self.out_settled
             or self.in_held > self.in_delivered
             or self._reported_held() != self.sent_held
-            or self._reported_delivered() != self.sent_delivered
+            or self._token_delivered() != self.sent_delivered
+        )
+
+    def _waiting(self) -> bool:
+        """Gates: this end's application must decide something (link.c waiting())."""
+        return self.config.gates and (
+            self.in_offered > self.in_held
+            or self.in_reported < self.in_delivered
+            or self.out_commit < self.out_peer_held
+        )
+
+    def _news(self) -> bool:
+        """My next beat would tell the peer something my last one did not (link.c)."""
+        return (
+            self._reported_held() != self.sent_held
+            or self._token_delivered() != self.sent_delivered
+            or self.out_commit != self.sent_commit
+            or self.refusing != self.sent_refusing
         )
 
     def _paces(self) -> bool:
-        """Idle pacing: only the leader holds an idle token (link.c paces())."""
+        """Idle pacing: the leader holds an idle token, and (gates) an end whose application
+        has a decision to make holds an answer without news (link.c paces())."""
         return (
             self.phase == Phase.LIVE
             and self.config.idle_ns > 0
-            and not self._busy()
-            and self._is_leader()
+            and (
+                (not self._busy() and self._is_leader())
+                or (self._waiting() and not self._news())
+            )
         )
 
     def _owe_answer(self, r: Record, now: int) -> None:
@@ -552,7 +638,7 @@ class LinkModel:
                 self.peer_mac,
                 opcode=Opcode.RECONCILE,
                 tid=self.rec_hi,
-                commit_upto=self.rec_hi,
+                commit_upto=self.rec_commit,
                 held_upto=self._reported_held(),
                 delivered_upto=self._reported_delivered(),
                 transition=APPLIED if applied else Transition.NONE,
@@ -596,14 +682,16 @@ class LinkModel:
                     flags=flags,
                     commit_upto=self.out_commit,
                     held_upto=self._reported_held(),
-                    delivered_upto=self._reported_delivered(),
+                    delivered_upto=self._token_delivered(),
                     **fields,
                 )
                 sent += 1
                 if not (sent < beat and len(out) < max_frames and t < self.out_hi):
                     break
             self.sent_held = self._reported_held()
-            self.sent_delivered = self._reported_delivered()
+            self.sent_delivered = self._token_delivered()
+            self.sent_commit = self.out_commit
+            self.sent_refusing = self.refusing
         self.t_answer = NEVER
         self.t_rto = now + self.config.rto_ns
         return out
@@ -614,25 +702,21 @@ class LinkModel:
 
     # ---- application side --------------------------------------------------------------
 
-    def _wake(self, was_busy: bool) -> None:
+    def _wake(self, beat: bool) -> None:
         """New work must not wait for idle pacing (link.c wake())."""
         if self.t_answer != NEVER:
             self.t_answer = 0
-        elif (
-            self.phase == Phase.LIVE
-            and self.config.idle_ns > 0
-            and not was_busy
-            and not self._is_leader()
-            and self.t_rto != NEVER
-        ):
+        elif beat and self.phase == Phase.LIVE and self.config.idle_ns > 0 and self.t_rto != NEVER:
             self.t_rto = NEVER
             self.t_answer = 0
             self._count("wakes")
 
-    def offer(self, payload: bytes, control: bool = False) -> int:
+    def offer(self, payload: bytes, control: bool = False, gated: bool = False) -> int:
         """Queue a transfer; its tid, or 0 if the engine cannot take it now."""
         if len(payload) > PAYLOAD_MAX:
             raise ValueError(f"payload is at most {PAYLOAD_MAX} bytes")
+        if gated and (not self.config.gates or not control):
+            raise ValueError("a gated transfer must be CONTROL, on a link with gates on")
         if self.phase != Phase.LIVE:
             return 0
         if (
@@ -641,14 +725,15 @@ class LinkModel:
             or (self.abort_hi and self.out_settled < self.abort_hi)
         ):
             return 0
-        was_busy = self._busy()
+        beat = not self._busy() and not self._waiting() and not self._is_leader()
         self.out_hi += 1
         t = self.out_hi
         s = self._oslot(t)
         s.state = State.TENTATIVE
         s.flags = Flag.CONTROL if control else 0
+        s.gate = GATE_CLOSED if gated else GATE_NONE
         s.payload = bytes(payload)
-        self._wake(was_busy)
+        self._wake(beat)
         self._durable_changed()
         return t
 
@@ -666,7 +751,84 @@ class LinkModel:
         """True while the peer may stay silent for longer than a round trip."""
         if self.phase == Phase.DISCOVER:
             return True
-        return self.phase == Phase.LIVE and self.config.idle_ns > 0 and not self._busy()
+        return (
+            self.phase == Phase.LIVE
+            and self.config.idle_ns > 0
+            and (not self._busy() or self.config.gates)
+        )
+
+    # ---- gated CONTROL transfers and reset (link.c, docs/protocol.md 7.11) --------------
+
+    def _gate_call(self, rc: int) -> bool:
+        if rc == INVALID:
+            raise ValueError("gates are off, or the tid is not a gated transfer of this end")
+        return rc == 0
+
+    def _pending_rc(self, tid: int) -> int:
+        if not self.config.gates:
+            return INVALID
+        if self.phase != Phase.LIVE:
+            return NOT_LIVE
+        if not (self.in_offered > self.in_held and tid == self.in_offered):
+            return NOT_NOW
+        return 0
+
+    def hold(self, tid: int) -> bool:
+        rc = self._pending_rc(tid)
+        if rc == 0:
+            self._islot(tid).tid = tid
+            self.in_held = tid
+            self._wake(True)
+        return self._gate_call(rc)
+
+    def refuse(self, tid: int) -> bool:
+        rc = self._pending_rc(tid)
+        if rc == 0:
+            self.refusing = tid
+            self.in_offered = self.in_held
+            self._wake(True)
+        return self._gate_call(rc)
+
+    def report(self, tid: int) -> bool:
+        if not self.config.gates:
+            return self._gate_call(INVALID)
+        if tid > self.in_delivered:
+            return self._gate_call(NOT_NOW)
+        if tid > self.in_reported:
+            self.in_reported = tid
+            self._advance_report()
+            self._wake(True)
+        return True
+
+    def commit(self, tid: int) -> bool:
+        return self._gate_call(self._commit(tid))
+
+    def _commit(self, tid: int) -> int:
+        if not self.config.gates or tid == 0 or tid > self.out_hi:
+            return INVALID
+        if self.phase != Phase.LIVE:
+            return NOT_LIVE
+        if tid <= self.out_settled:
+            return NOT_NOW
+        s = self._oslot(tid)
+        if tid <= self.out_known or s.gate == GATE_NONE:
+            return INVALID
+        if not self._gate_closed(tid) or tid > self.out_peer_held:
+            return NOT_NOW
+        s.gate = GATE_OPEN
+        self._advance_commit()
+        self._wake(True)
+        return 0
+
+    def reset(self, now: int) -> bool:
+        if self.phase == Phase.DISCOVER:
+            return self._gate_call(NOT_LIVE)
+        self._link_down(DownReason.RESET)
+        self.phase = Phase.DISCOVER
+        self.t_hello = now
+        self.t_rto = self.t_dead = self.t_answer = NEVER
+        self.owe_hello = self.owe_reconcile = False
+        return True
 
     def stats(self) -> dict[str, object]:
         out: dict[str, object] = dict(self.st.counts)
@@ -681,6 +843,8 @@ class LinkModel:
             in_released=self.in_delivered - self.in_unreleased,
             in_refusing=self.refusing,
             peer_nonce=self.peer_nonce,
+            in_offered=self.in_offered,
+            in_reported=self.in_reported,
         )
         out["drops"] = dict(self.st.drops)
         return out

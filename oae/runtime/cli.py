@@ -1,5 +1,6 @@
-"""`oae node`, `oae status`, `oae send`, `oae recv`: run a node on real interfaces and talk
-to it through its control socket (docs/two-hosts.md walks through two physical hosts)."""
+"""`oae node`, `oae status`, `oae send`, `oae recv`, `oae outcomes`: run a node on real
+interfaces and talk to it through its control socket (docs/two-hosts.md walks through two
+physical hosts; docs/applications.md says what survives a crash of the node)."""
 
 from __future__ import annotations
 
@@ -7,11 +8,14 @@ import argparse
 import json
 import signal
 import sys
+from contextlib import nullcontext
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import trio
 
+from oae.epoch import daemon
 from oae.errors import UsageError
 from oae.runtime.control import default_control_path, find_control_path, request
 from oae.runtime.link import LinkOptions
@@ -67,10 +71,11 @@ def register(sub: argparse._SubParsersAction) -> None:
             "Run an OAE node: a link on each --iface that finds its peer by HELLO to the "
             "discovery group (no IP configuration), keeps the token alternating and "
             "settles every transfer exactly once. A control socket (JSON lines) serves "
-            "`oae status`, `oae send` and `oae recv`. With --state-dir (default "
-            f"{STATE_ROOT}/<netns>-<iface>) the link's durable registers and the log of "
-            "settled transfers survive a crash: a restarted node reconciles with its peer "
-            "without loss or duplicate. Stop with Ctrl-C or SIGTERM. Needs CAP_NET_RAW."
+            "`oae status`, `oae send`, `oae recv` and `oae outcomes`. With --state-dir "
+            f"(default {STATE_ROOT}/<netns>-<iface>) the link's durable registers and its "
+            "event log survive a crash: a restarted node reconciles with its peer without "
+            "loss or duplicate, and hands out again what no client had read (messages, "
+            "outcomes). Stop with Ctrl-C or SIGTERM. Needs CAP_NET_RAW."
         ),
     )
     p.add_argument(
@@ -116,6 +121,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="seconds of silence before the link is declared failed (default 1)",
     )
     p.add_argument(
+        "--hello",
+        type=float,
+        default=0.05,
+        help="seconds between discovery HELLOs while the link is not LIVE (default 0.05)",
+    )
+    p.add_argument(
         "--idle",
         type=float,
         default=0.01,
@@ -129,6 +140,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="PACKET_QDISC_BYPASS: faster, but local captures miss sent frames",
     )
     p.add_argument("--json", action="store_true", help="log events as JSON lines")
+    daemon.add_arguments(p)
     p.set_defaults(func=run_node)
 
     for name, helptext, desc in (
@@ -141,7 +153,14 @@ def register(sub: argparse._SubParsersAction) -> None:
          "on both ends."),
         ("recv", "print data a running node has received",
          "Print messages a running `oae node` has delivered (each exactly once), waiting "
-         "up to --timeout seconds for the first."),
+         "up to --timeout seconds for the first. A message is released once printed; "
+         "one the node had not handed out when it crashed comes again after its restart "
+         "(marked redelivered; its tid tells it apart)."),
+        ("outcomes", "print outcomes nobody waited for (--no-wait sends, timeouts, restarts)",
+         "Print the outcomes of transfers a running `oae node` settled with nobody waiting "
+         "for them: sends made with --no-wait, sends whose --timeout ran out, and "
+         "transfers settled after a restart of the node (restored). Each is acknowledged "
+         "once printed and not shown again; with --key, every outcome carries its key."),
     ):  # fmt: skip
         c = sub.add_parser(name, help=helptext, description=desc)
         _client_args(c)
@@ -155,33 +174,44 @@ def register(sub: argparse._SubParsersAction) -> None:
                 default=10.0,
                 help="seconds to wait for each outcome (default 10)",
             )
+            c.add_argument("--no-wait", action="store_true",
+                           help="queue the transfers and return; read their outcomes with "
+                           "`oae outcomes`")  # fmt: skip
+            c.add_argument("--key", type=int, metavar="K",
+                           help="with --no-wait: application keys K, K+1, ... (above the "
+                           "link's last key), handed back with each outcome")  # fmt: skip
             c.set_defaults(func=run_send)
-        elif name == "recv":
+        elif name in ("recv", "outcomes"):
             c.add_argument("--count", type=int, default=100, help="at most N (default 100)")
             c.add_argument(
                 "--timeout",
                 type=float,
                 default=1.0,
-                help="seconds to wait for the first message (default 1)",
+                help="seconds to wait for the first one (default 1)",
             )
-            c.set_defaults(func=run_recv)
+            c.set_defaults(func=run_recv if name == "recv" else run_outcomes)
         else:
             c.set_defaults(func=run_status)
 
 
-def _specs(args: argparse.Namespace) -> list[LinkSpec]:
-    if len(args.iface) > 1 and (args.peer or args.state_dir):
-        raise UsageError("--peer and --state-dir apply to one link; run one node per link")
+def _specs(args: argparse.Namespace, epochs: daemon.EpochConfig | None) -> list[LinkSpec]:
+    """One LinkSpec per --iface; with --epochs each link's state lives in the node's
+    state dir (link-IFACE)."""
+    if len(args.iface) > 1 and (args.peer or (args.state_dir and epochs is None)):
+        raise UsageError("--peer and --state-dir apply to one link (or, with --epochs, "
+                         "to the node); run one node per link")  # fmt: skip
     if args.window < 1:
         raise UsageError("--window must be >= 1")
     key = read_key_file(args.key_file) if args.key_file else None
     opts = LinkOptions(window=args.window, beat=args.beat, dead=args.dead, idle=args.idle,
-                       busy=args.busy, bypass=args.bypass)  # fmt: skip
+                       hello=args.hello, busy=args.busy, bypass=args.bypass)  # fmt: skip
     opts.check()
     specs = []
     for iface in args.iface:
         state = None
-        if not args.no_state:
+        if epochs is not None:
+            state = str(epochs.link_dir(iface))
+        elif not args.no_state:
             state = args.state_dir or f"{STATE_ROOT}/{args.netns or 'host'}-{iface}"
         specs.append(LinkSpec(iface, args.netns, args.peer, key, state, opts))
     return specs
@@ -196,16 +226,19 @@ def _log(args: argparse.Namespace, event: str, **fields: Any) -> None:
 
 
 async def _node_main(args: argparse.Namespace) -> None:
-    specs = _specs(args)
+    epochs = daemon.config_from_args(args, STATE_ROOT)
+    specs = _specs(args, epochs)
     control = args.control or default_control_path(args.iface[0], args.netns)
     with trio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
-        async with open_node(specs, control) as node:
+        async with open_node(specs, control, layered=epochs is not None) as node:
             for link in node.links.values():
                 st = link.stats()
                 _log(args, "started", iface=link.iface, netns=link.netns, mac=st["mac"],
                      control=control, out_settled=st["out_settled"],
                      in_delivered=st["in_delivered"])  # fmt: skip
-            async with trio.open_nursery() as nursery:
+            layer = nullcontext() if epochs is None else daemon.serve(
+                node, epochs, partial(_log, args))  # fmt: skip
+            async with layer, trio.open_nursery() as nursery:
 
                 async def watch(link: Any) -> None:
                     was_up = False
@@ -214,7 +247,7 @@ async def _node_main(args: argparse.Namespace) -> None:
                             was_up = link.up
                             _log(args, "link-up" if was_up else "link-down", iface=link.iface,
                                  peer=link.stats()["peer"])  # fmt: skip
-                        await trio.sleep(0.05)
+                        await link.wait_state_change()
 
                 for link in node.links.values():
                     nursery.start_soon(watch, link)
@@ -239,6 +272,10 @@ def run_status(args: argparse.Namespace) -> int:
         print(json.dumps(status, indent=2))
         return 0
     print(f"node pid {status['pid']}  control {status['control']}  up {status['uptime_s']} s")
+    if "epoch" in status:
+        ep = status["epoch"]
+        print(f"epoch {ep['epoch']}  ({ep['algorithm']}, node id {ep['node_id']}; "
+              "`oae epoch status` for more)")  # fmt: skip
     for ln in status["links"]:
         where = f"{ln['netns']}/" if ln["netns"] else ""
         print(f"link {where}{ln['iface']}  mac {ln['mac']}  peer {ln['peer'] or '-'}  "
@@ -247,14 +284,20 @@ def run_status(args: argparse.Namespace) -> int:
               f"{ln['frames_out']} dropped {ln['dropped']}"
               + (f" ({', '.join(f'{k} {v}' for k, v in ln['drops'].items())})"
                  if ln["drops"] else ""))  # fmt: skip
+        paused = "  (offers paused)" if ln["offers_paused"] else ""
         print(f"  transfers delivered {ln['delivered']} committed {ln['committed']} aborted "
               f"{ln['aborted']}  links up {ln['links_up']} down {ln['links_down']}  "
-              f"inbox {ln['inbox']}")  # fmt: skip
+              f"inbox {ln['inbox']}  outcomes {ln['outcomes_waiting']}  last key "
+              f"{ln['last_key']}{paused}")  # fmt: skip
     return 0
 
 
 def run_send(args: argparse.Namespace) -> int:
     path = _path(args)
+    if args.no_wait:
+        return _post(args, path)
+    if args.key is not None:
+        raise UsageError("--key goes with --no-wait (the outcomes then come from `oae outcomes`)")
     failed = 0
     for item in args.data:
         req: dict[str, Any] = {"op": "send", "timeout": args.timeout}
@@ -273,19 +316,55 @@ def run_send(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
-def run_recv(args: argparse.Namespace) -> int:
-    if args.count < 1 or args.timeout < 0:
-        raise UsageError("--count must be >= 1 and --timeout >= 0")
-    req: dict[str, Any] = {"op": "recv", "max": args.count, "timeout": args.timeout}
+def _post(args: argparse.Namespace, path: str) -> int:
+    """`oae send --no-wait`: queue the transfers; their outcomes come from `oae outcomes`."""
+    items = [d if args.hex else d.encode().hex() for d in args.data]
+    req: dict[str, Any] = {"op": "post", "items": items}
+    if args.key is not None:
+        req["keys"] = list(range(args.key, args.key + len(items)))
     if args.link:
         req["link"] = args.link
-    msgs = request(_path(args), req, timeout=args.timeout + 5)["messages"]
+    ans = request(path, req)
+    if args.json:
+        print(json.dumps({"queued": ans["queued"], "last_key": ans["last_key"]}))
+    else:
+        print(f"queued {ans['queued']}; read the outcomes with `oae outcomes`")
+    return 0
+
+
+def _taking_request(args: argparse.Namespace, op: str) -> list[dict[str, Any]]:
+    if args.count < 1 or args.timeout < 0:
+        raise UsageError("--count must be >= 1 and --timeout >= 0")
+    req: dict[str, Any] = {"op": op, "max": args.count, "timeout": args.timeout}
+    if args.link:
+        req["link"] = args.link
+    return request(_path(args), req, timeout=args.timeout + 5)["messages" if op == "recv"
+                                                                else "outcomes"]  # fmt: skip
+
+
+def run_recv(args: argparse.Namespace) -> int:
+    msgs = _taking_request(args, "recv")
     for m in msgs:
         if args.json:
             print(json.dumps(m))
         else:
             shown = m["text"] if m["text"].isprintable() else "0x" + m["hex"]
-            print(f"tid {m['tid']}: {shown}")
+            again = "  (redelivered)" if m["redelivered"] else ""
+            print(f"tid {m['tid']}: {shown}{again}")
     if not msgs and not args.json:
         print("(nothing received)", file=sys.stderr)
+    return 0
+
+
+def run_outcomes(args: argparse.Namespace) -> int:
+    outs = _taking_request(args, "outcomes")
+    for o in outs:
+        if args.json:
+            print(json.dumps(o))
+        else:
+            key = f" key {o['key']}" if o["key"] is not None else ""
+            again = "  (restored)" if o["restored"] else ""
+            print(f"tid {o['tid']}{key}: {o['outcome']}{again}")
+    if not outs and not args.json:
+        print("(no outcome waiting)", file=sys.stderr)
     return 0
