@@ -887,6 +887,8 @@ size_t oae_link_poll_tx(oae_link *l, uint8_t *out, size_t max, uint64_t now)
 size_t oae_link_poll_events(oae_link *l, oae_event *out, size_t max)
 {
     size_t n = l->ev_len - l->ev_head;
+    if (n == 0)
+        return 0;
     if (n > max)
         n = max;
     memcpy(out, l->ev + l->ev_head, n * sizeof *out);

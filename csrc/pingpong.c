@@ -5,6 +5,7 @@
  * Baseline frames are not oae records: they carry a magic, a kind and a sequence number in
  * the first payload bytes, so that a stray frame can never be mistaken for one of ours. */
 #include "pump.h"
+#include "txring.h"
 
 #include <errno.h>
 #include <sched.h>
@@ -175,11 +176,13 @@ int oae_pingpong_respond(int fd, uint16_t ethertype, uint32_t run, uint64_t max_
 }
 
 int oae_flood_send(int fd, const uint8_t *src, const uint8_t *dst, uint16_t ethertype,
-                   uint32_t run, uint64_t count, uint64_t max_ns, oae_bench_result *out)
+                   uint32_t run, uint64_t count, uint64_t max_ns, int ring,
+                   oae_bench_result *out)
 {
     static __thread uint8_t frames[PP_BATCH][OAE_FRAME_LEN];
     struct mmsghdr msgs[PP_BATCH];
     struct iovec iov[PP_BATCH];
+    oae_txring tx;
     memset(out, 0, sizeof *out);
     memset(msgs, 0, sizeof msgs);
     for (int i = 0; i < PP_BATCH; i++) {
@@ -188,17 +191,24 @@ int oae_flood_send(int fd, const uint8_t *src, const uint8_t *dst, uint16_t ethe
         msgs[i].msg_hdr.msg_iov = &iov[i];
         msgs[i].msg_hdr.msg_iovlen = 1;
     }
+    int rc = ring ? oae_txring_open(&tx, fd) : 0;
+    if (rc < 0) {
+        out->err = -rc;
+        return rc;
+    }
     uint64_t c0 = oae_thread_cpu_ns(), t0 = oae_now_ns(), deadline = t0 + max_ns, seq = 1;
-    int rc = 0;
     while (out->sent < count && oae_now_ns() < deadline) {
         unsigned n = (unsigned)((count - out->sent) < PP_BATCH ? count - out->sent : PP_BATCH);
         for (unsigned i = 0; i < n; i++)
             pp_build(frames[i], src, dst, ethertype, run, PP_FLOOD, seq + i);
-        int k = sendmmsg(fd, msgs, n, 0);
+        int k = ring ? oae_txring_send(&tx, fd, frames[0], n, OAE_FRAME_LEN, OAE_FRAME_LEN,
+                                       1000000000ull)
+                     : sendmmsg(fd, msgs, n, 0);
         if (k < 0) {
-            if (errno == EINTR || errno == ENOBUFS || errno == EAGAIN)
+            int e = ring ? -k : errno;
+            if (e == EINTR || e == ENOBUFS || e == EAGAIN)
                 continue;
-            rc = -errno;
+            rc = -e;
             break;
         }
         out->sent += (uint64_t)k;
@@ -209,8 +219,14 @@ int oae_flood_send(int fd, const uint8_t *src, const uint8_t *dst, uint16_t ethe
     out->count = out->sent;
     uint8_t stop[OAE_FRAME_LEN];
     pp_build(stop, src, dst, ethertype, run, PP_STOP, 0);
-    for (int i = 0; i < 3; i++)
-        pp_send(fd, stop);
+    for (int i = 0; i < 3; i++) {
+        if (ring) /* a socket with a ring sends only through it */
+            oae_txring_send(&tx, fd, stop, 1, OAE_FRAME_LEN, OAE_FRAME_LEN, 1000000000ull);
+        else
+            pp_send(fd, stop);
+    }
+    if (ring)
+        oae_txring_close(&tx);
     out->err = rc < 0 ? -rc : 0;
     return rc;
 }

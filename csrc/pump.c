@@ -2,6 +2,7 @@
 #include "pump.h"
 #include "durable.h"
 #include "evlog.h"
+#include "txring.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -102,9 +103,11 @@ int oae_sock_close(int fd)
 #define COOKIE_RING (2u * OAE_LINK_WINDOW_MAX)
 #define WAIT_MIN_US 4096        /* SO_RCVTIMEO has jiffy resolution anyway */
 #define WAIT_MAX_US 16384       /* also bounds how long oae_pump_stop takes */
-#define BEAT_WAIT_NS 50000ull   /* how long to wait for the rest of a beat */
+#define BEAT_WAIT_NS 50000ull   /* how long to wait for the next frame of a beat */
+#define ANSWER_WAIT_NS 50000ull /* how long to poll for the answer to a beat we sent */
 #define NEAR_NS 8000000ull      /* timers closer than this are waited for with ppoll */
 #define IDLE_WAIT_MAX_NS 250000000ull /* an idle loop's longest sleep (stop wakes it anyway) */
+#define RING_WAIT_NS 1000000ull /* longest wait for a TX ring slot (a NIC's tx completion) */
 #define LOGBUF_RECS 256         /* log records buffered before a write() */
 #define LOG_LIMIT_DEFAULT (8u << 20) /* compact events.log after this many bytes of growth */
 
@@ -180,6 +183,7 @@ struct oae_pump {
     uint8_t tx_buf[TX_BATCH][OAE_FRAME_LEN];
     struct mmsghdr tx_msg[TX_BATCH];
     struct iovec tx_iov[TX_BATCH];
+    oae_txring ring; /* in use when st.tx_ring */
     oae_event evs[EV_BATCH];
     size_t nlog; /* records in logbuf */
     uint8_t logbuf[LOGBUF_RECS * OAE_LOG_REC_LEN];
@@ -566,6 +570,10 @@ oae_pump *oae_pump_new(int fd, const oae_link_config *cfg, const oae_link_durabl
         p->tx_msg[i].msg_hdr.msg_iov = &p->tx_iov[i];
         p->tx_msg[i].msg_hdr.msg_iovlen = 1;
     }
+    /* beats go out as bursts: through a TX ring if asked and the kernel offers one (a
+     * single frame per exchange gains nothing from it) */
+    if (c.beat > 1 && (flags & OAE_PUMP_TX_RING))
+        p->st.tx_ring = oae_txring_open(&p->ring, fd) == 0;
     feed_replay(p);
     p->app_vis = p->app_tail; /* durable already */
     if (p->app_vis != p->app_head) {
@@ -592,6 +600,7 @@ void oae_pump_free(oae_pump *p)
 {
     if (!p)
         return;
+    oae_txring_close(&p->ring);
     if (p->logfd >= 0) { /* acknowledgements and releases deferred by a compaction */
         log_marks(p);
         log_flush(p);
@@ -987,20 +996,25 @@ static int fatal_errno(int e)
     return e == ENODEV || e == ENXIO || e == EBADF;
 }
 
-/* 1 if frame i is one of ours in the middle of a beat (more records of it are coming) */
+/* 1 if frame i is one of ours in the middle of a beat (more records of it are coming).  A
+ * beat is the sender's unreflected offers, or one plain token record when it has none
+ * (docs/protocol.md 7.4): only an OFFER record short of the beat size can be followed by
+ * more; a plain token (e.g. a receiver's answer, index 0 of a beat of 64) ends its beat. */
 static int mid_beat(const oae_pump *p, int i)
 {
     static const uint8_t sizes[4] = {1, 4, 16, 64};
     const uint8_t *f = p->rx_buf[i];
-    if (p->rx_msg[i].msg_len != OAE_FRAME_LEN || f[14] >> 4 != OAE_VERSION)
+    if (p->rx_msg[i].msg_len != OAE_FRAME_LEN || f[14] >> 4 != OAE_VERSION ||
+        (f[OAE_ETH_HLEN + 3] & 0x7F) != OAE_TR_OFFER)
         return 0;
     uint8_t beat = f[OAE_ETH_HLEN + 36];
     return (beat & 63) + 1 < sizes[beat >> 6];
 }
 
 /* The rest of a beat is on its way (the peer sent it in one sendmmsg): take it in the same
- * round, waiting up to BEAT_WAIT_NS, so the engine answers a whole beat at once and the
- * thread is woken once per beat rather than once per few frames. */
+ * round, waiting up to BEAT_WAIT_NS after the last frame that came, so the engine answers
+ * a whole beat at once (an answer to part of a beat makes the peer offer the rest again)
+ * and the thread is woken once per beat rather than once per few frames. */
 static int finish_beat(oae_pump *p, int k)
 {
     uint64_t deadline = 0;
@@ -1009,6 +1023,7 @@ static int finish_beat(oae_pump *p, int k)
         p->st.rx_calls++;
         if (m > 0) {
             k += m;
+            deadline = 0; /* progress: the peer is still sending this beat */
             continue;
         }
         uint64_t now = oae_now_ns();
@@ -1021,6 +1036,25 @@ static int finish_beat(oae_pump *p, int k)
     return k;
 }
 
+/* A beat of several records went out: its answer is due within the time the peer takes
+ * to take in the beat's last records and answer (microseconds), far less than waking a
+ * sleeping thread costs when the peer's answer has to wake it.  Poll for it until `until`
+ * (or a timer, new work, stop), as finish_beat polls for the rest of a beat; then the
+ * loop blocks as usual.  Returns recvmmsg's result, 0 if nothing came. */
+static int await_answer(oae_pump *p, uint64_t until, uint64_t next)
+{
+    for (;;) {
+        int m = recvmmsg(p->fd, p->rx_msg, RX_BATCH, MSG_DONTWAIT, NULL);
+        p->st.rx_calls++;
+        if (m > 0 || (m < 0 && errno != EAGAIN && errno != EWOULDBLOCK))
+            return m;
+        uint64_t now = oae_now_ns();
+        if (now >= until || now >= next || p->kick || p->stop)
+            return 0;
+        sched_yield();
+    }
+}
+
 /* Bound the next blocking receive by the engine's next timer: SO_RCVTIMEO, changed only
  * when the power-of-two bucket of the wait changes (no extra syscall per frame). */
 static void set_wait(oae_pump *p, uint64_t next, uint64_t now)
@@ -1030,9 +1064,7 @@ static void set_wait(oae_pump *p, uint64_t next, uint64_t now)
         us = WAIT_MIN_US;
     if (us > WAIT_MAX_US)
         us = WAIT_MAX_US;
-    uint64_t bucket = 1;
-    while (bucket * 2 <= us)
-        bucket *= 2;
+    uint64_t bucket = 1ull << (63 - __builtin_clzll(us)); /* us >= WAIT_MIN_US > 0 */
     if (bucket != p->wait_us) {
         oae_sock_set_rcvtimeo(p->fd, bucket * 1000);
         p->wait_us = bucket;
@@ -1044,8 +1076,10 @@ int oae_pump_run(oae_pump *p)
     int busy = p->flags & OAE_PUMP_BUSY;
     int batch_rx = p->beat > 1; /* beats arrive as bursts: take the rest of one at once */
     int rc = 0, dontwait = 1, near = 0, wakeable = 0;
-    uint64_t next = UINT64_MAX;
+    uint64_t next = UINT64_MAX, answer_by = 0;
+    pthread_setname_np(pthread_self(), "oae-pump");
     pthread_mutex_lock(&p->mu);
+    p->st.tid = (int)gettid();
     /* thread CPU clocks count from thread start: keep what this thread had before */
     uint64_t cpu0 = oae_thread_cpu_ns();
     p->running = pthread_getcpuclockid(pthread_self(), &p->cpuclock) == 0;
@@ -1073,6 +1107,9 @@ int oae_pump_run(oae_pump *p)
                 p->rx_msg[0].msg_len = (unsigned)n;
         } else if (busy || dontwait) {
             k = recvmmsg(p->fd, p->rx_msg, RX_BATCH, MSG_DONTWAIT, NULL);
+        } else if (answer_by) {
+            k = await_answer(p, answer_by, next);
+            answer_by = 0; /* nothing within the wait: block from now on */
         } else if (wakeable || near) {
             /* a timer due soon, or an idle link: sleep until a frame or the next timer,
              * and on an idle link also until the application makes work (wakefd) */
@@ -1150,9 +1187,23 @@ int oae_pump_run(oae_pump *p)
         while (sent < ntx) {
             /* one frame: plain send(); sendmmsg yields the CPU after each message
              * (cond_resched), which costs a context switch per frame in a ping-pong */
-            int m = ntx - sent == 1
+            int m;
+            if (p->st.tx_ring) {
+                m = oae_txring_send(&p->ring, p->fd, p->tx_buf[sent], ntx - sent,
+                                    OAE_FRAME_LEN, OAE_FRAME_LEN, RING_WAIT_NS);
+                if (m < 0) {
+                    errno = -m;
+                    m = -1;
+                } else if (m == 0) { /* no slot came free: lost, the engine copes */
+                    p->st.tx_errors += ntx - sent;
+                    p->st.tx_calls++;
+                    break;
+                }
+            } else {
+                m = ntx - sent == 1
                         ? (send(p->fd, p->tx_buf[sent], OAE_FRAME_LEN, 0) < 0 ? -1 : 1)
                         : sendmmsg(p->fd, p->tx_msg + sent, (unsigned)(ntx - sent), 0);
+            }
             p->st.tx_calls++;
             if (m < 0) {
                 if (errno == EINTR)
@@ -1167,8 +1218,14 @@ int oae_pump_run(oae_pump *p)
             sent += (size_t)m;
         }
         p->st.tx_frames += sent;
-        /* a full batch either way means more is likely waiting; a due timer must not wait */
-        now = oae_now_ns();
+        /* a full batch either way means more is likely waiting; a due timer must not wait
+         * (`now` is from before the send: a timer found due a send later is fired then) */
+        if (k > 0)
+            answer_by = 0;
+        if (sent > 1 && batch_rx && !busy) {
+            now = oae_now_ns(); /* a beat's sendmmsg takes a while */
+            answer_by = now + ANSWER_WAIT_NS;
+        }
         dontwait = k == RX_BATCH || ntx == TX_BATCH || next <= now;
         if (busy) {
             if (!k && !ntx)
@@ -1181,6 +1238,7 @@ int oae_pump_run(oae_pump *p)
 out:
     pthread_mutex_lock(&p->mu);
     p->running = 0;
+    p->st.tid = 0;
     p->cpu_done += oae_thread_cpu_ns();
     pthread_mutex_unlock(&p->mu);
     if (rc)

@@ -47,9 +47,12 @@ int oae_pingpong_initiate(int fd, const uint8_t *src, const uint8_t *dst, uint16
 /* Ping-pong responder: echoes pings until STOP or `max_ns`. */
 int oae_pingpong_respond(int fd, uint16_t ethertype, uint32_t run, uint64_t max_ns, int busy,
                          oae_bench_result *out);
-/* One-way flood: `count` frames (or until `max_ns`) in sendmmsg batches of 64, then STOP. */
+/* One-way flood: `count` frames (or until `max_ns`) in batches of 64, then STOP: each
+ * batch with one sendmmsg, or (ring != 0) through a PACKET_TX_RING attached to fd with one
+ * send() (csrc/txring.h; -EOPNOTSUPP style errors if the kernel refuses the ring). */
 int oae_flood_send(int fd, const uint8_t *src, const uint8_t *dst, uint16_t ethertype,
-                   uint32_t run, uint64_t count, uint64_t max_ns, oae_bench_result *out);
+                   uint32_t run, uint64_t count, uint64_t max_ns, int ring,
+                   oae_bench_result *out);
 /* Counting receiver for the flood (recvmmsg), until STOP or `max_ns`. */
 int oae_flood_recv(int fd, uint16_t ethertype, uint32_t run, uint64_t max_ns, oae_bench_result *out);
 
@@ -69,7 +72,11 @@ int oae_flood_recv(int fd, uint16_t ethertype, uint32_t run, uint64_t max_ns, oa
  * during a busy exchange it blocks in recv() like the bare C ping-pong (the next frame is
  * due within a round trip, and submissions are seen then), in ppoll() when an engine
  * timer is due within 8 ms, else bounded by SO_RCVTIMEO (jiffy resolution, at most
- * ~16 ms). */
+ * ~16 ms).  With beats of more than one record, the loop polls (non-blocking recvmmsg,
+ * sched_yield) for the rest of a beat that has begun to arrive (up to 50 us after its
+ * last frame), and for up to 50 us for the answer to a beat of several records it has
+ * just sent, before it sleeps: both are due within microseconds, less than a sleeping
+ * thread takes to wake. */
 
 /* Event types the pump adds to the engine's OAE_EV_*. */
 enum {
@@ -99,6 +106,9 @@ typedef struct oae_pump_stats {
     uint64_t restore_conflicts; /* ... that disagreed with the log (never, by the protocol) */
     uint64_t compactions;       /* times events.log was rewritten as its live records */
     uint64_t offers_paused;     /* 1 while post_limit posted transfers are open */
+    int tid;                    /* kernel thread id of the running loop (0: not running),
+                                   named "oae-pump" (for top -H, perf --tid) */
+    int tx_ring;                /* 1: frames go out through a PACKET_TX_RING */
     uint8_t peer_mac[6];        /* source of the last accepted frame (all zero: none yet) */
 } oae_pump_stats;
 
@@ -120,6 +130,7 @@ typedef struct oae_pump oae_pump;
                              order: only a run of such events and gate events at the head
                              goes early */
 #define OAE_PUMP_EARLY_COOKIE 0x8000000000000000 /* bit 63 */
+#define OAE_PUMP_TX_RING 32 /* send beats through a PACKET_TX_RING (see oae_pump_new) */
 
 /* A pump on socket fd (kept open; the caller closes it after oae_pump_free) running a new
  * engine for cfg, restored from `restored` (may be NULL).  state_dir (may be NULL): where
@@ -127,8 +138,12 @@ typedef struct oae_pump oae_pump;
  * written; it sets cfg->persist.  With restored registers the log is replayed first: what
  * the application had not acknowledged or released is handed out again (OAE_PEVF_REPLAYED)
  * before anything else, and outcomes it already holds are not reported twice; the log is
- * then rewritten as its live records.  NULL on invalid config or error (errno set;
- * EBADMSG: events.log is damaged, not just torn at its end). */
+ * then rewritten as its live records.  With OAE_PUMP_TX_RING and beats of more than
+ * one record, the pump attaches a PACKET_TX_RING to fd and sends every frame through it,
+ * a burst with one send() (csrc/txring.h); where the kernel refuses one it sends with
+ * send/sendmmsg as without the flag.  A socket with a ring sends only through it: do not
+ * send on fd otherwise.  NULL on invalid config or error (errno set; EBADMSG: events.log
+ * is damaged, not just torn at its end). */
 oae_pump *oae_pump_new(int fd, const oae_link_config *cfg, const oae_link_durable *restored,
                        const char *state_dir, int flags);
 /* Free a pump whose thread has returned.  Does not close fd. */

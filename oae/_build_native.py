@@ -65,7 +65,8 @@ wire_ffi = _builder("oae._wire", ["wire.h"], ["wire.c"])
 pump_ffi = _builder(
     "oae._pump",
     ["wire.h", "link.h", "durable.h", "evlog.h", "pump.h", "epoch.h", "epochrun.h"],
-    ["wire.c", "link.c", "durable.c", "evlog.c", "pump.c", "pingpong.c", "epoch.c", "epochrun.c"],
+    ["wire.c", "link.c", "durable.c", "evlog.c", "pump.c", "pingpong.c", "epoch.c", "epochrun.c",
+     "txring.c"],
 )
 link_ffi = _builder(
     "oae._link", ["wire.h", "link.h", "linksim.h"], ["wire.c", "link.c", "linksim.c"]

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from oae.bench import plots, suite
+from oae.bench import machine, plots, suite
 from oae.bench.cli import PARTS
 from oae.cli import main
 
@@ -31,6 +31,15 @@ def test_quick_suite_document(tmp_path: Path, capsys: pytest.CaptureFixture[str]
                 "convergence_testbed"} <= set(doc["skipped"])  # fmt: skip
         assert all("needs root" in why for why in doc["skipped"].values())
     assert doc["missing"] == []
+    # the machine's state is recorded for every part that ran, and decides `result`
+    assert set(doc["conditions"]) == set(doc["parts"])
+    for part, cond in doc["conditions"].items():
+        assert len(cond["load_before"]) == len(cond["load_after"]) == 3
+        assert cond["other_cpu"] >= 0 and cond["own_cpu"] > 0 and cond["seconds"] > 0
+        timed = part not in suite.UNTIMED_PARTS
+        assert (part in doc["loaded"]) == (timed and not cond["quiet"])
+        assert all(f["result"] == (part not in doc["loaded"]) for f in doc["figures"]
+                   if f["part"] == part)  # fmt: skip
 
     figs = {(f["part"], f["name"]): f for f in doc["figures"]}
     # every number of every part is a figure (nothing undescribed slips through)
@@ -101,6 +110,47 @@ def test_quick_suite_document(tmp_path: Path, capsys: pytest.CaptureFixture[str]
         if "sweep" in p:
             assert {"bench-exchange-vs-beat.png", "bench-commits-vs-window.png"} <= names
         assert all(Path(x).stat().st_size > 0 for x in doc["plots"])
+
+
+def test_loaded_machine_makes_figures_not_results() -> None:
+    """Other processes' CPU time during a part (not the part's own threads, not the load
+    average) decides whether its figures are results; a simulated part is never loaded."""
+    t0 = machine.Sample(wall=0.0, busy=100.0, steal=5.0, own=10.0, load=(0.1, 0.1, 0.1))
+    # 10 s: the machine was busy 21 CPU-seconds, 20 of them this process's own threads
+    quiet = machine.Sample(wall=10.0, busy=121.0, steal=5.0, own=30.0, load=(1.9, 0.6, 0.2))
+    cond = machine.conditions(t0, quiet)
+    assert cond["quiet"] and cond["other_cpu"] == pytest.approx(0.1)
+    assert cond["own_cpu"] == pytest.approx(2.0) and cond["load_after"] == [1.9, 0.6, 0.2]
+    others = machine.Sample(wall=10.0, busy=125.0, steal=5.0, own=30.0, load=(1.9, 0.6, 0.2))
+    assert not machine.conditions(t0, others)["quiet"]  # 0.5 CPUs of other processes
+    stolen = machine.Sample(wall=10.0, busy=120.0, steal=7.0, own=30.0, load=(0.2, 0.1, 0.1))
+    assert not machine.conditions(t0, stolen)["quiet"]  # the hypervisor took 0.2 CPUs
+
+    ait = {
+        "commits_per_s": 10.0,
+        "baseline_pps": 20.0,
+        "ratio": 0.5,
+        "units": {"commits_per_s": "transfers/s", "baseline_pps": "frames/s", "ratio": "x"},
+    }
+    conv = {"ring8_bilateral_us": 3.0, "ring8_bilateral_ratio": 1.5,
+            "units": {"ring8_bilateral_us": "us", "ring8_bilateral_ratio": "x"}}  # fmt: skip
+    loaded = machine.conditions(t0, others)
+    doc = {"machine": {}, "parts": {"ait": ait, "convergence": conv},
+           "conditions": {"ait": loaded, "convergence": loaded}}  # fmt: skip
+    suite.document(doc)
+    assert doc["loaded"] == ["ait"]
+    assert {(f["part"], f["result"]) for f in doc["figures"]} == {
+        ("ait", False),
+        ("convergence", True),
+    }
+    text = suite.format_figures(doc).splitlines()
+    assert text[0].startswith("WARNING ait: other processes used 0.50 CPUs")
+    ratio = next(line for line in text if line.startswith("ait          ratio"))
+    assert "LOADED, not a result" in ratio
+    doc["conditions"]["ait"] = cond
+    suite.document(doc)
+    assert doc["loaded"] == [] and all(f["result"] for f in doc["figures"])
+    assert "LOADED" not in suite.format_figures(doc)
 
 
 def test_undescribed_figures_are_flagged() -> None:

@@ -4,6 +4,7 @@ over the veth pair, and ignore frames of another run."""
 from __future__ import annotations
 
 import os
+import time
 
 import pytest
 
@@ -29,12 +30,19 @@ def test_pingpong_counts_round_trips(veth_pair, busy: bool) -> None:
         b.close()
 
 
-def test_flood_is_received_and_counted(veth_pair) -> None:
+@pytest.mark.parametrize("ring", [False, True], ids=["sendmmsg", "tx_ring"])
+def test_flood_is_received_and_counted(veth_pair, ring: bool) -> None:
     a = open_socket(veth_pair.if_a, veth_pair.ns_a)
     b = open_socket(veth_pair.if_b, veth_pair.ns_b)
     try:
-        r = baseline.flood(a, b, seconds=0.3)
+        t0 = time.monotonic()
+        r = baseline.flood(a, b, seconds=0.3, ring=ring)
+        # the receiver ended on the sender's STOP frames, not at its own limit (0.3 + 2 s)
+        assert time.monotonic() - t0 < 2.0
         assert r.count > 1000 and r.elapsed_s > 0
+        # the sender sent at least what was counted (a full receive buffer drops frames)
+        assert r.peer_sent >= r.count
+        assert 0 < r.peer_cpu_s < r.cpu_s
     finally:
         a.close()
         b.close()

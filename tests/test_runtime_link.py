@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import os
 import secrets
+import threading
+from pathlib import Path
 
 import pytest
 import trio
@@ -37,11 +39,14 @@ async def test_link_comes_up_by_itself(veth_pair) -> None:
             break
 
 
-async def test_100k_transfers_commit_exactly_once_in_order(veth_pair) -> None:
+@pytest.mark.parametrize("tx_ring", [True, False], ids=["tx_ring", "plain"])
+async def test_100k_transfers_commit_exactly_once_in_order(veth_pair, tx_ring: bool) -> None:
+    """Both send paths: bursts through a PACKET_TX_RING, and plain sendmmsg (the fallback
+    where the kernel has no ring)."""
     n = 100_000
     # rx_capacity above n: the receiving task may lag behind the link under CPU load, and
     # that backpressure (REFUSE, then reversal) is a correct outcome, but not this test's
-    opts = LinkOptions(window=1024, beat=64, rx_capacity=1 << 20)
+    opts = LinkOptions(window=1024, beat=64, rx_capacity=1 << 20, tx_ring=tx_ring)
     payloads = [i.to_bytes(4, "big") for i in range(n)]
     got: list[tuple[int, bytes]] = []
     async with (
@@ -70,6 +75,13 @@ async def test_100k_transfers_commit_exactly_once_in_order(veth_pair) -> None:
         assert sa["aborted"] == 0 and sa["out_settled"] == n and sb["in_delivered"] == n
         # one record per frame: every payload rode in a frame of its own, sent from C
         assert sa["pump"]["cpu_ns"] > 0 and sa["pump"]["tx_frames"] >= n
+        assert sa["pump"]["tx_ring"] == sb["pump"]["tx_ring"] == int(tx_ring)
+        assert sa["pump"]["tx_errors"] == 0
+        # each pump runs in a thread of its own that tools can find by id and name
+        pumps = {sa["pump"]["tid"], sb["pump"]["tid"]}
+        assert len(pumps) == 2 and threading.get_native_id() not in pumps
+        for tid in pumps:
+            assert Path(f"/proc/self/task/{tid}/comm").read_text().strip() == "oae-pump"
 
 
 def _garbage_frames(dst: bytes, src: bytes) -> list[bytes]:

@@ -208,6 +208,33 @@ def test_record_level_length_errors(codec: Any) -> None:
 
 
 @pytest.mark.parametrize("codec", CODECS)
+def test_padding_every_length_and_offset(codec: Any) -> None:
+    """Every payload length, and a non-zero byte at each position of the record's payload
+    field: inside the payload it is data, in the padding it is PADDING at its offset (the
+    C decoder tests the padding a word at a time, then finds the offset)."""
+
+    def with_check(raw: bytearray) -> bytes:
+        raw[70:74] = bytes(4)
+        raw[74:78] = model.crc32c(bytes(raw[14:70])).to_bytes(4, "big")
+        return bytes(raw)
+
+    for length in range(wire.PAYLOAD_MAX + 1):
+        base = wire.Frame(bytes(6), bytes(6), wire.ETHERTYPE, wire.Record(payload=bytes(length)))
+        clean = bytearray(wire.encode_frame(base))
+        for pos in range(wire.PAYLOAD_MAX):
+            for value in (0x01, 0x80):
+                raw = bytearray(clean)
+                raw[54 + pos] = value
+                data = with_check(raw)
+                if pos < length:
+                    assert codec.decode_frame(data).record.payload[pos] == value
+                    continue
+                with pytest.raises(wire.DecodeError) as exc:
+                    codec.decode_frame(data)
+                assert (exc.value.code, exc.value.offset) == (wire.ErrorCode.PADDING, 54 + pos)
+
+
+@pytest.mark.parametrize("codec", CODECS)
 def test_accepts_any_bytes_like(codec: Any) -> None:
     data = wire.encode_frame(wire.Frame(bytes(6), bytes(6), wire.ETHERTYPE, wire.Record()))
     expected = codec.decode_frame(data)

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from oae.bench import machine
 from oae.errors import NeedsRootError, UsageError
 
 # part name -> (module, one-line description)
@@ -80,7 +81,10 @@ def register(sub: argparse._SubParsersAction) -> None:
         + "\n\nFigures are medians over --repeats runs; ratios compare against a baseline"
         " measured in the same run. The --json document's `figures` list gives every figure"
         " with its unit, its role and the baseline it is compared with (oae.bench.suite);"
-        " parts that need root are skipped without it when no part is named.",
+        " parts that need root are skipped without it when no part is named. Each part's"
+        " machine state is recorded (`conditions`: load average before and after, CPU used"
+        " by other processes meanwhile); when other processes used more than"
+        f" {machine.OTHER_CPU_MAX} CPUs, the part's figures are flagged as not results.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("parts", nargs="*", metavar="PART", help="parts to run (default: all)")
@@ -144,11 +148,13 @@ def run(args: argparse.Namespace) -> int:
         "options": {"seconds": seconds, "repeats": repeats, "quick": args.quick, "nodes": nodes},
         "parts": {},
         "skipped": {},
+        "conditions": {},
     }
     for name in names:
         module = importlib.import_module(PARTS[name][0])
         if opts.progress:
             print(f"[bench] {name} ...", file=sys.stderr, flush=True)
+        before = machine.sample()
         try:
             doc["parts"][name] = module.run(opts)
         except NeedsRootError as exc:
@@ -156,6 +162,10 @@ def run(args: argparse.Namespace) -> int:
                 raise
             doc["skipped"][name] = str(exc)
             print(f"[bench] {name} skipped: {exc}", file=sys.stderr, flush=True)
+            continue
+        doc["conditions"][name] = machine.conditions(before, machine.sample())
+        if opts.progress:
+            print(machine.describe(name, doc["conditions"][name]), file=sys.stderr, flush=True)
     suite.document(doc)
     if plot_dir is not None:
         doc["plots"] = [str(p) for p in plots.bench_plots(doc, plot_dir)]

@@ -4,7 +4,12 @@ the baseline it is compared with.
 Parts return nested dicts of figures with a `units` mapping (see oae.bench.cli). Here each
 numeric figure becomes one entry of `figures`:
 
-    {"part", "name", "value", "unit", "role", "baseline": {"figure", "value", "what"}}
+    {"part", "name", "value", "unit", "role", "baseline": {"figure", "value", "what"},
+     "result"}
+
+`result` is false for the figures of a part that ran while other processes competed for
+the CPUs (the document's `conditions`, oae.bench.machine): they are printed flagged and
+must not be quoted.
 
 `role` says how the figure relates to a baseline: `measured` (compared with the baseline
 figure named, measured in the same run), `baseline` (it is the reference others are
@@ -24,6 +29,9 @@ import platform
 import re
 from dataclasses import dataclass
 from typing import Any
+
+# Parts whose figures come from a simulation's own clock: the machine's load cannot move them.
+UNTIMED_PARTS = {"convergence"}
 
 # Units of figures that parts report as plain settings.
 PARAMETER_UNITS = {
@@ -48,6 +56,10 @@ class Rule:
 
 _C_PINGPONG = "bare C ping-pong (csrc/pingpong.c) on the same veth pair, same run"
 _C_FLOOD = "one-way C sendmmsg flood (frames received) on the same veth pair, same run"
+_C_FLOODS = (
+    "one-way C flood (frames received) on the same veth pair, same run, sending as the link"
+    " does: sendmmsg, or for ring_ figures through a PACKET_TX_RING"
+)
 _PY_CODEC = "pure-Python model codec (oae.model.wire), same run"
 _PY_MODEL = "pure-Python link model (oae.model.link), same workload, same run"
 _BOUND = "critical-path bound: critical-path link exchanges x median link round trip"
@@ -97,9 +109,12 @@ RULES: dict[str, list[Rule]] = {
         _PARAM,
     ],
     "ait": [
-        Rule(r"commits_per_s", "measured", _C_FLOOD, "baseline_pps"),
-        Rule(r"baseline_pps", "baseline", _C_FLOOD),
-        Rule(r"ratio", "ratio", _C_FLOOD, "baseline_pps"),
+        Rule(r"(ring_)?commits_per_s", "measured", _C_FLOODS, r"\1baseline_pps"),
+        Rule(r"(ring_)?(baseline_pps|flood_sender_cpu_us_per_frame)", "baseline", _C_FLOODS),
+        Rule(r"(ring_)?ratio", "ratio", _C_FLOODS, r"\1baseline_pps"),
+        Rule(r"(ring_)?(sender|receiver)_cpu_us_per_commit", "measured", _C_FLOODS,
+             r"\1flood_sender_cpu_us_per_frame"),
+        Rule(r"tx_ring", "parameter", "a property of the run, not compared"),
         _PARAM,
     ],
     "sweep": [
@@ -260,22 +275,38 @@ def figures(part: str, result: dict[str, Any]) -> tuple[list[dict[str, Any]], li
 
 
 def document(doc: dict[str, Any]) -> dict[str, Any]:
-    """Add `figures`, `missing` and the CPU model to a bench document (in place)."""
+    """Add `figures`, `missing`, `loaded` and the CPU model to a bench document (in
+    place). Each figure's `result` says whether it may be quoted: false when its part ran
+    while other processes competed for the CPUs (`conditions`, oae.bench.machine)."""
     doc["machine"]["cpu"] = cpu_model()
+    conditions = doc.get("conditions", {})
     all_figures: list[dict[str, Any]] = []
     missing: list[str] = []
     for part, result in doc["parts"].items():
         f, m = figures(part, result)
+        quiet = part in UNTIMED_PARTS or conditions.get(part, {}).get("quiet", True)
+        for entry in f:
+            entry["result"] = bool(quiet)
         all_figures += f
         missing += m
     doc["figures"] = all_figures
     doc["missing"] = missing
+    doc["loaded"] = sorted(
+        p for p, c in conditions.items() if not c["quiet"] and p not in UNTIMED_PARTS
+    )
     return doc
 
 
 def format_figures(doc: dict[str, Any]) -> str:
     """The figures as a text table: value, unit, and the baseline compared with."""
     lines = []
+    for part in doc.get("loaded", []):
+        c = doc["conditions"][part]
+        lines.append(
+            f"WARNING {part}: other processes used {c['other_cpu']:.2f} CPUs (steal "
+            f"{c['steal_cpu']:.2f}) while it ran, load average {c['load_before'][0]:.2f} -> "
+            f"{c['load_after'][0]:.2f}: its figures are not results; measure on a quiet machine"
+        )
     for f in doc["figures"]:
         v = f["value"]
         shown = f"{v:,.2f}" if isinstance(v, float) else f"{v:,}"
@@ -288,6 +319,8 @@ def format_figures(doc: dict[str, Any]) -> str:
             against = f"target {base['value']:g}"
         else:
             against = f["role"]
+        if not f.get("result", True) and f["role"] in ("measured", "baseline", "ratio"):
+            against = f"LOADED, not a result; {against}"
         lines.append(f"{f['part']:<12} {f['name']:<34} {shown:>16}  {f['unit']}  [{against}]")
     for m in doc["missing"]:
         lines.append(f"MISSING {m}")

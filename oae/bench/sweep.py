@@ -27,12 +27,12 @@ FIXED_BEAT = 64  # while the window varies
 async def _point(pair: VethPair, seconds: float, window: int, beat: int) -> dict[str, float]:
     """Committed transfers/s, frames/s sent, and the sender pump's syscalls and blocking
     wake-ups per frame (sent + received), in the steady state."""
-    s0, s1, dt = await steady_stats(pair, seconds, window, beat)
-    p0, p1 = s0["pump"], s1["pump"]
+    st = await steady_stats(pair, seconds, window, beat)
+    p0, p1 = st.tx0["pump"], st.tx1["pump"]
     frames = sum(p1[k] - p0[k] for k in ("rx_frames", "tx_frames")) or 1
     return {
-        "commits_per_s": (s1["committed"] - s0["committed"]) / dt,
-        "exchanges_per_s": (s1["frames_out"] - s0["frames_out"]) / dt,
+        "commits_per_s": st.commits_per_s,
+        "exchanges_per_s": st.delta("frames_out") / st.seconds,
         "syscalls_per_frame": sum(p1[k] - p0[k] for k in ("rx_calls", "tx_calls")) / frames,
         "wakeups_per_frame": (p1["wakeups"] - p0["wakeups"]) / frames,
     }
@@ -47,7 +47,7 @@ def run(opts: BenchOptions) -> dict:
     floods: list[float] = []
     with veth_pair() as pair:
         for i in range(opts.repeats):
-            floods.append(measure_flood(pair, opts.seconds))
+            floods.append(measure_flood(pair, opts.seconds).rate)
             for window, beat in points:
                 r = trio.run(_point, pair, opts.seconds, window, beat)
                 for k in keys:

@@ -19,7 +19,9 @@ from oae.runtime.sock import PacketSocket
 
 @dataclass(frozen=True)
 class BaselineResult:
-    """Counts of one run; cpu_s is the CPU time of both ends' threads together."""
+    """Counts of one run, as the counting end saw them (the ping-pong's initiator, the
+    flood's receiver); cpu_s is the CPU time of both ends' threads together, peer_cpu_s
+    that of the other end (the responder, the flood's sender)."""
 
     count: int
     sent: int
@@ -27,6 +29,8 @@ class BaselineResult:
     ignored: int
     elapsed_s: float
     cpu_s: float
+    peer_cpu_s: float
+    peer_sent: int
 
     @property
     def rate(self) -> float:
@@ -38,7 +42,8 @@ def _result(main: Any, peer: Any) -> BaselineResult:
         if r.err:
             raise OSError(r.err, f"baseline: {os.strerror(r.err)}")
     return BaselineResult(main.count, main.sent, main.retries, main.ignored,
-                          main.elapsed_ns / 1e9, (main.cpu_ns + peer.cpu_ns) / 1e9)  # fmt: skip
+                          main.elapsed_ns / 1e9, (main.cpu_ns + peer.cpu_ns) / 1e9,
+                          peer.cpu_ns / 1e9, peer.sent)  # fmt: skip
 
 
 def _pair(first: Callable[[], None], second: Callable[[], None]) -> None:
@@ -82,8 +87,10 @@ def pingpong(
     return _result(out_a, out_b)
 
 
-def flood(a: PacketSocket, b: PacketSocket, seconds: float) -> BaselineResult:
-    """Frames per second that `b` receives while `a` floods it with sendmmsg."""
+def flood(a: PacketSocket, b: PacketSocket, seconds: float, ring: bool = False) -> BaselineResult:
+    """Frames per second that `b` receives while `a` floods it in batches of 64: with
+    sendmmsg, or (ring=True) through a PACKET_TX_RING attached to `a`'s socket, which then
+    sends only through it (use a fresh socket)."""
     out_a = ffi.new("oae_bench_result *")
     out_b = ffi.new("oae_bench_result *")
     lib.oae_sock_set_rcvtimeo(b.fd, 20_000_000)
@@ -91,6 +98,8 @@ def flood(a: PacketSocket, b: PacketSocket, seconds: float) -> BaselineResult:
     run = secrets.randbits(32)
     _pair(
         lambda: lib.oae_flood_recv(b.fd, b.ethertype, run, max_ns + 2_000_000_000, out_b),
-        lambda: lib.oae_flood_send(a.fd, a.mac, b.mac, a.ethertype, run, 1 << 40, max_ns, out_a),
+        lambda: lib.oae_flood_send(
+            a.fd, a.mac, b.mac, a.ethertype, run, 1 << 40, max_ns, int(ring), out_a
+        ),
     )
     return _result(out_b, out_a)

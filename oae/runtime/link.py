@@ -127,6 +127,10 @@ class LinkOptions:
     outcome_buffer: int = 65_536
     # with a state dir: compact events.log whenever it has grown by this many bytes
     log_limit: int = 8 << 20
+    # beats of several records go out through a PACKET_TX_RING where the kernel offers one
+    # (csrc/txring.h), else with sendmmsg; off by default: on a veth it moves work to the
+    # receiver rather than saving any (docs/performance.md, "rings")
+    tx_ring: bool = False
 
     def __post_init__(self) -> None:
         if isinstance(self.rto, _AutoRto) and isinstance(self.idle, (int, float)):
@@ -556,7 +560,8 @@ class Link:
             "pump": {name: getattr(ps, name) for name in (
                 "rx_calls", "rx_frames", "tx_calls", "tx_frames", "tx_errors", "wakeups",
                 "persists", "log_records", "queued", "submitted", "app_events", "sunk",
-                "cpu_ns", "replayed", "restored_dups", "restore_conflicts", "compactions")},
+                "cpu_ns", "replayed", "restored_dups", "restore_conflicts", "compactions",
+                "tid", "tx_ring")},
         }  # fmt: skip
 
     def backlog(self) -> int:
@@ -880,7 +885,8 @@ async def open_link(
                      | (lib.OAE_PUMP_SINK if opts.sink else 0)
                      | (lib.OAE_PUMP_QUIET if opts.quiet else 0)
                      | (lib.OAE_PUMP_NO_LOG | lib.OAE_PUMP_EARLY_CONTROL
-                        if opts.epoch_runner else 0))  # fmt: skip
+                        if opts.epoch_runner else 0)
+                     | (lib.OAE_PUMP_TX_RING if opts.tx_ring else 0))  # fmt: skip
             pump = lib.oae_pump_new(sock.fd, cfg, restored,
                                     str(sdir).encode() if sdir else ffi.NULL, flags)  # fmt: skip
             if pump == ffi.NULL:
