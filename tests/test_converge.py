@@ -138,13 +138,11 @@ def test_testbed_probe_applies_bilateral_recovery() -> None:
         return reads(list(records), list(records))
 
     assert not bilateral_restore_mixed(same(steady, steady))
-    assert not bilateral_restore_mixed(
-        same(DurableRecord(committed=w1), DurableRecord(prepared=w1))
-    )
-    assert bilateral_restore_mixed(same(DurableRecord(committed=w1), steady))
-    assert bilateral_restore_mixed(same(DurableRecord(committed=w1), DurableRecord(prepared=other)))
+    assert not bilateral_restore_mixed(same(c1, p1))
+    assert bilateral_restore_mixed(same(c1, steady))
+    assert bilateral_restore_mixed(same(c1, DurableRecord(prepared=other)))
     # node 0 read before it prepared, node 1 after the commit: the second read decides
-    early = [steady, DurableRecord(committed=w1)]
-    assert not bilateral_restore_mixed(reads(early, [DurableRecord(prepared=w1)] * 2))
-    assert not bilateral_restore_mixed(reads(early, [DurableRecord(committed=w1)] * 2))
-    assert bilateral_restore_mixed(reads(early, [steady, DurableRecord(committed=w1)]))
+    early = [steady, c1]
+    assert not bilateral_restore_mixed(reads(early, [p1, p1]))
+    assert not bilateral_restore_mixed(reads(early, [c1, c1]))
+    assert bilateral_restore_mixed(reads(early, [steady, c1]))
