@@ -357,7 +357,8 @@ static oae_epochrun_ctl *control_log(oae_epochrun *r, int kind, uint32_t link, u
     return c;
 }
 
-/* a leg in the CONTROL log: this node's action (acted) or the peer's arriving */
+/* a leg in the CONTROL log: this node's action (acted, logged just before it is taken, so
+ * the peer never logs its arrival earlier) or the peer's arriving */
 static void log_leg(oae_epochrun *r, int kind, int acted, uint32_t link, uint32_t tid,
                     const uint8_t *payload, uint8_t len)
 {
@@ -468,34 +469,34 @@ static int perform(oae_epochrun *r, int n)
             uint8_t len = a->len;
             uint8_t f = OAE_F_CONTROL | (a->gated ? OAE_OFFER_GATED : 0);
             uint64_t seq = ++r->control_seq, now = oae_now_ns();
+            if (a->gated) /* logged before it leaves: the peer's arrival is logged later */
+                log_leg(r, OAE_ERC_OFFER, 1, a->link, 0, a->payload, len);
             if (oae_pump_submit(p, a->payload, &len, 1, f, CONTROL_COOKIE | seq, NULL) < 0) {
                 fail_as(r, -ENOMEM, 1);
                 return r->failed;
             }
             r->sent_at[seq % SENT_AT] = a->gated ? 0 : now;
-            if (a->gated)
-                log_leg(r, OAE_ERC_OFFER, 1, a->link, 0, a->payload, len);
             break;
         }
         /* a decision the link can no longer take (it went down meanwhile) is taken by
          * the link's next round: the machine learns it from the link's events */
         case OAE_EA_HOLD:
-            oae_pump_hold(p, a->tid);
             log_leg(r, OAE_ERC_HOLD, 1, a->link, a->tid, NULL, 0);
+            oae_pump_hold(p, a->tid);
             break;
         case OAE_EA_REFUSE:
             oae_pump_refuse(p, a->tid);
             break;
         case OAE_EA_COMMIT: {
-            oae_pump_commit(p, a->tid);
             const reflected_t *x = &r->reflected[i][a->tid % REFLECTED_MAX];
             int known = x->tid == a->tid;
             log_leg(r, OAE_ERC_COMMIT, 1, a->link, a->tid, x->payload, known ? x->len : 0);
+            oae_pump_commit(p, a->tid);
             break;
         }
         case OAE_EA_REPORT:
-            oae_pump_report(p, a->tid);
             log_leg(r, OAE_ERC_REPORT, 1, a->link, a->tid, NULL, 0);
+            oae_pump_report(p, a->tid);
             break;
         case OAE_EA_RESET:
             oae_pump_reset(p);
