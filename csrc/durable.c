@@ -1,5 +1,6 @@
 /* oae durable link registers: two CRC32C-checked slots updated in place, one fdatasync. */
 #include "durable.h"
+#include "bigend.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -20,28 +21,6 @@
 /* the single-record file written before this layout: magic "OAED", CRC32C, registers */
 #define LEGACY_MAGIC 0x4F414544u
 #define LEGACY_LEN (8 + sizeof(oae_link_durable))
-
-static void put32(uint8_t *p, uint32_t v)
-{
-    p[0] = (uint8_t)(v >> 24); p[1] = (uint8_t)(v >> 16); p[2] = (uint8_t)(v >> 8);
-    p[3] = (uint8_t)v;
-}
-
-static uint32_t get32(const uint8_t *p)
-{
-    return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
-}
-
-static void put64(uint8_t *p, uint64_t v)
-{
-    put32(p, (uint32_t)(v >> 32));
-    put32(p + 4, (uint32_t)v);
-}
-
-static uint64_t get64(const uint8_t *p)
-{
-    return (uint64_t)get32(p) << 32 | get32(p + 4);
-}
 
 /* serial-number order (RFC 1982 style): a is newer than b; a store always writes newest+1,
  * so the two valid slots differ by one and the order survives a wrap of the counter */

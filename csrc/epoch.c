@@ -2,6 +2,7 @@
  * carries the name of its Python counterpart and follows it step by step; comments that
  * explain the protocol live there and in docs/convergence.md, not here. */
 #include "epoch.h"
+#include "bigend.h"
 
 #include <errno.h>
 #include <stdlib.h>
@@ -89,28 +90,6 @@ static int wave_cmp(const oae_epoch_wave *a, const oae_epoch_wave *b)
 static int wave_eq(const oae_epoch_wave *a, const oae_epoch_wave *b)
 {
     return wave_cmp(a, b) == 0;
-}
-
-static void put32(uint8_t *p, uint32_t v)
-{
-    p[0] = (uint8_t)(v >> 24); p[1] = (uint8_t)(v >> 16); p[2] = (uint8_t)(v >> 8);
-    p[3] = (uint8_t)v;
-}
-
-static uint32_t get32(const uint8_t *p)
-{
-    return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
-}
-
-static void put64(uint8_t *p, uint64_t v)
-{
-    put32(p, (uint32_t)(v >> 32));
-    put32(p + 4, (uint32_t)v);
-}
-
-static uint64_t get64(const uint8_t *p)
-{
-    return (uint64_t)get32(p) << 32 | get32(p + 4);
 }
 
 static void put_wave(uint8_t *p, const oae_epoch_wave *w)

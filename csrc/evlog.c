@@ -1,5 +1,6 @@
 /* oae event log: record codec, replay against the durable registers, compaction. */
 #include "evlog.h"
+#include "bigend.h"
 #include "durable.h"
 
 #include <errno.h>
@@ -17,17 +18,6 @@
  *   16 key (u64)  24 payload[16]  40..43 zero  44 CRC32C of bytes 0..43
  * The first format: 0 magic 'L'  1 type  2 flags  3 data_flags  4 length  5..7 zero  8 tid
  *   12 info  16 payload[16]  32 CRC32C of bytes 0..31  36..39 zero */
-
-static void put32(uint8_t *p, uint32_t v)
-{
-    p[0] = (uint8_t)(v >> 24); p[1] = (uint8_t)(v >> 16); p[2] = (uint8_t)(v >> 8);
-    p[3] = (uint8_t)v;
-}
-
-static uint32_t get32(const uint8_t *p)
-{
-    return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
-}
 
 void oae_log_encode(uint8_t *r, const oae_log_record *in)
 {

@@ -12,6 +12,7 @@
 #include <string.h>
 
 #include "evlog.h"
+#include "bigend.h"
 
 #define FAIL(...)                                                                       \
     do {                                                                                \
@@ -19,11 +20,6 @@
         fprintf(stderr, " (line %d)\n", __LINE__);                                      \
         abort();                                                                        \
     } while (0)
-
-static uint32_t get32(const uint8_t *p)
-{
-    return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
-}
 
 static int same_record(const oae_log_record *a, const oae_log_record *b)
 {
