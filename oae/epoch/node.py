@@ -119,7 +119,6 @@ class EpochNode:
         self.proposed_at: dict[Wave, float] = {}
         self.decided_at: dict[Wave, float] = {}
         self.converged_at: dict[Wave, float] = {}
-        self._epoch = record.epoch
         data = record.to_bytes()
         err = ffi.new("int *")
         ids = list(self.links)
@@ -171,7 +170,7 @@ class EpochNode:
     @property
     def epoch(self) -> int:
         """The committed epoch (durable)."""
-        return self._epoch
+        return int(lib.oae_epochrun_epoch(self._run))
 
     def outcome(self, wave: Wave) -> bool | None:
         """True once `wave` (initiated here, by this or an earlier process) is known
@@ -209,12 +208,20 @@ class EpochNode:
 
     async def wait_epoch(self, epoch: int) -> None:
         """Wait until this node has committed `epoch` (or a later one); woken only when
-        the committed epoch moves, not at every step."""
-        while self._epoch < epoch:
+        the committed epoch moves, not at every step (the runner says so only then)."""
+        while (known := self.epoch) < epoch:
             self._raise_if_failed()
             if self._committed is None:
                 self._committed = trio.Event()
+                lib.oae_epochrun_watch_epoch(self._run, known)
             await self._committed.wait()
+
+    def log_epochs(self, fd: int, prefix: str, suffix: str) -> None:
+        """From now on the runner writes `prefix`, the epoch and `suffix` to `fd` at each
+        new committed epoch (once durable): a log line per transition without a Python
+        wake-up."""
+        if lib.oae_epochrun_log_epochs(self._run, fd, prefix.encode(), suffix.encode()) < 0:
+            raise UsageError("epoch log line: prefix and suffix must be shorter than 64 bytes")
 
     async def wait_change(self) -> None:
         """Wait until the runner's next step (any event, any action)."""
@@ -399,7 +406,6 @@ class EpochNode:
             self.converged.add(_wave(ev.wave))
             self.converged_at[_wave(ev.wave)] = at
         elif t == lib.OAE_ER_EPOCH:
-            self._epoch = ev.wave.epoch
             if self._committed is not None:
                 self._committed.set()
                 self._committed = None
