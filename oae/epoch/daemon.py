@@ -317,13 +317,14 @@ class EpochService:
             answer["at"] = self.mono(answer["at"])
         return answer
 
-    async def _until(self, done: Callable[[], bool], timeout: float) -> bool:
-        """Wait (at most `timeout` s) until `done()`: re-checked after every step of the
-        layer and every LIVE/down change of a link."""
+    async def _until(self, done: Callable[[], bool], timeout: float,
+                     step: Callable[[], Awaitable[None]] | None = None) -> bool:  # fmt: skip
+        """Wait (at most `timeout` s) until `done()`: re-checked after every `step` of the
+        layer (default: every step) and every LIVE/down change of a link."""
         with trio.move_on_after(timeout):
             while not done():
                 async with trio.open_nursery() as nursery:
-                    waits: list[Callable[[], Awaitable[None]]] = [self.layer.wait_change]
+                    waits: list[Callable[[], Awaitable[None]]] = [step or self.layer.wait_change]
                     waits += [link.wait_state_change for link in self.node.links.values()]
                     for wait in waits:
                         nursery.start_soon(_then_cancel, wait, nursery.cancel_scope)
@@ -331,7 +332,8 @@ class EpochService:
 
     async def op_outcome(self, req: dict[str, Any]) -> dict[str, Any]:
         ident = req.get("wave")
-        await self._until(lambda: self.layer.outcome(ident)[0] is not None, _timeout(req))
+        await self._until(lambda: self.layer.outcome(ident)[0] is not None, _timeout(req),
+                          self.layer.wait_decision)  # fmt: skip
         ok, at = self.layer.outcome(ident)
         outcome = None if ok is None else "committed" if ok else "aborted"
         return {"outcome": outcome, "at": self.mono(at)}

@@ -145,6 +145,7 @@ class EpochNode:
                 link.reset()
         self._changed: trio.Event | None = None  # created only when someone waits
         self._committed: trio.Event | None = None  # likewise, set when the epoch moves
+        self._decision: trio.Event | None = None  # likewise: a decision, Conv or epoch
         self._proposals: dict[int, tuple[trio.Event, list[tuple[int, Wave | None]]]] = {}
         self._next_request = 1
         self._error: EpochNodeError | None = None
@@ -203,8 +204,17 @@ class EpochNode:
     async def wait_outcome(self, wave: Wave) -> bool:
         """Wait until `wave` (initiated here) is decided and, if committed, converged."""
         while (result := self.outcome(wave)) is None:
-            await self.wait_change()
+            await self.wait_decision()
         return result
+
+    async def wait_decision(self) -> None:
+        """Wait until the runner decides a wave, learns a Conv or commits an epoch (what
+        `outcome` changes with): not woken at the wave's other steps."""
+        self._raise_if_failed()
+        if self._decision is None:
+            self._decision = trio.Event()
+            lib.oae_epochrun_watch_epoch(self._run, self.epoch)
+        await self._decision.wait()
 
     async def wait_epoch(self, epoch: int) -> None:
         """Wait until this node has committed `epoch` (or a later one); woken only when
@@ -366,6 +376,11 @@ class EpochNode:
         if self._error is not None:
             raise self._error
 
+    def _decided(self) -> None:
+        if self._decision is not None:
+            self._decision.set()
+            self._decision = None
+
     def _notify(self) -> None:
         if self._changed is not None:
             self._changed.set()
@@ -402,10 +417,13 @@ class EpochNode:
         elif t == lib.OAE_ER_DECIDED:
             self.decided[_wave(ev.wave)] = bool(ev.ok)
             self.decided_at[_wave(ev.wave)] = at
+            self._decided()
         elif t == lib.OAE_ER_CONVERGED:
             self.converged.add(_wave(ev.wave))
             self.converged_at[_wave(ev.wave)] = at
+            self._decided()
         elif t == lib.OAE_ER_EPOCH:
+            self._decided()
             if self._committed is not None:
                 self._committed.set()
                 self._committed = None
@@ -416,6 +434,7 @@ class EpochNode:
                 else f"the epoch machine failed ({ev.info}, csrc/epoch.h)"
             )
             self._error = EpochNodeError(f"epoch node {self.node_id} stopped: {why}")
+            self._decided()
             if self._committed is not None:
                 self._committed.set()
             raise self._error
