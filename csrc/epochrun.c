@@ -270,6 +270,8 @@ typedef struct command {
     int ok;
 } command;
 
+#define LOG_AFFIX 64 /* room for the text around the epoch in a log line, NUL included */
+
 struct oae_epochrun {
     oae_epoch *m;
     uint32_t node_id;
@@ -285,7 +287,10 @@ struct oae_epochrun {
     int watch;    /* the application waits for a change (oae_epochrun_watch, a held send) */
     int changed;  /* a step ran since the last CHANGED */
     int backed_up; /* the ring had no room: the application's take wakes us */
-    uint32_t epoch_seen; /* the committed epoch last published (OAE_ER_EPOCH) */
+    uint32_t epoch_seen; /* the committed epoch (durable), as the runner last saw it */
+    int watch_epoch;     /* the application waits for epoch_seen to move (OAE_ER_EPOCH) */
+    int log_fd;          /* -1, or where each new committed epoch is logged (one line) */
+    char log_prefix[LOG_AFFIX], log_suffix[LOG_AFFIX];
     /* commands, under mu */
     command cmd[CMDS];
     uint32_t cmd_head, cmd_tail;
@@ -432,6 +437,23 @@ static int persist(oae_epochrun *r, uint32_t i)
     return rc;
 }
 
+/* The committed epoch moved (its record is durable): the log line, written here so that
+ * nobody else is woken per transition, and OAE_ER_EPOCH only if the application waits. */
+static void new_epoch(oae_epochrun *r)
+{
+    r->epoch_seen = oae_epoch_epoch(r->m);
+    if (r->log_fd >= 0) {
+        char line[3 * LOG_AFFIX];
+        int n = snprintf(line, sizeof line, "%s%u%s", r->log_prefix, r->epoch_seen,
+                         r->log_suffix);
+        if (write(r->log_fd, line, (size_t)n) < 0) { /* a log that is gone: not ours to fix */ }
+    }
+    if (r->watch_epoch) {
+        r->watch_epoch = 0;
+        publish_wave(r, OAE_ER_EPOCH, &oae_epoch_record_get(r->m)->committed, 1);
+    }
+}
+
 /* Perform the n actions of the machine's last input, in order (mu held).  Observations
  * (Capture, Discard, Decided, Converged, a new committed epoch) are published after the
  * whole list, when every record of it is durable; a Capture with no application
@@ -539,10 +561,8 @@ static int perform(oae_epochrun *r, int n)
     }
     for (int k = 0; k < seen; k++)
         publish_wave(r, r->seen[k].type, &r->seen[k].wave, r->seen[k].ok);
-    if (oae_epoch_epoch(r->m) != r->epoch_seen) {
-        r->epoch_seen = oae_epoch_epoch(r->m);
-        publish_wave(r, OAE_ER_EPOCH, &oae_epoch_record_get(r->m)->committed, 1);
-    }
+    if (oae_epoch_epoch(r->m) != r->epoch_seen)
+        new_epoch(r);
     if (captured)
         return input_done(r, oae_epoch_checkpoint_written(r->m, &capture, 1), 0);
     return 0;
@@ -673,7 +693,7 @@ oae_epochrun *oae_epochrun_new(uint32_t node_id, const uint32_t *ids, oae_pump *
         *err = -ENOMEM;
         return NULL;
     }
-    r->cmdfd = r->evfd = r->store.fd = -1;
+    r->cmdfd = r->evfd = r->store.fd = r->log_fd = -1;
     r->node_id = node_id;
     r->n = n;
     r->flags = flags;
@@ -688,6 +708,7 @@ oae_epochrun *oae_epochrun_new(uint32_t node_id, const uint32_t *ids, oae_pump *
     r->m = oae_epoch_new(node_id, ids, n, record ? &rec : NULL, err);
     if (!r->m)
         goto fail;
+    r->epoch_seen = oae_epoch_epoch(r->m);
     r->ring = calloc(RING, sizeof *r->ring);
     r->ctl = calloc(CTL_RING, sizeof *r->ctl);
     r->store.path = strdup(record_path);
@@ -745,6 +766,7 @@ static int room_for(oae_epochrun *r, uint32_t inputs)
 int oae_epochrun_run(oae_epochrun *r)
 {
     struct pollfd pf[OAE_EPOCH_LINKS_MAX + 1];
+    pthread_setname_np(pthread_self(), "oae-epochrun"); /* for top -H, perf --tid */
     pthread_mutex_lock(&r->mu);
     uint64_t cpu0 = oae_thread_cpu_ns();
     r->running = pthread_getcpuclockid(pthread_self(), &r->cpuclock) == 0;
@@ -902,6 +924,36 @@ int64_t oae_epochrun_send(oae_epochrun *r, uint32_t link, const uint8_t *payload
     r->st.app_sent += n;
     pthread_mutex_unlock(&r->mu);
     return tag;
+}
+
+uint32_t oae_epochrun_epoch(oae_epochrun *r)
+{
+    pthread_mutex_lock(&r->mu);
+    uint32_t e = r->epoch_seen;
+    pthread_mutex_unlock(&r->mu);
+    return e;
+}
+
+void oae_epochrun_watch_epoch(oae_epochrun *r, uint32_t known)
+{
+    pthread_mutex_lock(&r->mu);
+    if (r->epoch_seen != known)
+        publish_wave(r, OAE_ER_EPOCH, &oae_epoch_record_get(r->m)->committed, 1);
+    else
+        r->watch_epoch = 1;
+    pthread_mutex_unlock(&r->mu);
+}
+
+int oae_epochrun_log_epochs(oae_epochrun *r, int fd, const char *prefix, const char *suffix)
+{
+    if (strlen(prefix) >= LOG_AFFIX || strlen(suffix) >= LOG_AFFIX)
+        return -EINVAL;
+    pthread_mutex_lock(&r->mu);
+    r->log_fd = fd;
+    strcpy(r->log_prefix, prefix);
+    strcpy(r->log_suffix, suffix);
+    pthread_mutex_unlock(&r->mu);
+    return 0;
 }
 
 void oae_epochrun_watch(oae_epochrun *r)

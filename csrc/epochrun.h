@@ -45,7 +45,9 @@ enum {
     OAE_ER_DISCARD = 4,   /* wave: its capture is void (the wave aborted) */
     OAE_ER_DECIDED = 5,   /* wave, ok = committed (at the initiator) */
     OAE_ER_CONVERGED = 6, /* wave: Conv known (at the initiator) */
-    OAE_ER_EPOCH = 7,     /* wave: this node committed it (durably) */
+    OAE_ER_EPOCH = 7,     /* wave: this node committed it (durably); only once asked
+                             (oae_epochrun_watch_epoch), so that nobody is woken per
+                             transition */
     OAE_ER_CHANGED = 8,   /* the machine moved (since the last CHANGED): held sends may go,
                              status and readiness too; only once asked (oae_epochrun_watch,
                              or a held send), so that nobody is woken at every step */
@@ -145,6 +147,15 @@ int64_t oae_epochrun_send(oae_epochrun *r, uint32_t link, const uint8_t *payload
 /* Ask for one OAE_ER_CHANGED at the machine's next move (at once if it moved since the
  * last CHANGED). */
 void oae_epochrun_watch(oae_epochrun *r);
+/* The committed epoch (durable) as of the runner's last step. */
+uint32_t oae_epochrun_epoch(oae_epochrun *r);
+/* Ask for one OAE_ER_EPOCH when the committed epoch is no longer `known` (at once if it
+ * already is not). */
+void oae_epochrun_watch_epoch(oae_epochrun *r, uint32_t known);
+/* From now on write "<prefix><epoch><suffix>" to fd (-1: nowhere) at each new committed
+ * epoch, once its record is durable: the node's log, without waking the application.
+ * -EINVAL if prefix or suffix is 64 bytes or longer. */
+int oae_epochrun_log_epochs(oae_epochrun *r, int fd, const char *prefix, const char *suffix);
 
 /* Queries.  lock/unlock bracket reads of the machine (oae_epoch_* queries) from another
  * thread; the runner never holds the lock across a disk write. */

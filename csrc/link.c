@@ -961,7 +961,8 @@ void oae_link_set_epoch(oae_link *l, uint32_t epoch)
         if (l->phase == OAE_PHASE_LIVE && l->t_answer != NEVER)
             l->t_answer = 0;
         l->cfg.epoch = epoch;
-        durable_changed(l);
+        if (!l->cfg.volatile_epoch)
+            durable_changed(l);
     }
 }
 

@@ -101,6 +101,9 @@ typedef struct oae_link_config {
     int persist;            /* 1: emit PERSIST and hold frames until oae_link_persisted() */
     int gates;              /* 1: the application holds, reports and commits CONTROL
                                transfers (docs/protocol.md section 7.11) */
+    int volatile_epoch;     /* 1: the epoch is not a durable register (no PERSIST when it
+                               changes): the application keeps it and sets it again after
+                               a restart (the epoch runner, docs/convergence.md 11.11) */
 } oae_link_config;
 
 /* Registers that must survive a crash for exactly-once across restarts. */

@@ -63,7 +63,8 @@ class LinkConfig:
     """One end of a link. Times are nanoseconds of whatever clock the caller passes as
     `now`; `nonce` must be random per process in production and fixed in tests.
     `gates`: the application holds, reports and commits CONTROL transfers
-    (docs/protocol.md 7.11)."""
+    (docs/protocol.md 7.11). `volatile_epoch`: a new epoch is not a durable register
+    (no Persist): the application keeps it and sets it again after a restart."""
 
     mac: bytes
     nonce: int
@@ -80,6 +81,7 @@ class LinkConfig:
     epoch: int = 0
     persist: bool = False
     gates: bool = False
+    volatile_epoch: bool = False
 
     def __post_init__(self) -> None:
         if len(self.mac) != 6 or (self.peer_mac is not None and len(self.peer_mac) != 6):
@@ -216,6 +218,7 @@ class LinkEngine:
         c.epoch = config.epoch
         c.persist = config.persist
         c.gates = config.gates
+        c.volatile_epoch = config.volatile_epoch
         d = ffi.NULL
         if restored is not None:
             d = ffi.new("oae_link_durable *")

@@ -288,6 +288,23 @@ def test_persist_gates_frames(cls: type) -> None:
     assert [decode_frame(f).record.tid for f in frames] == [1, 2]
 
 
+def test_volatile_epoch_costs_no_store(cls: type) -> None:
+    """A durable end persists a new epoch before its next frame; with volatile_epoch (the
+    epoch runner's links) it does not, and the epoch rides along with the next store."""
+    for volatile in (False, True):
+        p = Pair(cls, persist=True, volatile_epoch=volatile)
+        p.up()
+        a = p.ends[0]
+        a.poll_events()
+        a.set_epoch(3)
+        assert (a.poll_events() == [Persist()]) is not volatile
+        assert (a.poll_tx(p.now) == []) is not volatile
+        if volatile:
+            assert a.offer(b"x") == 1
+            assert a.poll_events() == [Persist()]
+            assert a.durable().epoch == 3 and a.durable().out_hi == 1
+
+
 def test_corrupted_source_address_cannot_capture_the_link(cls: type) -> None:
     """The Ethernet header is not covered by the check: a HELLO whose source MAC was
     corrupted binds a phantom peer only until that round dies; the binding is not stored

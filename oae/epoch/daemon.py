@@ -40,6 +40,7 @@ import os
 import random
 import resource
 import struct
+import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
@@ -49,7 +50,7 @@ from typing import Any
 
 import trio
 
-from oae.epoch.layers import ALGORITHMS, Layer, open_layer
+from oae.epoch.layers import ALGORITHMS, Bilateral, Layer, open_layer
 from oae.epoch.messages import MAX_U32
 from oae.epoch.sim import Topology
 from oae.errors import UsageError
@@ -316,13 +317,14 @@ class EpochService:
             answer["at"] = self.mono(answer["at"])
         return answer
 
-    async def _until(self, done: Callable[[], bool], timeout: float) -> bool:
-        """Wait (at most `timeout` s) until `done()`: re-checked after every step of the
-        layer and every LIVE/down change of a link."""
+    async def _until(self, done: Callable[[], bool], timeout: float,
+                     step: Callable[[], Awaitable[None]] | None = None) -> bool:  # fmt: skip
+        """Wait (at most `timeout` s) until `done()`: re-checked after every `step` of the
+        layer (default: every step) and every LIVE/down change of a link."""
         with trio.move_on_after(timeout):
             while not done():
                 async with trio.open_nursery() as nursery:
-                    waits: list[Callable[[], Awaitable[None]]] = [self.layer.wait_change]
+                    waits: list[Callable[[], Awaitable[None]]] = [step or self.layer.wait_change]
                     waits += [link.wait_state_change for link in self.node.links.values()]
                     for wait in waits:
                         nursery.start_soon(_then_cancel, wait, nursery.cancel_scope)
@@ -330,7 +332,8 @@ class EpochService:
 
     async def op_outcome(self, req: dict[str, Any]) -> dict[str, Any]:
         ident = req.get("wave")
-        await self._until(lambda: self.layer.outcome(ident)[0] is not None, _timeout(req))
+        await self._until(lambda: self.layer.outcome(ident)[0] is not None, _timeout(req),
+                          self.layer.wait_decision)  # fmt: skip
         ok, at = self.layer.outcome(ident)
         outcome = None if ok is None else "committed" if ok else "aborted"
         return {"outcome": outcome, "at": self.mono(at)}
@@ -422,10 +425,13 @@ async def _then_cancel(wait: Callable[[], Awaitable[None]], scope: trio.CancelSc
 
 
 @asynccontextmanager
-async def serve(node: Node, cfg: EpochConfig, log: Log) -> AsyncIterator[EpochService]:
+async def serve(node: Node, cfg: EpochConfig, log: Log,
+                epoch_line: tuple[str, str] | None = None) -> AsyncIterator[EpochService]:
     """Run the epoch layer of `cfg` (its identity resolved) over every link of `node`
     (opened with layered=True) and serve its ops on the node's control socket until the
-    block exits."""
+    block exits. `epoch_line`: the text around the number in the `epoch` lines that `log`
+    writes to stdout; the bilateral runner then writes them itself (no Python wake-up per
+    transition)."""
     node_id, labels = cfg.node_id, cfg.labels
     assert node_id is not None and set(labels) == set(node.links)
     links = {labels[iface]: link for iface, link in node.links.items()}
@@ -437,7 +443,11 @@ async def serve(node: Node, cfg: EpochConfig, log: Log) -> AsyncIterator[EpochSe
             node.sender = svc.send
             node.extra_status["epoch"] = svc.brief
             nursery.start_soon(svc.deliver)
-            nursery.start_soon(svc.log_epochs, log)
+            if isinstance(layer, Bilateral) and epoch_line is not None:
+                sys.stdout.flush()
+                layer.node.log_epochs(sys.stdout.fileno(), *epoch_line)
+            else:
+                nursery.start_soon(svc.log_epochs, log)
             log("epochs", node_id=node_id, algorithm=layer.algorithm, epoch=layer.epoch(),
                 state_dir=str(cfg.state_dir), links=labels)  # fmt: skip
             try:

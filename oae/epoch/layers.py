@@ -108,6 +108,11 @@ class Layer(Protocol):
 
     async def wait_change(self) -> None: ...
 
+    async def wait_decision(self) -> None:
+        """Until something that may change `outcome` happened (at most as often as
+        wait_change: bilateral wakes only on decisions, Conv and new epochs)."""
+        ...
+
     async def wait_epoch(self, epoch: int) -> None:
         """Until `epoch()` >= `epoch`."""
         ...
@@ -168,6 +173,9 @@ class Bilateral:
 
     async def wait_change(self) -> None:
         await self.node.wait_change()
+
+    async def wait_decision(self) -> None:
+        await self.node.wait_decision()
 
     async def wait_epoch(self, epoch: int) -> None:
         await self.node.wait_epoch(epoch)
@@ -232,6 +240,9 @@ class TwoPhase:
 
     async def wait_change(self) -> None:
         await self.node.wait_change()
+
+    async def wait_decision(self) -> None:
+        await self.wait_change()
 
     async def wait_epoch(self, epoch: int) -> None:
         while self.epoch() < epoch:
@@ -329,6 +340,9 @@ class Clock:
 
     async def wait_change(self) -> None:
         await self._changed.wait()
+
+    async def wait_decision(self) -> None:
+        await self.wait_change()
 
     async def wait_epoch(self, epoch: int) -> None:
         while self.current < epoch:

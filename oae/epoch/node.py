@@ -119,7 +119,6 @@ class EpochNode:
         self.proposed_at: dict[Wave, float] = {}
         self.decided_at: dict[Wave, float] = {}
         self.converged_at: dict[Wave, float] = {}
-        self._epoch = record.epoch
         data = record.to_bytes()
         err = ffi.new("int *")
         ids = list(self.links)
@@ -146,6 +145,7 @@ class EpochNode:
                 link.reset()
         self._changed: trio.Event | None = None  # created only when someone waits
         self._committed: trio.Event | None = None  # likewise, set when the epoch moves
+        self._decision: trio.Event | None = None  # likewise: a decision, Conv or epoch
         self._proposals: dict[int, tuple[trio.Event, list[tuple[int, Wave | None]]]] = {}
         self._next_request = 1
         self._error: EpochNodeError | None = None
@@ -171,7 +171,7 @@ class EpochNode:
     @property
     def epoch(self) -> int:
         """The committed epoch (durable)."""
-        return self._epoch
+        return int(lib.oae_epochrun_epoch(self._run))
 
     def outcome(self, wave: Wave) -> bool | None:
         """True once `wave` (initiated here, by this or an earlier process) is known
@@ -204,17 +204,34 @@ class EpochNode:
     async def wait_outcome(self, wave: Wave) -> bool:
         """Wait until `wave` (initiated here) is decided and, if committed, converged."""
         while (result := self.outcome(wave)) is None:
-            await self.wait_change()
+            await self.wait_decision()
         return result
+
+    async def wait_decision(self) -> None:
+        """Wait until the runner decides a wave, learns a Conv or commits an epoch (what
+        `outcome` changes with): not woken at the wave's other steps."""
+        self._raise_if_failed()
+        if self._decision is None:
+            self._decision = trio.Event()
+            lib.oae_epochrun_watch_epoch(self._run, self.epoch)
+        await self._decision.wait()
 
     async def wait_epoch(self, epoch: int) -> None:
         """Wait until this node has committed `epoch` (or a later one); woken only when
-        the committed epoch moves, not at every step."""
-        while self._epoch < epoch:
+        the committed epoch moves, not at every step (the runner says so only then)."""
+        while (known := self.epoch) < epoch:
             self._raise_if_failed()
             if self._committed is None:
                 self._committed = trio.Event()
+                lib.oae_epochrun_watch_epoch(self._run, known)
             await self._committed.wait()
+
+    def log_epochs(self, fd: int, prefix: str, suffix: str) -> None:
+        """From now on the runner writes `prefix`, the epoch and `suffix` to `fd` at each
+        new committed epoch (once durable): a log line per transition without a Python
+        wake-up."""
+        if lib.oae_epochrun_log_epochs(self._run, fd, prefix.encode(), suffix.encode()) < 0:
+            raise UsageError("epoch log line: prefix and suffix must be shorter than 64 bytes")
 
     async def wait_change(self) -> None:
         """Wait until the runner's next step (any event, any action)."""
@@ -359,6 +376,11 @@ class EpochNode:
         if self._error is not None:
             raise self._error
 
+    def _decided(self) -> None:
+        if self._decision is not None:
+            self._decision.set()
+            self._decision = None
+
     def _notify(self) -> None:
         if self._changed is not None:
             self._changed.set()
@@ -395,11 +417,13 @@ class EpochNode:
         elif t == lib.OAE_ER_DECIDED:
             self.decided[_wave(ev.wave)] = bool(ev.ok)
             self.decided_at[_wave(ev.wave)] = at
+            self._decided()
         elif t == lib.OAE_ER_CONVERGED:
             self.converged.add(_wave(ev.wave))
             self.converged_at[_wave(ev.wave)] = at
+            self._decided()
         elif t == lib.OAE_ER_EPOCH:
-            self._epoch = ev.wave.epoch
+            self._decided()
             if self._committed is not None:
                 self._committed.set()
                 self._committed = None
@@ -410,6 +434,7 @@ class EpochNode:
                 else f"the epoch machine failed ({ev.info}, csrc/epoch.h)"
             )
             self._error = EpochNodeError(f"epoch node {self.node_id} stopped: {why}")
+            self._decided()
             if self._committed is not None:
                 self._committed.set()
             raise self._error

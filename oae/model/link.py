@@ -745,7 +745,8 @@ class LinkModel:
             if self.phase == Phase.LIVE and self.t_answer != NEVER:
                 self.t_answer = 0
             self.cfg_epoch = epoch
-            self._durable_changed()
+            if not self.config.volatile_epoch:
+                self._durable_changed()
 
     def idle(self) -> bool:
         """True while the peer may stay silent for longer than a round trip."""

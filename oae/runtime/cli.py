@@ -220,12 +220,24 @@ def _specs(args: argparse.Namespace, epochs: daemon.EpochConfig | None) -> list[
     return specs
 
 
-def _log(args: argparse.Namespace, event: str, **fields: Any) -> None:
+def _line(args: argparse.Namespace, event: str, **fields: Any) -> str:
+    """One line of the node's log (without its newline)."""
     if args.json:
-        print(json.dumps({"event": event, **fields}), flush=True)
-    else:
-        rest = " ".join(f"{k}={v}" for k, v in fields.items())
-        print(f"oae node: {event} {rest}", flush=True)
+        return json.dumps({"event": event, **fields})
+    rest = " ".join(f"{k}={v}" for k, v in fields.items())
+    return f"oae node: {event} {rest}"
+
+
+def _log(args: argparse.Namespace, event: str, **fields: Any) -> None:
+    print(_line(args, event, **fields), flush=True)
+
+
+def _epoch_line(args: argparse.Namespace) -> tuple[str, str]:
+    """The text before and after the number in the log's `epoch` line (for a layer that
+    writes that line without Python: the bilateral runner)."""
+    mark = 2**32  # no epoch: it cannot appear elsewhere in the line
+    before, after = _line(args, "epoch", epoch=mark).split(str(mark))
+    return before, after + "\n"
 
 
 async def _node_main(args: argparse.Namespace) -> None:
@@ -240,7 +252,7 @@ async def _node_main(args: argparse.Namespace) -> None:
                      control=control, out_settled=st["out_settled"],
                      in_delivered=st["in_delivered"])  # fmt: skip
             layer = nullcontext() if epochs is None else daemon.serve(
-                node, epochs, partial(_log, args))  # fmt: skip
+                node, epochs, partial(_log, args), _epoch_line(args))  # fmt: skip
             async with layer, trio.open_nursery() as nursery:
 
                 async def watch(link: Any) -> None:

@@ -825,6 +825,8 @@ def _config(sock: PacketSocket, peer: bytes | None, key: bytes | None, opts: Lin
     cfg.idle_ns = int(opts.idle * 1e9)
     cfg.epoch = opts.epoch
     cfg.gates = opts.gates
+    # the runner restores every link end's epoch from its own record at start
+    cfg.volatile_epoch = opts.epoch_runner
     return cfg
 
 
