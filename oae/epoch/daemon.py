@@ -323,9 +323,10 @@ class EpochService:
         layer (default: every step) and every LIVE/down change of a link."""
         with trio.move_on_after(timeout):
             while not done():
+                # armed here, right after the check: a change before their tasks run counts
+                waits = [(step or self.layer.wait_change)()]
+                waits += [link.wait_state_change() for link in self.node.links.values()]
                 async with trio.open_nursery() as nursery:
-                    waits: list[Callable[[], Awaitable[None]]] = [step or self.layer.wait_change]
-                    waits += [link.wait_state_change for link in self.node.links.values()]
                     for wait in waits:
                         nursery.start_soon(_then_cancel, wait, nursery.cancel_scope)
         return done()
@@ -419,8 +420,8 @@ class EpochService:
             log("epoch", epoch=self.layer.epoch())
 
 
-async def _then_cancel(wait: Callable[[], Awaitable[None]], scope: trio.CancelScope) -> None:
-    await wait()
+async def _then_cancel(wait: Awaitable[None], scope: trio.CancelScope) -> None:
+    await wait
     scope.cancel()
 
 

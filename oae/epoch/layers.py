@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import os
 import struct
-from collections.abc import AsyncIterable, AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import replace
 from functools import partial
@@ -106,9 +106,12 @@ class Layer(Protocol):
         """Every link LIVE (bilateral: and its peer's epoch heard)."""
         ...
 
-    async def wait_change(self) -> None: ...
+    # The waits are armed when called, not when first awaited: a caller that checks its
+    # condition and calls one with no checkpoint between misses nothing (the daemon starts
+    # several at once in a nursery, where a task runs later than it is started).
+    def wait_change(self) -> Awaitable[None]: ...
 
-    async def wait_decision(self) -> None:
+    def wait_decision(self) -> Awaitable[None]:
         """Until something that may change `outcome` happened (at most as often as
         wait_change: bilateral wakes only on decisions, Conv and new epochs)."""
         ...
@@ -171,11 +174,11 @@ class Bilateral:
     def ready(self) -> bool:
         return self.node.ready()
 
-    async def wait_change(self) -> None:
-        await self.node.wait_change()
+    def wait_change(self) -> Awaitable[None]:
+        return self.node.wait_change()
 
-    async def wait_decision(self) -> None:
-        await self.node.wait_decision()
+    def wait_decision(self) -> Awaitable[None]:
+        return self.node.wait_decision()
 
     async def wait_epoch(self, epoch: int) -> None:
         await self.node.wait_epoch(epoch)
@@ -238,11 +241,11 @@ class TwoPhase:
     def ready(self) -> bool:
         return all(link.up for link in self.node.links.values())
 
-    async def wait_change(self) -> None:
-        await self.node.wait_change()
+    def wait_change(self) -> Awaitable[None]:
+        return self.node.wait_change()
 
-    async def wait_decision(self) -> None:
-        await self.wait_change()
+    def wait_decision(self) -> Awaitable[None]:
+        return self.wait_change()
 
     async def wait_epoch(self, epoch: int) -> None:
         while self.epoch() < epoch:
@@ -338,11 +341,11 @@ class Clock:
     def ready(self) -> bool:
         return all(link.up for link in self.links.values())
 
-    async def wait_change(self) -> None:
-        await self._changed.wait()
+    def wait_change(self) -> Awaitable[None]:
+        return self._changed.wait()
 
-    async def wait_decision(self) -> None:
-        await self.wait_change()
+    def wait_decision(self) -> Awaitable[None]:
+        return self.wait_change()
 
     async def wait_epoch(self, epoch: int) -> None:
         while self.current < epoch:

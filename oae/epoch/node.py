@@ -207,14 +207,14 @@ class EpochNode:
             await self.wait_decision()
         return result
 
-    async def wait_decision(self) -> None:
-        """Wait until the runner decides a wave, learns a Conv or commits an epoch (what
-        `outcome` changes with): not woken at the wave's other steps."""
+    def wait_decision(self) -> Awaitable[None]:
+        """Until the runner decides a wave, learns a Conv or commits an epoch (what
+        `outcome` changes with): not woken at the wave's other steps. Armed when called."""
         self._raise_if_failed()
         if self._decision is None:
             self._decision = trio.Event()
             lib.oae_epochrun_watch_epoch(self._run, self.epoch)
-        await self._decision.wait()
+        return self._decision.wait()
 
     async def wait_epoch(self, epoch: int) -> None:
         """Wait until this node has committed `epoch` (or a later one); woken only when
@@ -233,13 +233,13 @@ class EpochNode:
         if lib.oae_epochrun_log_epochs(self._run, fd, prefix.encode(), suffix.encode()) < 0:
             raise UsageError("epoch log line: prefix and suffix must be shorter than 64 bytes")
 
-    async def wait_change(self) -> None:
-        """Wait until the runner's next step (any event, any action)."""
+    def wait_change(self) -> Awaitable[None]:
+        """Until the runner's next step (any event, any action). Armed when called."""
         self._raise_if_failed()
         if self._changed is None:
             self._changed = trio.Event()
             lib.oae_epochrun_watch(self._run)  # the runner says CHANGED only when asked
-        await self._changed.wait()
+        return self._changed.wait()
 
     def send_epoch(self, neighbour: int) -> int | None:
         """The tag application frames to `neighbour` carry now (None: held)."""

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import json
 import struct
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, TypeVar
@@ -167,8 +167,9 @@ class TwoPCNode:
         await trio.lowlevel.checkpoint()  # written at once, but never inside the caller
         self.call(lambda: self.proc.checkpoint_done(token, True))
 
-    async def wait_change(self) -> None:
-        await self._changed.wait()
+    def wait_change(self) -> Awaitable[None]:
+        """Until the next change (armed now: see Layer.wait_change)."""
+        return self._changed.wait()
 
     # ------------------------------------------------------------ application frames
     async def send_app(self, peer: int, body: bytes) -> Outcome:

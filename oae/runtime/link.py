@@ -23,7 +23,7 @@ import fcntl
 import os
 import secrets
 from collections import deque
-from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Iterable, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -323,11 +323,12 @@ class Link:
             await self._up_event.wait()
         self._raise_if_broken()
 
-    async def wait_state_change(self) -> None:
-        """Wait until the link next goes LIVE or down (or fails). Nothing is missed
-        between reading `up`/`counters` and calling this without a checkpoint between:
-        the change is applied, and the waiters woken, by this link's event task."""
-        await self._state_event.wait()
+    def wait_state_change(self) -> Awaitable[None]:
+        """Until the link next goes LIVE or down (or fails). Nothing is missed between
+        reading `up`/`counters` and calling this without a checkpoint between (it is armed
+        when called): the change is applied, and the waiters woken, by this link's event
+        task."""
+        return self._state_event.wait()
 
     async def send(self, payload: bytes, control: bool = False, key: int | None = None) -> Outcome:
         """Transfer `payload` (at most 16 bytes) and return its outcome, the same one the
