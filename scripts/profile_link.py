@@ -3,6 +3,7 @@
     python scripts/profile_link.py ait [--seconds 3] [--busy] [--ring]
     python scripts/profile_link.py exchange [--seconds 3] [--busy]
     python scripts/profile_link.py flood [--seconds 3] [--ring]
+    python scripts/profile_link.py pingpong [--seconds 3] [--busy]
 
 Runs what `oae bench ait` (window 1024, beat 64, a quiet sender and a sink receiver),
 `oae bench exchange` (the idle-0 token exchange, beat 1) or the bare C flood measure, on
@@ -100,7 +101,10 @@ def classify(stack: list[tuple[str, str]], engine: set[str], codec: set[str]) ->
     return "pump"
 
 
-def perf_shares(data: Path, tids: dict[int, str]) -> dict[str, collections.Counter[str]]:
+def perf_shares(
+    data: Path, tids: dict[int, str], leaves: dict[str, collections.Counter[str]] | None = None
+) -> dict[str, collections.Counter[str]]:
+    """Samples per category for each named thread (and, into `leaves`, per leaf symbol)."""
     out = subprocess.run(["perf", "script", "-i", str(data), "-F", "tid,ip,sym,dso"],
                          capture_output=True, text=True, check=True).stdout  # fmt: skip
     engine, codec = c_functions("link.c"), c_functions("wire.c")
@@ -122,6 +126,8 @@ def perf_shares(data: Path, tids: dict[int, str]) -> dict[str, collections.Count
                 stack.append((sym.split("+")[0], dso.rstrip(")")))
         if stack:
             shares[tids[tid]][classify(stack, engine, codec)] += 1
+            if leaves is not None:
+                leaves.setdefault(tids[tid], collections.Counter())[stack[0][0]] += 1
     return shares
 
 
@@ -176,23 +182,38 @@ async def profile_links(
     }
 
 
-def profile_flood(pair: VethPair, seconds: float, ring: bool, data: Path) -> dict:
+def profile_c(
+    pair: VethPair, mode: str, seconds: float, busy: bool, ring: bool, data: Path
+) -> dict:
+    """The bare C baselines: the one-way flood (a frame each) or the ping-pong (a round trip
+    each; end a initiates, end b answers, as the link's ends in `exchange`)."""
     a = open_socket(pair.if_a, pair.ns_a)
     b = open_socket(pair.if_b, pair.ns_b)
     out_a, out_b = ffi.new("oae_bench_result *"), ffi.new("oae_bench_result *")
     tids: dict[int, str] = {}
     run, max_ns = secrets.randbits(32), int((seconds + 0.6) * 1e9)
-    lib.oae_sock_set_rcvtimeo(b.fd, 20_000_000)
+    names = ("sender", "receiver") if mode == "flood" else ("end a", "end b")
+    for s in (a, b):
+        lib.oae_sock_set_rcvtimeo(s.fd, 20_000_000)
 
-    def sender() -> None:
-        tids[threading.get_native_id()] = "sender"
-        lib.oae_flood_send(a.fd, a.mac, b.mac, a.ethertype, run, 1 << 40, max_ns, int(ring), out_a)
+    def end_a() -> None:
+        tids[threading.get_native_id()] = names[0]
+        if mode == "flood":
+            lib.oae_flood_send(a.fd, a.mac, b.mac, a.ethertype, run, 1 << 40, max_ns, int(ring),
+                               out_a)  # fmt: skip
+        else:
+            lib.oae_pingpong_initiate(a.fd, a.mac, b.mac, a.ethertype, run, 1 << 40, max_ns,
+                                      int(busy), out_a)  # fmt: skip
 
-    def receiver() -> None:
-        tids[threading.get_native_id()] = "receiver"
-        lib.oae_flood_recv(b.fd, b.ethertype, run, max_ns + 2_000_000_000, out_b)
+    def end_b() -> None:
+        tids[threading.get_native_id()] = names[1]
+        if mode == "flood":
+            lib.oae_flood_recv(b.fd, b.ethertype, run, max_ns + 2_000_000_000, out_b)
+        else:
+            lib.oae_pingpong_respond(b.fd, b.ethertype, run, max_ns + 2_000_000_000, int(busy),
+                                     out_b)  # fmt: skip
 
-    threads = [threading.Thread(target=f) for f in (receiver, sender)]
+    threads = [threading.Thread(target=f) for f in (end_b, end_a)]
     for t in threads:
         t.start()
     time.sleep(0.3)
@@ -202,11 +223,12 @@ def profile_flood(pair: VethPair, seconds: float, ring: bool, data: Path) -> dic
     a.close()
     b.close()
     # the whole run's CPU per frame (perf saw the middle of it)
+    counted = out_b if mode == "flood" else out_a
     return {
-        "rate": out_b.count / (out_b.elapsed_ns / 1e9),
-        "frames": out_a.sent,
+        "rate": counted.count / (counted.elapsed_ns / 1e9),
+        "frames": out_a.sent if mode == "flood" else out_a.count,
         "tids": tids,
-        "cpu_s": {"sender": out_a.cpu_ns / 1e9, "receiver": out_b.cpu_ns / 1e9},
+        "cpu_s": {names[0]: out_a.cpu_ns / 1e9, names[1]: out_b.cpu_ns / 1e9},
     }
 
 
@@ -214,10 +236,12 @@ def main() -> int:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    ap.add_argument("mode", choices=("ait", "exchange", "flood"))
+    ap.add_argument("mode", choices=("ait", "exchange", "flood", "pingpong"))
     ap.add_argument("--seconds", type=float, default=3.0)
     ap.add_argument("--busy", action="store_true", help="busy-poll pumps")
     ap.add_argument("--ring", action="store_true", help="send through a PACKET_TX_RING")
+    ap.add_argument("--symbols", type=int, default=0, metavar="N",
+                    help="also the N leaf functions with the most CPU per thread")  # fmt: skip
     args = ap.parse_args()
     if os.geteuid() != 0:
         print("profile_link: needs root (namespaces, raw sockets, perf -a)", file=sys.stderr)
@@ -225,13 +249,16 @@ def main() -> int:
     load0 = os.getloadavg()
     with tempfile.TemporaryDirectory() as tmp, veth_pair() as pair:
         data = Path(tmp) / "perf.data"
-        if args.mode == "flood":
-            r = profile_flood(pair, args.seconds, args.ring, data)
+        if args.mode in ("flood", "pingpong"):
+            r = profile_c(pair, args.mode, args.seconds, args.busy, args.ring, data)
         else:
             r = trio.run(profile_links, pair, args.mode, args.seconds, args.busy, args.ring, data)
-        shares = perf_shares(data, r["tids"])
+        leaves: dict[str, collections.Counter[str]] = {}
+        shares = perf_shares(data, r["tids"], leaves)
     load1 = os.getloadavg()
-    unit = {"ait": "commit", "exchange": "round trip", "flood": "frame"}[args.mode]
+    unit = {"ait": "commit", "exchange": "round trip", "pingpong": "round trip", "flood": "frame"}[
+        args.mode
+    ]
     print(f"{args.mode}{' busy-poll' if args.busy else ''}: {r['rate']:,.0f} {unit}s/s under "
           f"perf; load average {load0[0]:.2f} -> {load1[0]:.2f}")  # fmt: skip
     print(f"{'CPU us per ' + unit:<22}" + "".join(f"{n:>12}" for n in shares))
@@ -244,6 +271,11 @@ def main() -> int:
         print(f"{cat:<22}" + "".join(cells))
     print(f"{'total':<22}" + "".join(f"{per[n]:12.3f}" for n in shares))
     print(f"{'(perf samples)':<22}" + "".join(f"{sum(c.values()):12d}" for c in shares.values()))
+    for n, c in leaves.items() if args.symbols else ():
+        total = sum(c.values()) or 1
+        print(f"{n}: CPU us per {unit} in its {args.symbols} busiest leaf functions")
+        for sym, k in c.most_common(args.symbols):
+            print(f"  {per[n] * k / total:8.3f}  {sym}")
     return 0
 
 
