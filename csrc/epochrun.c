@@ -281,6 +281,11 @@ struct oae_epochrun {
     int flags;
     int cmdfd, evfd;
     pthread_mutex_t mu;
+    /* held for a whole step (an input and all its actions, a record write included) by
+     * the thread taking it, the runner's or a pump's: one step at a time, in order;
+     * taken before mu */
+    pthread_mutex_t step_mu;
+    uint64_t ready; /* pumps whose events wait for the thread stepping (bit i: pump i) */
     volatile int stop;
     int failed;   /* the error that stopped it */
     int stepping; /* a record is being written: sends are held */
@@ -719,6 +724,7 @@ oae_epochrun *oae_epochrun_new(uint32_t node_id, const uint32_t *ids, oae_pump *
         goto fail;
     }
     pthread_mutex_init(&r->mu, NULL);
+    pthread_mutex_init(&r->step_mu, NULL);
     return r;
 fail:
     oae_epoch_free(r->m);
@@ -739,6 +745,7 @@ void oae_epochrun_free(oae_epochrun *r)
         return;
     oae_epoch_free(r->m);
     pthread_mutex_destroy(&r->mu);
+    pthread_mutex_destroy(&r->step_mu);
     close(r->cmdfd);
     close(r->evfd);
     if (r->store.fd >= 0)
@@ -763,10 +770,76 @@ static int room_for(oae_epochrun *r, uint32_t inputs)
     return !r->backed_up;
 }
 
+/* CHANGED for a waiter, once per batch of inputs (mu held). */
+static void changed(oae_epochrun *r)
+{
+    if (r->changed && r->watch) {
+        publish(r, OAE_ER_CHANGED);
+        r->changed = r->watch = 0;
+    }
+}
+
+/* A batch of pump i's events, while the ring has room for what they make (step_mu and mu
+ * held); events left while it is full are taken by the runner's thread later. */
+static void take_events(oae_epochrun *r, size_t i)
+{
+    if (r->failed || r->stop || !room_for(r, PUMP_BATCH))
+        return;
+    size_t got = oae_pump_events(r->pumps[i], r->pev, PUMP_BATCH);
+    r->release_n = r->release_upto = 0;
+    for (size_t e = 0; e < got && !r->failed; e++)
+        on_pump_event(r, i, &r->pev[e]);
+    if (r->release_n)
+        oae_pump_release(r->pumps[i], r->release_n, r->release_upto);
+}
+
+/* The events of every pump marked ready (step_mu and mu held). */
+static void take_ready(oae_epochrun *r)
+{
+    uint64_t m;
+    while ((m = __atomic_exchange_n(&r->ready, 0, __ATOMIC_SEQ_CST)))
+        for (size_t i = 0; i < r->n; i++)
+            if (m & (1ull << i))
+                take_events(r, i);
+}
+
+/* End a step: release mu and step_mu, and step again for the pumps marked ready
+ * meanwhile, whose threads found step_mu taken and left their events to us. */
+static void end_step(oae_epochrun *r)
+{
+    for (;;) {
+        changed(r);
+        pthread_mutex_unlock(&r->mu);
+        pthread_mutex_unlock(&r->step_mu);
+        if (!__atomic_load_n(&r->ready, __ATOMIC_SEQ_CST) || pthread_mutex_trylock(&r->step_mu))
+            return;
+        pthread_mutex_lock(&r->mu);
+        take_ready(r);
+    }
+}
+
+/* The per-hop path: pump i's own thread hands over its events as soon as they are
+ * visible (oae_pump_set_consumer), so a leg is decided, recorded and answered without
+ * waking this runner's thread, which stays for commands and for events left while the
+ * ring was full.  A pump that finds another thread stepping does not wait for it: that
+ * thread takes its events before it lets go (end_step). */
+static int pump_ready(void *arg, size_t i)
+{
+    oae_epochrun *r = arg;
+    __atomic_or_fetch(&r->ready, 1ull << i, __ATOMIC_SEQ_CST);
+    if (pthread_mutex_trylock(&r->step_mu))
+        return 1;
+    pthread_mutex_lock(&r->mu);
+    take_ready(r);
+    end_step(r);
+    return 1;
+}
+
 int oae_epochrun_run(oae_epochrun *r)
 {
     struct pollfd pf[OAE_EPOCH_LINKS_MAX + 1];
     pthread_setname_np(pthread_self(), "oae-epochrun"); /* for top -H, perf --tid */
+    pthread_mutex_lock(&r->step_mu);
     pthread_mutex_lock(&r->mu);
     uint64_t cpu0 = oae_thread_cpu_ns();
     r->running = pthread_getcpuclockid(pthread_self(), &r->cpuclock) == 0;
@@ -775,7 +848,10 @@ int oae_epochrun_run(oae_epochrun *r)
     for (size_t i = 0; i < r->n; i++) /* every link end carries the committed epoch */
         oae_pump_set_epoch(r->pumps[i], r->epoch_seen);
     input_done(r, oae_epoch_start(r->m), 0);
+    for (size_t i = 0; i < r->n; i++) /* from now on the pumps' threads step the machine */
+        oae_pump_set_consumer(r->pumps[i], pump_ready, r, i);
     pthread_mutex_unlock(&r->mu);
+    pthread_mutex_unlock(&r->step_mu);
     while (!r->stop) {
         /* wait for a command, or for events of a pump while there is room for them */
         nfds_t k = 0;
@@ -795,27 +871,20 @@ int oae_epochrun_run(oae_epochrun *r)
         r->st.wakeups++;
         uint64_t v;
         if (pf[0].revents && read(r->cmdfd, &v, sizeof v) < 0) { /* already reset */ }
+        pthread_mutex_lock(&r->step_mu);
         pthread_mutex_lock(&r->mu);
         while (!r->failed && r->cmd_head != r->cmd_tail && room_for(r, 1)) {
             command c = r->cmd[r->cmd_head++ % CMDS];
             run_command(r, &c);
         }
-        for (nfds_t j = 1; j < k && !r->failed && room_for(r, PUMP_BATCH); j++) {
-            if (!pf[j].revents)
-                continue;
-            size_t got = oae_pump_events(r->pumps[j - 1], r->pev, PUMP_BATCH);
-            r->release_n = r->release_upto = 0;
-            for (size_t e = 0; e < got && !r->failed; e++)
-                on_pump_event(r, j - 1, &r->pev[e]);
-            if (r->release_n)
-                oae_pump_release(r->pumps[j - 1], r->release_n, r->release_upto);
-        }
-        if (r->changed && r->watch) {
-            publish(r, OAE_ER_CHANGED);
-            r->changed = r->watch = 0;
-        }
-        pthread_mutex_unlock(&r->mu);
+        /* every pump, signalled or not: events its thread left while the ring was full */
+        for (size_t i = 0; i < r->n; i++)
+            take_events(r, i);
+        take_ready(r);
+        end_step(r);
     }
+    for (size_t i = 0; i < r->n; i++) /* (mu released: a call may be waiting for it) */
+        oae_pump_set_consumer(r->pumps[i], NULL, NULL, 0);
     pthread_mutex_lock(&r->mu);
     r->running = 0;
     r->st.cpu_ns += oae_thread_cpu_ns();

@@ -1,14 +1,22 @@
-/* oae epoch runner: a node's epoch layer run by one C thread, so that a wave's leg is
- * decided, made durable and answered without a trip through Python (docs/convergence.md
- * §11).  It is a client of the pumps' public API (pump.h) exactly as the Python runtime is:
- * it waits (ppoll) on every link pump's event fd and a command eventfd, takes the pumps'
- * events, feeds the CONTROL ones and the link changes to the epoch machine (epoch.h) and
- * performs its actions in order: Offer -> oae_pump_submit (gated flag), Hold/Refuse/
- * Commit/Report/Reset -> the pump's gate calls, Persist -> the binary record written to
- * the node's slot file and fdatasync'ed in this thread before any later action, LinkEpoch
- * -> oae_pump_set_epoch, Capture -> checkpoint_written at once (or, with
+/* oae epoch runner: a node's epoch layer run in C, so that a wave's leg is decided, made
+ * durable and answered without a trip through Python (docs/convergence.md §11).  It is a
+ * client of the pumps' public API (pump.h) exactly as the Python runtime is: it takes the
+ * pumps' events, feeds the CONTROL ones and the link changes to the epoch machine
+ * (epoch.h) and performs its actions in order: Offer -> oae_pump_submit (gated flag),
+ * Hold/Refuse/Commit/Report/Reset -> the pump's gate calls, Persist -> the binary record
+ * written to the node's slot file and fdatasync'ed before any later action, LinkEpoch ->
+ * oae_pump_set_epoch, Capture -> checkpoint_written at once (or, with
  * OAE_EPOCHRUN_CHECKPOINT, handed to the application, whose answer comes back as a
  * command), Decided/Converged -> events with their oae_now_ns instants.
+ *
+ * Threads: a link's events are taken in its pump's own thread (oae_pump_set_consumer), as
+ * soon as the pump has made them visible and before that pump step's frames leave: a leg
+ * costs no wake-up of another thread unless its action is on another link.  The runner's
+ * own thread (oae_epochrun_run) starts the machine, runs commands (propose, checkpoint
+ * answers) and takes the events left while the event ring was full.  One step (an input
+ * and all its actions) runs at a time, whichever thread takes it; a pump that finds a
+ * step in progress leaves its events to the thread running it, which takes them before
+ * it lets go.
  *
  * Everything else a link produces (LINK_UP/DOWN, application deliveries and outcomes,
  * errors) is re-published unchanged, with the link's id, for the application's Link
@@ -19,11 +27,11 @@
  * it settles with the pump: deliveries (CONTROL ones, dropped frames) are released with
  * the batch they came in, the outcomes of its own CONTROL transfers acknowledged.
  *
- * Locking: one mutex guards the machine, the command queue and the event ring.  The
- * runner holds it while it feeds the machine and performs actions, except during a
- * record's fdatasync, when `stepping` makes oae_epochrun_send answer "held" (a frame must
- * not leave under an epoch whose record is not durable yet).  Lock order: runner, then a
- * pump's own mutex (inside the pump calls). */
+ * Locking: `step_mu` is held for a whole step; `mu` guards the machine, the command queue
+ * and the event ring, and is released during a record's fdatasync, when `stepping` makes
+ * oae_epochrun_send answer "held" (a frame must not leave under an epoch whose record is
+ * not durable yet).  Lock order: step_mu, mu, then a pump's own mutex (inside the pump
+ * calls; a pump calls its consumer with its own mutex released). */
 #ifndef OAE_EPOCHRUN_H
 #define OAE_EPOCHRUN_H
 
@@ -127,8 +135,10 @@ oae_epochrun *oae_epochrun_new(uint32_t node_id, const uint32_t *ids, oae_pump *
                                const char *record_path, int flags, int *err);
 /* Free a runner whose thread has returned (the pumps are the caller's). */
 void oae_epochrun_free(oae_epochrun *r);
-/* The thread: start the machine, then serve until oae_epochrun_stop.  Returns 0, or the
- * error that stopped it (also published as OAE_ER_FAILED). */
+/* The thread: start the machine, hand the pumps' events to their own threads, then serve
+ * until oae_epochrun_stop (the pumps must outlive it: it takes its consumer back from each
+ * before it returns).  Returns 0, or the error that stopped it (also published as
+ * OAE_ER_FAILED). */
 int oae_epochrun_run(oae_epochrun *r);
 void oae_epochrun_stop(oae_epochrun *r);
 /* Readable while events wait for oae_epochrun_events. */

@@ -145,6 +145,12 @@ struct oae_pump {
     int sleeping;        /* the loop waits on wakefd too (the link is idle): wake it */
     int woken;           /* wakefd was written and not yet read */
     volatile int kick;   /* the application made work (seen by the busy-poll spin) */
+    oae_pump_consumer consumer; /* takes events in the pump thread (under mu) */
+    void *consumer_arg;
+    size_t consumer_index;
+    int consuming; /* the pump thread is calling the consumer */
+    int cared;     /* its last call takes care of the events it left */
+    int deferred;  /* the loop calls the consumer before it sleeps: no event fd write */
     int running;         /* the loop runs: cpuclock is valid */
     clockid_t cpuclock;  /* CPU clock of the pump thread */
     uint64_t cpu_done;   /* CPU time of finished runs */
@@ -768,7 +774,7 @@ int oae_pump_reset(oae_pump *p)
 static void publish(oae_pump *p, uint32_t upto)
 {
     p->app_vis = upto;
-    if (p->app_vis != p->app_head && !p->notified) {
+    if (p->app_vis != p->app_head && !p->notified && !p->deferred) {
         uint64_t one = 1;
         if (write(p->evfd, &one, sizeof one) == sizeof one)
             p->notified = 1;
@@ -1071,6 +1077,52 @@ static void set_wait(oae_pump *p, uint64_t next, uint64_t now)
     }
 }
 
+/* Hand the visible events to the consumer in this thread (mu held on entry and return,
+ * released during the call), then take what it queued and decided on this link; a few
+ * rounds, as its decisions may make more events.  `last`: the loop sleeps next, so events
+ * still waiting that the consumer does not take care of are signalled on the event fd. */
+static int consume(oae_pump *p, int last)
+{
+    int rc = 0;
+    for (int round = 0; round < 4 && p->consumer && p->app_vis != p->app_head; round++) {
+        uint32_t head = p->app_head;
+        oae_pump_consumer fn = p->consumer; /* kept while `consuming` */
+        void *arg = p->consumer_arg;
+        size_t index = p->consumer_index;
+        p->consuming = 1;
+        pthread_mutex_unlock(&p->mu);
+        int cared = fn(arg, index);
+        pthread_mutex_lock(&p->mu);
+        p->cared = cared;
+        p->consuming = 0;
+        offer_queued(p);
+        rc = drain_events(p);
+        if (rc || p->app_head == head)
+            break; /* left to another thread, or the consumer is backed up */
+    }
+    if (last) {
+        p->deferred = 0;
+        if (!p->consumer || !p->cared)
+            publish(p, p->app_vis);
+    }
+    return rc;
+}
+
+void oae_pump_set_consumer(oae_pump *p, oae_pump_consumer fn, void *arg, size_t index)
+{
+    pthread_mutex_lock(&p->mu);
+    while (!fn && p->consuming) { /* a call in progress uses arg */
+        pthread_mutex_unlock(&p->mu);
+        struct timespec ts = {0, 100000};
+        nanosleep(&ts, NULL);
+        pthread_mutex_lock(&p->mu);
+    }
+    p->consumer = fn;
+    p->consumer_arg = arg;
+    p->consumer_index = index;
+    pthread_mutex_unlock(&p->mu);
+}
+
 int oae_pump_run(oae_pump *p)
 {
     int busy = p->flags & OAE_PUMP_BUSY;
@@ -1152,6 +1204,7 @@ int oae_pump_run(oae_pump *p)
         pthread_mutex_lock(&p->mu);
         p->sleeping = 0;
         p->kick = 0;
+        p->deferred = p->consumer != NULL; /* consume() below, before any sleep */
         if (p->woken) {
             uint64_t v;
             if (read(p->wakefd, &v, sizeof v) < 0) { /* already reset */ }
@@ -1167,11 +1220,18 @@ int oae_pump_run(oae_pump *p)
             oae_link_on_timeout(p->link, now);
         offer_queued(p);
         rc = drain_events(p);
+        if (!rc && p->deferred) /* deliveries that may go before the store (EARLY_CONTROL) */
+            rc = consume(p, 0);
         int stored = rc ? 0 : persist(p);
         if (stored < 0)
             rc = stored;
         else if (stored)
             now = oae_now_ns(); /* the write took a while */
+        if (p->deferred) {
+            int crc = consume(p, 1);
+            rc = rc ? rc : crc;
+            now = oae_now_ns(); /* the consumer may have written its own record */
+        }
         size_t ntx = rc ? 0 : oae_link_poll_tx(p->link, p->tx_buf[0], TX_BATCH, now);
         next = oae_link_next_timeout(p->link);
         if (p->persist_pending && !p->backed_up)
