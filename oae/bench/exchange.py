@@ -7,10 +7,21 @@ to transfer and no answer delay (idle 0): the token alternates as fast as the tw
 pump threads can run the link engine. Each repeat measures the baseline and then the
 engine, so that drift in machine load hits both; `ratio` is the median of the per-repeat
 ratios, the rates are medians.
+
+Where the two ends' threads run decides a round trip's cost more than anything either
+side does: on one CPU a round trip is a context switch (~8 µs here), on two it is two
+wake-ups of another CPU (~50 µs on this VM, whose idle vCPUs halt). Left to the
+scheduler, the ends share a CPU now and then, at random, more often for one side than
+the other. So `blocking` and `busy_poll` hold each end to its own CPU, the baseline's and
+the link's alike, as the two ends of a link between two hosts would be; `blocking_free`
+and `busy_poll_free` leave the placement to the scheduler (with fewer than two CPUs all
+four are free).
 """
 
 from __future__ import annotations
 
+import itertools
+import os
 import statistics
 import sys
 import time
@@ -26,19 +37,29 @@ from oae.testbed.kernel import VethPair, require_root, veth_pair
 MODES = {"blocking": False, "busy_poll": True}
 
 
-def measure_baseline(pair: VethPair, seconds: float, busy: bool) -> tuple[float, float]:
+def two_cpus() -> tuple[int, int] | None:
+    """The first two CPUs this process may run on, one per end (None: fewer)."""
+    cpus = sorted(os.sched_getaffinity(0))
+    return (cpus[0], cpus[1]) if len(cpus) >= 2 else None
+
+
+def measure_baseline(
+    pair: VethPair, seconds: float, busy: bool, cpus: tuple[int, int] | None = None
+) -> tuple[float, float]:
     """(round trips/s, CPU seconds of both ends per round trip)"""
     a = open_socket(pair.if_a, pair.ns_a)
     b = open_socket(pair.if_b, pair.ns_b)
     try:
-        r = baseline.pingpong(a, b, seconds, busy)
+        r = baseline.pingpong(a, b, seconds, busy, cpus=cpus)
         return r.rate, r.cpu_s / max(r.count, 1)
     finally:
         a.close()
         b.close()
 
 
-async def _engine(pair: VethPair, seconds: float, busy: bool) -> tuple[float, float]:
+async def _engine(
+    pair: VethPair, seconds: float, busy: bool, cpus: tuple[int, int] | None
+) -> tuple[float, float]:
     opts = LinkOptions(idle=0.0, busy=busy)
     async with (
         open_link(pair.if_a, pair.ns_a, options=opts) as a,
@@ -47,6 +68,8 @@ async def _engine(pair: VethPair, seconds: float, busy: bool) -> tuple[float, fl
         with trio.fail_after(10):
             await a.wait_up()
             await b.wait_up()
+        for link, cpu in zip((a, b), cpus or (), strict=False):
+            os.sched_setaffinity(link.stats()["pump"]["tid"], {cpu})
         await trio.sleep(min(0.2, seconds / 5))  # past reconciliation, into the steady state
         sa0, sb0, t0 = a.stats(), b.stats(), time.perf_counter()
         await trio.sleep(seconds)
@@ -58,31 +81,36 @@ async def _engine(pair: VethPair, seconds: float, busy: bool) -> tuple[float, fl
         return rts / (t1 - t0), cpu / 1e9 / max(rts, 1)
 
 
-def measure_engine(pair: VethPair, seconds: float, busy: bool) -> tuple[float, float]:
-    return trio.run(_engine, pair, seconds, busy)
+def measure_engine(
+    pair: VethPair, seconds: float, busy: bool, cpus: tuple[int, int] | None = None
+) -> tuple[float, float]:
+    return trio.run(_engine, pair, seconds, busy, cpus)
 
 
 def run(opts: BenchOptions) -> dict:
     require_root("oae bench exchange")
     out: dict[str, object] = {}
+    apart = two_cpus()
     with veth_pair() as pair:
-        for mode, busy in MODES.items():
+        for (mode, busy), (suffix, cpus) in itertools.product(
+            MODES.items(), (("", apart), ("_free", None))
+        ):
             base: list[float] = []
             eng: list[float] = []
             base_cpu: list[float] = []
             eng_cpu: list[float] = []
             for i in range(opts.repeats):
-                rate, cpu = measure_baseline(pair, opts.seconds, busy)
+                rate, cpu = measure_baseline(pair, opts.seconds, busy, cpus)
                 base.append(rate)
                 base_cpu.append(cpu)
-                rate, cpu = measure_engine(pair, opts.seconds, busy)
+                rate, cpu = measure_engine(pair, opts.seconds, busy, cpus)
                 eng.append(rate)
                 eng_cpu.append(cpu)
                 if opts.progress:
-                    print(f"[bench] exchange {mode} {i + 1}/{opts.repeats}: baseline "
-                          f"{base[-1]:,.0f} rt/s, engine {eng[-1]:,.0f} rt/s",
+                    print(f"[bench] exchange {mode}{suffix} {i + 1}/{opts.repeats}: "
+                          f"baseline {base[-1]:,.0f} rt/s, engine {eng[-1]:,.0f} rt/s",
                           file=sys.stderr, flush=True)  # fmt: skip
-            out[mode] = {
+            out[mode + suffix] = {
                 "baseline_rt_per_s": statistics.median(base),
                 "engine_rt_per_s": statistics.median(eng),
                 "ratio": statistics.median(e / b for e, b in zip(eng, base, strict=True)),
@@ -94,7 +122,7 @@ def run(opts: BenchOptions) -> dict:
         "baseline_rt_per_s": "round trips/s, bare C ping-pong (median)",
         "engine_rt_per_s": "round trips/s, link token exchange (median)",
         "ratio": "engine/baseline, median of per-repeat ratios (targets: blocking >= 0.9,"
-        " busy_poll >= 0.9)",
+        " busy_poll >= 0.9; each end on its own CPU, `_free`: placed by the scheduler)",
         "baseline_cpu_us_per_rt": "CPU us of both ends' threads per round trip (median);"
         " less sensitive to other load on the machine than the rates",
         "engine_cpu_us_per_rt": "CPU us of both pump threads per round trip (median)",

@@ -66,24 +66,48 @@ def _pair(first: Callable[[], None], second: Callable[[], None]) -> None:
         raise errors[0]
 
 
+def _on_cpu(cpu: int | None, run: Callable[[], None]) -> Callable[[], None]:
+    """`run` with the calling thread held to `cpu` (None: wherever the scheduler puts it);
+    the thread's CPUs are given back afterwards."""
+    if cpu is None:
+        return run
+
+    def pinned() -> None:
+        before = os.sched_getaffinity(0)  # pid 0: this thread
+        os.sched_setaffinity(0, {cpu})
+        try:
+            run()
+        finally:
+            os.sched_setaffinity(0, before)
+
+    return pinned
+
+
 def pingpong(
-    a: PacketSocket, b: PacketSocket, seconds: float, busy: bool, count: int = 1 << 40
+    a: PacketSocket,
+    b: PacketSocket,
+    seconds: float,
+    busy: bool,
+    count: int = 1 << 40,
+    cpus: tuple[int, int] | None = None,
 ) -> BaselineResult:
-    """Round trips from `a` (initiator) to `b` (responder) for `seconds`."""
+    """Round trips from `a` (initiator) to `b` (responder) for `seconds`; with `cpus`,
+    the initiator's thread runs on cpus[0] and the responder's on cpus[1]."""
     out_a = ffi.new("oae_bench_result *")
     out_b = ffi.new("oae_bench_result *")
     for s in (a, b):
         lib.oae_sock_set_rcvtimeo(s.fd, 20_000_000)
     max_ns = int(seconds * 1e9)
     run = secrets.randbits(32)
+    cpu_a, cpu_b = cpus if cpus else (None, None)
     _pair(
-        lambda: lib.oae_pingpong_respond(
+        _on_cpu(cpu_b, lambda: lib.oae_pingpong_respond(
             b.fd, b.ethertype, run, max_ns + 2_000_000_000, int(busy), out_b
-        ),
-        lambda: lib.oae_pingpong_initiate(
+        )),
+        _on_cpu(cpu_a, lambda: lib.oae_pingpong_initiate(
             a.fd, a.mac, b.mac, a.ethertype, run, count, max_ns, int(busy), out_a
-        ),
-    )
+        )),
+    )  # fmt: skip
     return _result(out_a, out_b)
 
 
