@@ -1,5 +1,6 @@
-/* oae epoch runner: the node's epoch machine on its link pumps, in one thread (epochrun.h). */
+/* oae epoch runner: the node's epoch machine stepped by its link pumps' threads (epochrun.h). */
 #include "epochrun.h"
+#include "bigend.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -48,27 +49,6 @@ static uint32_t crc32_update(uint32_t crc, const uint8_t *p, size_t n)
     return ~crc;
 }
 
-static void be16(uint8_t *p, uint16_t v)
-{
-    p[0] = (uint8_t)(v >> 8); p[1] = (uint8_t)v;
-}
-
-static void be32(uint8_t *p, uint32_t v)
-{
-    p[0] = (uint8_t)(v >> 24); p[1] = (uint8_t)(v >> 16); p[2] = (uint8_t)(v >> 8);
-    p[3] = (uint8_t)v;
-}
-
-static uint32_t rd32(const uint8_t *p)
-{
-    return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
-}
-
-static uint64_t rd64(const uint8_t *p)
-{
-    return (uint64_t)rd32(p) << 32 | rd32(p + 4);
-}
-
 typedef struct slotfile {
     char *path;
     int fd;          /* -1 until the first write */
@@ -80,12 +60,12 @@ typedef struct slotfile {
 static size_t frame(uint8_t *out, uint64_t seq, const uint8_t *payload, size_t len)
 {
     memcpy(out, "OAEP", 4);
-    be16(out + 4, SLOT_FORMAT);
-    be16(out + 6, 0);
-    be32(out + 8, (uint32_t)(seq >> 32));
-    be32(out + 12, (uint32_t)seq);
-    be32(out + 16, (uint32_t)len);
-    be32(out + SLOT_HDR, crc32_update(crc32_update(0, out, SLOT_HDR), payload, len));
+    put16(out + 4, SLOT_FORMAT);
+    put16(out + 6, 0);
+    put32(out + 8, (uint32_t)(seq >> 32));
+    put32(out + 12, (uint32_t)seq);
+    put32(out + 16, (uint32_t)len);
+    put32(out + SLOT_HDR, crc32_update(crc32_update(0, out, SLOT_HDR), payload, len));
     memcpy(out + SLOT_FRAME, payload, len);
     return SLOT_FRAME + len;
 }
@@ -94,15 +74,15 @@ static size_t frame(uint8_t *out, uint64_t seq, const uint8_t *payload, size_t l
 static int unframe(const uint8_t *d, uint64_t off, uint64_t limit, uint64_t *seq)
 {
     if (off + SLOT_FRAME > limit || memcmp(d + off, "OAEP", 4) ||
-        rd32(d + off + 4) != (uint32_t)SLOT_FORMAT << 16)
+        get32(d + off + 4) != (uint32_t)SLOT_FORMAT << 16)
         return 0;
-    uint32_t len = rd32(d + off + 16);
+    uint32_t len = get32(d + off + 16);
     if (off + SLOT_FRAME + len > limit)
         return 0;
     uint32_t crc = crc32_update(crc32_update(0, d + off, SLOT_HDR), d + off + SLOT_FRAME, len);
-    if (crc != rd32(d + off + SLOT_HDR))
+    if (crc != get32(d + off + SLOT_HDR))
         return 0;
-    *seq = rd64(d + off + 8);
+    *seq = get64(d + off + 8);
     return 1;
 }
 
@@ -622,7 +602,7 @@ static int on_pump_event(oae_epochrun *r, size_t i, const oae_pump_event *pe)
         }
         accepted = 0;
         if (e->length >= OAE_EPOCHRUN_TAG_LEN)
-            rc = input_done(r, oae_epoch_app_frame(m, id, e->tid, rd32(e->payload), &accepted),
+            rc = input_done(r, oae_epoch_app_frame(m, id, e->tid, get32(e->payload), &accepted),
                             1);
         if (!accepted) {
             r->st.mixed_frames++;
@@ -978,7 +958,7 @@ int64_t oae_epochrun_send(oae_epochrun *r, uint32_t link, const uint8_t *payload
         size_t b = n - done < 64 ? n - done : 64;
         for (size_t k = 0; k < b; k++) {
             uint8_t *p = buf + 16 * k;
-            be32(p, (uint32_t)tag);
+            put32(p, (uint32_t)tag);
             memcpy(p + OAE_EPOCHRUN_TAG_LEN, payloads + 16 * (done + k), lens[done + k]);
             blen[k] = (uint8_t)(lens[done + k] + OAE_EPOCHRUN_TAG_LEN);
         }
