@@ -760,7 +760,8 @@ static void changed(oae_epochrun *r)
 }
 
 /* A batch of pump i's events, while the ring has room for what they make (step_mu and mu
- * held); events left while it is full are taken by the runner's thread later. */
+ * held); events left while it is full are taken by the runner's thread later.  A full
+ * batch marks the pump ready again: more may be waiting. */
 static void take_events(oae_epochrun *r, size_t i)
 {
     if (r->failed || r->stop || !room_for(r, PUMP_BATCH))
@@ -771,6 +772,8 @@ static void take_events(oae_epochrun *r, size_t i)
         on_pump_event(r, i, &r->pev[e]);
     if (r->release_n)
         oae_pump_release(r->pumps[i], r->release_n, r->release_upto);
+    if (got == PUMP_BATCH)
+        __atomic_or_fetch(&r->ready, 1ull << i, __ATOMIC_SEQ_CST);
 }
 
 /* The events of every pump marked ready (step_mu and mu held). */

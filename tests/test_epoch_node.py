@@ -89,6 +89,36 @@ async def test_two_nodes_converge_send_and_recover(veth_pair, tmp_path: Path) ->
             assert a.counters()["mixed_app_frames"] == b.counters()["mixed_app_frames"] == 0
 
 
+async def test_a_burst_of_application_frames_across_a_transition(veth_pair, tmp_path) -> None:
+    # the pumps' threads hand the runner their events in batches; a burst fills them and
+    # must neither stall nor reorder, with a wave stepping through the same threads
+    n = 4000
+    async with (
+        open_link(veth_pair.if_a, veth_pair.ns_a, state_dir=tmp_path / "la", **EPOCH_LINK) as la,
+        open_link(veth_pair.if_b, veth_pair.ns_b, state_dir=tmp_path / "lb", **EPOCH_LINK) as lb,
+    ):
+        with trio.fail_after(60):
+            async with open_epoch_node(0, {1: la}, tmp_path / "a") as a, \
+                    open_epoch_node(1, {0: lb}, tmp_path / "b") as b:  # fmt: skip
+                await a.wait_ready()
+                got: list[bytes] = []
+
+                async def receive() -> None:
+                    while len(got) < n:
+                        got.append((await b.received().receive())[1].payload)
+
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(receive)
+                    sent = [i.to_bytes(4, "big") for i in range(n)]
+                    first = await a.send_many(1, sent[: n // 2])
+                    wave = await a.propose()
+                    assert wave is not None and await a.wait_outcome(wave)
+                    second = await a.send_many(1, sent[n // 2 :])
+                assert all(o.committed for o in first + second)
+                assert got == sent
+                assert b.counters()["mixed_app_frames"] == 0
+
+
 async def test_a_frame_of_another_epoch_is_dropped_and_counted(veth_pair, tmp_path) -> None:
     """A frame tagged 7 sent past the runner (straight on the link, whose record epoch is
     0): the engine delivers it, the receiving runner drops it and counts it."""
