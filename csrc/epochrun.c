@@ -806,16 +806,15 @@ static void end_step(oae_epochrun *r)
  * waking this runner's thread, which stays for commands and for events left while the
  * ring was full.  A pump that finds another thread stepping does not wait for it: that
  * thread takes its events before it lets go (end_step). */
-static int pump_ready(void *arg, size_t i)
+static void pump_ready(void *arg, size_t i)
 {
     oae_epochrun *r = arg;
     __atomic_or_fetch(&r->ready, 1ull << i, __ATOMIC_SEQ_CST);
     if (pthread_mutex_trylock(&r->step_mu))
-        return 1;
+        return;
     pthread_mutex_lock(&r->mu);
     take_ready(r);
     end_step(r);
-    return 1;
 }
 
 int oae_epochrun_run(oae_epochrun *r)

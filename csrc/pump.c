@@ -149,7 +149,6 @@ struct oae_pump {
     void *consumer_arg;
     size_t consumer_index;
     int consuming; /* the pump thread is calling the consumer */
-    int cared;     /* its last call takes care of the events it left */
     int deferred;  /* the loop calls the consumer before it sleeps: no event fd write */
     int running;         /* the loop runs: cpuclock is valid */
     clockid_t cpuclock;  /* CPU clock of the pump thread */
@@ -1079,8 +1078,8 @@ static void set_wait(oae_pump *p, uint64_t next, uint64_t now)
 
 /* Hand the visible events to the consumer in this thread (mu held on entry and return,
  * released during the call), then take what it queued and decided on this link; a few
- * rounds, as its decisions may make more events.  `last`: the loop sleeps next, so events
- * still waiting that the consumer does not take care of are signalled on the event fd. */
+ * rounds, as its decisions may make more events.  `last`: the loop sleeps next; events
+ * still waiting are signalled on the event fd if the consumer went meanwhile. */
 static int consume(oae_pump *p, int last)
 {
     int rc = 0;
@@ -1091,9 +1090,8 @@ static int consume(oae_pump *p, int last)
         size_t index = p->consumer_index;
         p->consuming = 1;
         pthread_mutex_unlock(&p->mu);
-        int cared = fn(arg, index);
+        fn(arg, index);
         pthread_mutex_lock(&p->mu);
-        p->cared = cared;
         p->consuming = 0;
         offer_queued(p);
         rc = drain_events(p);
@@ -1102,7 +1100,7 @@ static int consume(oae_pump *p, int last)
     }
     if (last) {
         p->deferred = 0;
-        if (!p->consumer || !p->cared)
+        if (!p->consumer)
             publish(p, p->app_vis);
     }
     return rc;

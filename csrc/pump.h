@@ -205,11 +205,10 @@ int oae_pump_reset(oae_pump *p);
 /* A consumer of the events that runs in the pump's own thread (the epoch runner): called
  * with the pump's lock released whenever a step of the loop has made events visible,
  * before that step's frames go out, so that what it decides on this link leaves with them
- * and no other thread is woken for it.  It returns 1 if it takes care of the events it
- * left (another of its threads takes them), else those are signalled on the event fd as
- * usual.  NULL removes it, waiting for a call in progress to return (never call that from
- * the consumer itself). */
-typedef int (*oae_pump_consumer)(void *arg, size_t index);
+ * and no other thread is woken for it.  It takes care of the events it leaves (another of
+ * its threads takes them): while it is set the event fd is not written.  NULL removes it,
+ * waiting for a call in progress to return (never call that from the consumer itself). */
+typedef void (*oae_pump_consumer)(void *arg, size_t index);
 void oae_pump_set_consumer(oae_pump *p, oae_pump_consumer fn, void *arg, size_t index);
 
 #endif
