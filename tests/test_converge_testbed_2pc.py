@@ -84,6 +84,15 @@ def test_bench_reports_bilateral_and_2pc(capsys) -> None:
     assert part["ring4_2pc_over_bilateral"] == pytest.approx(
         part["ring4_2pc_us"] / part["ring4_bilateral_us"]
     )
+    # the machine's floor: the ring of 4's 4 links x 4 legs, each a frame and a store
+    assert part["ring4_frame_cpu_us"] > 0 and part["ring4_store_cpu_us"] > 0
+    cpus = len(os.sched_getaffinity(0))
+    assert part["ring4_work_floor_us"] == pytest.approx(
+        16 * (part["ring4_frame_cpu_us"] + part["ring4_store_cpu_us"]) / cpus
+    )
+    assert part["ring4_work_over_floor"] == pytest.approx(
+        part["ring4_work_floor_us"] / part["ring4_floor_us"]
+    )
     figs, missing = suite.figures("convergence_testbed", part)
     assert missing == []
     names = {f["name"] for f in figs}

@@ -77,6 +77,10 @@ _FLOOR = (
     " path (4 x eccentricity) x (C one-way frame latency + median fdatasync of the state"
     " dirs' file system), same testbed, same run"
 )
+_WORK = (
+    "this machine's floor: every link's 4 legs x (CPU of one bare C frame + CPU of one"
+    " store) / its CPUs, each measured on the same testbed, same run"
+)
 _CPU = (
     "what the node processes spend; compared with nothing measured side by side (their"
     " idle CPU per second, same run, is reported next to it)"
@@ -140,6 +144,12 @@ RULES: dict[str, list[Rule]] = {
         Rule(r"(\w+?\d+)_fsync_us", "baseline",
              "64-byte in-place write + fdatasync in the state dirs' file system, same run"),
         Rule(r"(\w+?\d+)_wave_legs", "parameter", "a property of the topology, not compared"),
+        Rule(r"(\w+?\d+)_(frame|store)_cpu_us", "baseline",
+             "CPU of one bare C frame (ping-pong, same link) and of one store (16 writers at "
+             "once, state dirs' file system), same run"),
+        Rule(r"(\w+?\d+)_work_floor_us", "baseline", _WORK),
+        Rule(r"(\w+?\d+)_ratio_vs_work_floor", "ratio", _WORK, r"\1_work_floor_us"),
+        Rule(r"(\w+?\d+)_work_over_floor", "ratio", _FLOOR, r"\1_floor_us"),
         Rule(r"(\w+?\d+)_(2pc_)?cpu_ms_per_transition|(\w+?\d+)_idle_cpu_ms_per_s",
              "diagnostic", _CPU),
         Rule(r"(\w+?\d+)_c_bound_us", "baseline", _C_BOUND),

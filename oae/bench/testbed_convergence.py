@@ -20,7 +20,14 @@ inside node 0's process, from its proposal to its Conv(P, e+1). The figures:
   under that ratio (2 x delivery / CONTROL latency); critical path x C round trip;
 - `{cfg}_cpu_ms_per_transition`: the node processes' user + system CPU over the
   transitions per transition, next to their CPU while idle (`{cfg}_idle_cpu_ms_per_s`,
-  measured for `--seconds` before the transitions).
+  measured for `--seconds` before the transitions);
+- `{cfg}_work_floor_us`: the floor of this machine rather than of the wire and the disk:
+  every link's four legs, each one frame and one store as the floor counts them, at their
+  CPU cost measured in the same run (`{cfg}_frame_cpu_us`: the bare C ping-pong's CPU per
+  frame, both ends; `{cfg}_store_cpu_us`: a store's CPU with 16 writers at once, as a
+  level of a tree stores together), spread over all of the machine's CPUs. A testbed runs
+  every node on one machine: where this exceeds twice the floor (`{cfg}_work_over_floor`
+  > 2), issue 13's target cannot be met here whatever the software does.
 
 Then, on the same testbed, `epochs` transitions of `2pc` in node processes (the simulated
 baseline's algorithm on the same links, its coordinator learning everything over them,
@@ -39,6 +46,7 @@ import os
 import statistics
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from functools import partial
@@ -53,16 +61,19 @@ from oae.testbed.manager import Testbed
 from oae.testbed.topology import loads
 
 CONFIGS = [("ring", 8), ("tree", 8), ("ring", 16)]
+CPUS = len(os.sched_getaffinity(0))  # every node process of a testbed shares these
 QUICK_CONFIGS = [("ring", 4)]
 
 
-def _c_round_trip_us(tb: Testbed, seconds: float) -> float:
-    """µs per round trip of one bare C ping-pong run (blocking) on the testbed's first link."""
+def _c_round_trip_us(tb: Testbed, seconds: float) -> tuple[float, float]:
+    """µs per round trip of one bare C ping-pong run (blocking) on the testbed's first link,
+    and its CPU in µs per frame (both ends' threads: one send, one wake-up, one receive)."""
     lk = tb.state["links"][0]
     a = open_socket(lk["if_a"], tb.ns(lk["a"]))
     b = open_socket(lk["if_b"], tb.ns(lk["b"]))
     try:
-        return 1e6 / baseline.pingpong(a, b, seconds, False).rate
+        res = baseline.pingpong(a, b, seconds, False)
+        return 1e6 / res.rate, res.cpu_s * 1e6 / (2 * res.count)
     finally:
         a.close()
         b.close()
@@ -83,6 +94,42 @@ def fdatasync_us(writes: int = 200, where: str | None = None) -> float:
             os.fdatasync(fd)
             times.append(time.perf_counter() - t0)
     return statistics.median(times) * 1e6
+
+
+def store_cpu_us(writers: int = 16, seconds: float = 0.5, where: str | None = None) -> float:
+    """CPU (the writing threads' own) per 64-byte in-place write + fdatasync, `writers`
+    threads storing at once, each to its own file in `where` (default: the temporary
+    directory), in µs: a store's cost when many nodes store together, as a tree's level
+    does (lower than one writer's alone)."""
+    with tempfile.TemporaryDirectory(dir=where or tempfile.gettempdir()) as d:
+        fds = []
+        for i in range(writers):
+            fd = os.open(os.path.join(d, f"w{i}"), os.O_RDWR | os.O_CREAT, 0o600)
+            os.pwrite(fd, bytes(4096), 0)
+            os.fdatasync(fd)
+            fds.append(fd)
+        done: list[tuple[int, float]] = []
+        stop = time.monotonic() + seconds
+
+        def write(fd: int) -> None:
+            k, cpu0 = 0, time.thread_time()
+            while time.monotonic() < stop:
+                os.pwrite(fd, k.to_bytes(8, "big") * 8, 0)
+                os.fdatasync(fd)
+                k += 1
+            done.append((k, time.thread_time() - cpu0))
+
+        threads = [threading.Thread(target=write, args=(fd,)) for fd in fds]
+        try:
+            for t in threads:
+                t.start()
+        finally:
+            for t in threads:
+                t.join()
+            for fd in fds:
+                os.close(fd)
+    stores = sum(k for k, _ in done)
+    return sum(c for _, c in done) * 1e6 / stores if stores else 0.0
 
 
 def _progress(enabled: bool, key: str) -> Callable[[str], None]:
@@ -109,9 +156,12 @@ def run(opts: BenchOptions) -> dict:
         say = _progress(opts.progress, key)
         with manager.running(loads(text, f"<bench {key}>")) as tb:
             # the floor first, on the same links and disk, before any node process runs
-            c_rtt = _c_round_trip_us(tb, opts.seconds)
+            c_rtt, frame_cpu = _c_round_trip_us(tb, opts.seconds)
             fsync = fdatasync_us()
-            legs = 4 * testbed_topology(tb)[1].eccentricity(0)
+            store_cpu = store_cpu_us()
+            topo = testbed_topology(tb)[1]
+            legs = 4 * topo.eccentricity(0)
+            all_legs = 4 * len(topo.edges)
             r = run_trio(partial(run_fleet, tb, epochs, 1, 0, say, idle_s=opts.seconds))
             t = run_trio(partial(run_fleet, tb, epochs, 1, 0, say, algorithm="2pc"))
         for x in (r, t):
@@ -121,6 +171,7 @@ def run(opts: BenchOptions) -> dict:
                 f"messages {x['lost_control_messages']}"
             )
         floor = legs * (c_rtt / 2 + fsync)
+        work = all_legs * (frame_cpu + store_cpu) / CPUS
         # A fault-free bilateral run sends no CONTROL transfer that is one exchange (its
         # wave transfers are the wave's legs): the exchange is then 2pc's, same links.
         exchange = r["median_link_rtt_us"] or t["median_link_rtt_us"]
@@ -141,6 +192,11 @@ def run(opts: BenchOptions) -> dict:
             f"{key}_fsync_us": fsync,
             f"{key}_floor_us": floor,
             f"{key}_ratio_vs_floor": ratio(median, floor),
+            f"{key}_frame_cpu_us": frame_cpu,
+            f"{key}_store_cpu_us": store_cpu,
+            f"{key}_work_floor_us": work,
+            f"{key}_work_over_floor": work / floor,
+            f"{key}_ratio_vs_work_floor": ratio(median, work),
             f"{key}_cpu_ms_per_transition": r["cpu_ms_per_transition"],
             f"{key}_idle_cpu_ms_per_s": r["idle_cpu_ms_per_s"],
             f"{key}_critical_path_exchanges": path,
@@ -174,6 +230,16 @@ def run(opts: BenchOptions) -> dict:
                 "dirs' file system",
                 f"{key}_floor_us": "µs: wave legs x (C one-way frame + median fdatasync)",
                 f"{key}_ratio_vs_floor": "x (convergence / physical floor)",
+                f"{key}_frame_cpu_us": "µs CPU per frame of the bare C ping-pong (both "
+                "ends' threads), same link",
+                f"{key}_store_cpu_us": "µs CPU per 64-byte in-place write + fdatasync, 16 "
+                "writers at once (their threads' own), state dirs' file system",
+                f"{key}_work_floor_us": f"µs: every link's 4 legs ({all_legs}) x (frame CPU "
+                f"+ store CPU) / {CPUS} CPUs: this machine's least CPU time for the "
+                "floor's own frames and stores",
+                f"{key}_work_over_floor": "x (work floor / floor: above 2, a target of 2 x "
+                "floor is out of this machine's reach)",
+                f"{key}_ratio_vs_work_floor": "x (convergence / work floor)",
                 f"{key}_cpu_ms_per_transition": "ms of CPU (user + system, all node "
                 "processes) per transition",
                 f"{key}_idle_cpu_ms_per_s": "ms of CPU per second of the same node "
