@@ -15,40 +15,14 @@ from __future__ import annotations
 import argparse
 import os
 import tempfile
-import threading
-import time
+
+from oae.bench.testbed_convergence import parallel_stores
 
 
 def rate(writers: int, seconds: float, where: str) -> float:
     """fdatasyncs per second, all writers together."""
-    with tempfile.TemporaryDirectory(dir=where) as d:
-        fds = []
-        for i in range(writers):
-            fd = os.open(os.path.join(d, f"w{i}"), os.O_RDWR | os.O_CREAT, 0o644)
-            os.pwrite(fd, bytes(8192), 0)
-            os.fsync(fd)
-            fds.append(fd)
-        counts = [0] * writers
-        stop = time.monotonic() + seconds
-
-        def write(i: int) -> None:
-            k = 0
-            while time.monotonic() < stop:
-                os.pwrite(fds[i], k.to_bytes(8, "big") * 8, 4096)
-                os.fdatasync(fds[i])
-                k += 1
-            counts[i] = k
-
-        threads = [threading.Thread(target=write, args=(i,)) for i in range(writers)]
-        t0 = time.monotonic()
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        elapsed = time.monotonic() - t0
-        for fd in fds:
-            os.close(fd)
-    return sum(counts) / elapsed
+    stores, elapsed, _ = parallel_stores(writers, seconds, where)
+    return stores / elapsed
 
 
 def main() -> None:

@@ -96,11 +96,12 @@ def fdatasync_us(writes: int = 200, where: str | None = None) -> float:
     return statistics.median(times) * 1e6
 
 
-def store_cpu_us(writers: int = 16, seconds: float = 0.5, where: str | None = None) -> float:
-    """CPU (the writing threads' own) per 64-byte in-place write + fdatasync, `writers`
-    threads storing at once, each to its own file in `where` (default: the temporary
-    directory), in µs: a store's cost when many nodes store together, as a tree's level
-    does (lower than one writer's alone)."""
+def parallel_stores(
+    writers: int, seconds: float, where: str | None = None
+) -> tuple[int, float, float]:
+    """`writers` threads, each rewriting 64 bytes of its own file in `where` (default: the
+    temporary directory, where the state dirs live) and fdatasyncing, for `seconds`: the
+    stores made in all, the wall time and the writing threads' own CPU (s)."""
     with tempfile.TemporaryDirectory(dir=where or tempfile.gettempdir()) as d:
         fds = []
         for i in range(writers):
@@ -120,6 +121,7 @@ def store_cpu_us(writers: int = 16, seconds: float = 0.5, where: str | None = No
             done.append((k, time.thread_time() - cpu0))
 
         threads = [threading.Thread(target=write, args=(fd,)) for fd in fds]
+        t0 = time.monotonic()
         try:
             for t in threads:
                 t.start()
@@ -128,8 +130,15 @@ def store_cpu_us(writers: int = 16, seconds: float = 0.5, where: str | None = No
                 t.join()
             for fd in fds:
                 os.close(fd)
-    stores = sum(k for k, _ in done)
-    return sum(c for _, c in done) * 1e6 / stores if stores else 0.0
+    return sum(k for k, _ in done), time.monotonic() - t0, sum(c for _, c in done)
+
+
+def store_cpu_us(writers: int = 16, seconds: float = 0.5) -> float:
+    """CPU per store (the writing threads' own, µs) with `writers` storing at once: a
+    store's cost when many nodes store together, as a tree's level does (lower than one
+    writer's alone)."""
+    stores, _, cpu = parallel_stores(writers, seconds)
+    return cpu * 1e6 / stores if stores else 0.0
 
 
 def _progress(enabled: bool, key: str) -> Callable[[str], None]:
