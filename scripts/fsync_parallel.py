@@ -4,8 +4,9 @@ writers at once (one-off measurement; docs/convergence.md §11.12).
     python scripts/fsync_parallel.py [--dir DIR] [--seconds 1] [--writers 1,2,4,16,64]
 
 Each writer is a thread with its own file in DIR (default: the temporary directory, where
-the testbeds' state dirs live) and rewrites 64 bytes at offset 4096 of it, then
-fdatasyncs, for `--seconds`: what an epoch record or a link register store costs, as
+the testbeds' state dirs live) and rewrites 64 bytes of it, then fdatasyncs, for
+`--seconds` (`oae.bench.testbed_convergence.parallel_stores`, which the bench's
+`store_cpu_us` uses too): what an epoch record or a link register store costs, as
 `oae bench convergence_testbed` measures one alone (`fsync_us`). A fleet of node processes
 on one machine shares one disk: this is the rate all of them together can store at.
 """

@@ -27,7 +27,7 @@ inside node 0's process, from its proposal to its Conv(P, e+1). The figures:
   frame, both ends; `{cfg}_store_cpu_us`: a store's CPU with 16 writers at once, as a
   level of a tree stores together), spread over all of the machine's CPUs. A testbed runs
   every node on one machine: where this exceeds twice the floor (`{cfg}_work_over_floor`
-  > 2), issue 13's target cannot be met here whatever the software does.
+  > 2), issue 13's target cannot be met here with stores made as the nodes make them.
 
 Then, on the same testbed, `epochs` transitions of `2pc` in node processes (the simulated
 baseline's algorithm on the same links, its coordinator learning everything over them,

@@ -68,7 +68,7 @@ ALGORITHMS = ("bilateral", "snap-t", "rolling", "2pc")
 LEAD = 0.05
 SKEW_US = 50.0
 # quick failure detection and rediscovery; idle links paced at 50 ms (re-offers after 0.1 s):
-# 64 node processes' idle links cost ~0.07 of a CPU instead of ~0.3 at the 10 ms default,
+# 64 node processes' idle links cost ~0.06-0.11 of a CPU instead of ~0.2-0.35 at 10 ms,
 # and new work wakes a link at once either way (docs/convergence.md §11.13)
 NODE_LINK_ARGS = ("--dead", "0.3", "--hello", "0.02", "--idle", "0.05")
 START_TIMEOUT = 60.0  # a node process's control socket answers within this (64 start at once)
